@@ -1,0 +1,337 @@
+//! Public request and response bodies, exactly as API.md names their fields.
+//! Request types reject unknown fields so a client cannot set what it may not.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::problem::{ErrorCode, Problem};
+
+/// Money as integer minor units and an ISO 4217 code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl Money {
+    pub fn validate(&self, field: &str) -> Result<(), Problem> {
+        if self.amount <= 0 {
+            return Err(invalid(format!("field `{field}.amount`: must be a positive number of minor units")));
+        }
+        let c = self.currency.as_bytes();
+        if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
+            return Err(invalid(format!("field `{field}.currency`: must be an ISO 4217 code such as \"EUR\"")));
+        }
+        Ok(())
+    }
+
+    /// The price of `quantity` units; `None` when it would overflow.
+    pub fn times(&self, quantity: u32) -> Option<Money> {
+        Some(Money { amount: self.amount.checked_mul(i64::from(quantity))?, currency: self.currency.clone() })
+    }
+}
+
+fn invalid(detail: String) -> Problem {
+    Problem::new(ErrorCode::InvalidRequest, Some(detail))
+}
+
+/// `{"items": [...], "next_cursor": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+pub const MAX_PAGE_LIMIT: u32 = 100;
+
+// ---------------------------------------------------------------- orders
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    pub quantity: u32,
+}
+
+/// `Idempotency-Key`: 8–255 printable ASCII characters.
+pub fn validate_idempotency_key(key: &str) -> Result<(), Problem> {
+    let ok_len = (8..=255).contains(&key.len());
+    let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok_len && printable {
+        Ok(())
+    } else {
+        Err(invalid("header `Idempotency-Key`: must be 8 to 255 printable ASCII characters".into()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Reserved,
+    Confirmed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Confirmed => "confirmed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reserved" => Self::Reserved,
+            "confirmed" => Self::Confirmed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// How the buyer pays: a provider reference and where to go to pay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentHandle {
+    pub provider: String,
+    pub reference: String,
+    pub checkout_url: String,
+}
+
+/// The 201 body of `POST /v1/drops/{id}/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: Uuid,
+    pub drop_id: Uuid,
+    pub status: OrderStatus,
+    pub quantity: u32,
+    pub amount: Money,
+    pub expires_at: DateTime<Utc>,
+    pub payment: Option<PaymentHandle>,
+}
+
+/// `GET /v1/orders/{id}` and the items of `GET /v1/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub drop_id: Uuid,
+    pub status: OrderStatus,
+    pub quantity: u32,
+    pub amount: Money,
+    pub expires_at: DateTime<Utc>,
+    pub payment: Option<PaymentHandle>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+// ---------------------------------------------------------------- catalogue
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCreator {
+    pub name: String,
+    pub user_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creator {
+    pub id: Uuid,
+    pub name: String,
+    pub user_id: Uuid,
+    pub follower_count: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    pub title: String,
+    pub description: String,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    /// Admins create products on behalf of a creator; creators may omit it.
+    #[serde(default)]
+    pub creator_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: Uuid,
+    pub creator_id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub image_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), Problem> {
+    let n = value.trim().chars().count();
+    if n == 0 || value.chars().count() > max_chars {
+        return Err(invalid(format!("field `{field}`: must be 1 to {max_chars} characters")));
+    }
+    Ok(())
+}
+
+impl CreateProduct {
+    pub fn validate(&self) -> Result<(), Problem> {
+        validate_text("title", &self.title, 200)?;
+        if self.description.chars().count() > 10_000 {
+            return Err(invalid("field `description`: at most 10000 characters".into()));
+        }
+        if let Some(url) = &self.image_url {
+            validate_text("image_url", url, 2_000)?;
+        }
+        Ok(())
+    }
+}
+
+/// Largest stock one drop may have; see DESIGN.md on sharding larger drops.
+pub const MAX_DROP_STOCK: u32 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDrop {
+    pub product_id: Uuid,
+    pub price: Money,
+    pub stock: u32,
+    pub max_per_user: u32,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+impl CreateDrop {
+    pub fn validate(&self) -> Result<(), Problem> {
+        self.price.validate("price")?;
+        if self.stock == 0 || self.stock > MAX_DROP_STOCK {
+            return Err(invalid(format!("field `stock`: must be 1 to {MAX_DROP_STOCK}")));
+        }
+        if self.max_per_user == 0 || self.max_per_user > self.stock {
+            return Err(invalid("field `max_per_user`: must be 1 to `stock`".into()));
+        }
+        if self.ends_at <= self.starts_at {
+            return Err(invalid("field `ends_at`: must be after `starts_at`".into()));
+        }
+        if self.price.times(self.max_per_user).is_none() {
+            return Err(invalid("field `price.amount`: too large".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropStatus {
+    Upcoming,
+    Live,
+    SoldOut,
+    Ended,
+}
+
+impl DropStatus {
+    /// A drop's status at `now`, given its window and remaining stock.
+    pub fn at(now: DateTime<Utc>, starts_at: DateTime<Utc>, ends_at: DateTime<Utc>, remaining: u32) -> Self {
+        if now < starts_at {
+            Self::Upcoming
+        } else if now >= ends_at {
+            Self::Ended
+        } else if remaining == 0 {
+            Self::SoldOut
+        } else {
+            Self::Live
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatorRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductRef {
+    pub id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub image_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub total: u32,
+    pub remaining: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCard {
+    pub id: Uuid,
+    pub status: DropStatus,
+    pub creator: CreatorRef,
+    pub product: ProductRef,
+    pub price: Money,
+    pub stock: StockLevel,
+    pub max_per_user: u32,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// `GET /v1/drops/{id}/stock`, answered by the inventory object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockResponse {
+    pub total: u32,
+    pub remaining: u32,
+    pub status: DropStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_bounds() {
+        assert!(validate_idempotency_key("abcdefgh").is_ok());
+        assert!(validate_idempotency_key("abcdefg").is_err());
+        assert!(validate_idempotency_key(&"k".repeat(255)).is_ok());
+        assert!(validate_idempotency_key(&"k".repeat(256)).is_err());
+        assert!(validate_idempotency_key("abcdefg\u{e9}").is_err());
+        assert!(validate_idempotency_key("abcd\nefgh").is_err());
+    }
+
+    #[test]
+    fn drop_status_follows_window_and_stock() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        assert_eq!(DropStatus::at(t(5), t(10), t(20), 3), DropStatus::Upcoming);
+        assert_eq!(DropStatus::at(t(10), t(10), t(20), 3), DropStatus::Live);
+        assert_eq!(DropStatus::at(t(15), t(10), t(20), 0), DropStatus::SoldOut);
+        assert_eq!(DropStatus::at(t(20), t(10), t(20), 3), DropStatus::Ended);
+    }
+
+    #[test]
+    fn create_drop_rules() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        let ok = CreateDrop {
+            product_id: Uuid::nil(),
+            price: Money { amount: 2500, currency: "EUR".into() },
+            stock: 100,
+            max_per_user: 2,
+            starts_at: t(10),
+            ends_at: t(20),
+        };
+        assert!(ok.validate().is_ok());
+        assert!(CreateDrop { max_per_user: 101, ..ok.clone() }.validate().is_err());
+        assert!(CreateDrop { ends_at: t(10), ..ok.clone() }.validate().is_err());
+        assert!(CreateDrop { price: Money { amount: 1, currency: "eur".into() }, ..ok.clone() }.validate().is_err());
+        assert!(CreateDrop { stock: 0, ..ok }.validate().is_err());
+    }
+}

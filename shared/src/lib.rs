@@ -1,0 +1,26 @@
+//! The contract the edge (wasm32 Worker) and the origin (native axum service) compile
+//! against. Nothing here may depend on a runtime: no tokio, no `worker`, no clock.
+//! Code that needs the time takes it as an argument, because `SystemTime::now()`
+//! panics on wasm32-unknown-unknown.
+//!
+//! - [`api`]: public request and response bodies (API.md).
+//! - [`problem`]: the error codes and their `application/problem+json` shape.
+//! - [`auth`]: bearer-token (JWT, HS256 only) verification and minting.
+//! - [`signing`]: HMAC signatures of edge <-> origin internal calls.
+//! - [`internal`]: the internal route table and the bodies those routes carry.
+//! - [`inventory`]: the stock rules of one drop; the edge's inventory object runs them.
+//! - [`json`]: strict JSON decoding that names the offending field.
+
+pub mod api;
+pub mod auth;
+pub mod internal;
+pub mod inventory;
+pub mod json;
+pub mod problem;
+pub mod signing;
+
+/// Largest request body any public route accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Header carrying the request id from the edge to the origin and back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";

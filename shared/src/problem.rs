@@ -1,0 +1,170 @@
+//! Errors as `application/problem+json` (RFC 9457). The `code` strings are part of
+//! the public contract (API.md): never rename one.
+
+use serde::{Deserialize, Serialize};
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    InvalidRequest,
+    PayloadTooLarge,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyKeyInProgress,
+    SoldOut,
+    DropNotStarted,
+    DropEnded,
+    PurchaseLimitReached,
+    OrderNotCancellable,
+    DropAlreadyStarted,
+    Conflict,
+    RateLimited,
+    Overloaded,
+    InvalidSignature,
+    LinkExpired,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::InvalidRequest => "invalid_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
+            Self::SoldOut => "sold_out",
+            Self::DropNotStarted => "drop_not_started",
+            Self::DropEnded => "drop_ended",
+            Self::PurchaseLimitReached => "purchase_limit_reached",
+            Self::OrderNotCancellable => "order_not_cancellable",
+            Self::DropAlreadyStarted => "drop_already_started",
+            Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::InvalidSignature => "invalid_signature",
+            Self::LinkExpired => "link_expired",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::InvalidRequest | Self::IdempotencyKeyMissing | Self::InvalidSignature => 400,
+            Self::PayloadTooLarge => 413,
+            Self::IdempotencyKeyReused => 422,
+            Self::IdempotencyKeyInProgress
+            | Self::SoldOut
+            | Self::DropNotStarted
+            | Self::DropEnded
+            | Self::PurchaseLimitReached
+            | Self::OrderNotCancellable
+            | Self::DropAlreadyStarted
+            | Self::Conflict => 409,
+            Self::LinkExpired => 410,
+            Self::RateLimited => 429,
+            Self::Overloaded => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "Authentication required",
+            Self::Forbidden => "Not allowed",
+            Self::NotFound => "Not found",
+            Self::InvalidRequest => "Invalid request",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::IdempotencyKeyMissing => "Idempotency-Key header missing",
+            Self::IdempotencyKeyReused => "Idempotency key reused with another request",
+            Self::IdempotencyKeyInProgress => "A request with this idempotency key is in progress",
+            Self::SoldOut => "Sold out",
+            Self::DropNotStarted => "Drop has not started",
+            Self::DropEnded => "Drop has ended",
+            Self::PurchaseLimitReached => "Purchase limit reached",
+            Self::OrderNotCancellable => "Order can no longer be cancelled",
+            Self::DropAlreadyStarted => "Drop has already started",
+            Self::Conflict => "Conflict",
+            Self::RateLimited => "Too many requests",
+            Self::Overloaded => "Service overloaded",
+            Self::InvalidSignature => "Invalid signature",
+            Self::LinkExpired => "Link expired",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<Option<String>>) -> Self {
+        Self {
+            type_uri: format!("https://drops.dev/problems/{}", code.as_str()),
+            title: code.title().to_owned(),
+            status: code.status(),
+            code: code.as_str().to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+impl From<ErrorCode> for Problem {
+    fn from(code: ErrorCode) -> Self {
+        Problem::new(code, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_names_code_type_and_status() {
+        let p = Problem::new(ErrorCode::SoldOut, Some("no units left".into()));
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["type"], "https://drops.dev/problems/sold_out");
+        assert_eq!(v["status"], 409);
+        assert_eq!(v["code"], "sold_out");
+        assert_eq!(v["detail"], "no units left");
+    }
+
+    #[test]
+    fn serde_name_matches_wire_code() {
+        for code in [ErrorCode::IdempotencyKeyInProgress, ErrorCode::Internal, ErrorCode::NotFound] {
+            let json = serde_json::to_string(&code).unwrap();
+            if code != ErrorCode::Internal {
+                assert_eq!(json, format!("\"{}\"", code.as_str()));
+            }
+        }
+    }
+}
