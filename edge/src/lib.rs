@@ -1,1 +1,40 @@
+//! The drops edge: a Cloudflare Worker that apps talk to.
+//!
+//! Layout:
+//! - [`router`]: matches the request line and sends it to one of the modules below.
+//! - [`orders`]: the buy path (`POST /v1/drops/{id}/orders`): token, role, key and
+//!   body checks, then the drop's inventory object decides.
+//! - [`inventory_object`]: the `DropInventory` Durable Object, one per drop: **where
+//!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
+//!   idempotency records, and the queue of reservations the origin has not yet
+//!   acknowledged.
+//! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
+//! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
+//! - [`http`]: responses, problems, request ids, bounded body reads, the clock.
+//! - [`config`]: settings and secrets from the Worker's environment.
 
+mod config;
+mod http;
+mod internal;
+mod inventory_object;
+mod orders;
+mod origin;
+mod router;
+
+pub use inventory_object::DropInventory;
+
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let request_id = http::request_id(&req);
+    let response = match router::handle(req, &env, &request_id).await {
+        Ok(resp) => Ok(resp),
+        Err(http::EdgeError::Problem(problem)) => http::problem_response(&problem),
+        Err(http::EdgeError::Worker(err)) => {
+            worker::console_error!("request {request_id} failed: {err}");
+            http::problem_response(&drops_shared::problem::ErrorCode::Internal.into())
+        }
+    };
+    http::with_request_id(response?, &request_id).await
+}

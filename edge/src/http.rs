@@ -1,0 +1,111 @@
+//! Small HTTP helpers shared by the edge's modules.
+
+use drops_shared::problem::{ErrorCode, Problem, PROBLEM_CONTENT_TYPE};
+use drops_shared::{MAX_BODY_BYTES, REQUEST_ID_HEADER};
+use worker::{Headers, Request, Response};
+
+/// What a handler can fail with: a problem the client should see, or a fault of ours.
+pub enum EdgeError {
+    Problem(Problem),
+    Worker(worker::Error),
+}
+
+impl From<Problem> for EdgeError {
+    fn from(p: Problem) -> Self {
+        Self::Problem(p)
+    }
+}
+
+impl From<ErrorCode> for EdgeError {
+    fn from(c: ErrorCode) -> Self {
+        Self::Problem(c.into())
+    }
+}
+
+impl From<worker::Error> for EdgeError {
+    fn from(e: worker::Error) -> Self {
+        Self::Worker(e)
+    }
+}
+
+pub type EdgeResult<T = Response> = Result<T, EdgeError>;
+
+pub fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+pub fn now_utc() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(now_ms()).unwrap_or_default()
+}
+
+/// A time-ordered id (UUID v7), from the Worker's clock.
+pub fn new_id() -> uuid::Uuid {
+    let ms = now_ms().max(0) as u64;
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    uuid::Uuid::new_v7(ts)
+}
+
+/// The caller's `x-request-id` when it is sane, else a fresh one.
+pub fn request_id(req: &Request) -> String {
+    match req.headers().get(REQUEST_ID_HEADER).ok().flatten() {
+        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
+        _ => new_id().to_string(),
+    }
+}
+
+pub async fn with_request_id(mut resp: Response, request_id: &str) -> worker::Result<Response> {
+    if resp.headers_mut().set(REQUEST_ID_HEADER, request_id).is_ok() {
+        return Ok(resp);
+    }
+    // Responses that came from fetch() have immutable headers: copy them over.
+    let headers = Headers::new();
+    for (k, v) in resp.headers().entries() {
+        headers.append(&k, &v)?;
+    }
+    headers.set(REQUEST_ID_HEADER, request_id)?;
+    let status = resp.status_code();
+    let body = resp.bytes().await?;
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
+}
+
+pub fn problem_response(problem: &Problem) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", PROBLEM_CONTENT_TYPE)?;
+    if problem.status == 429 || problem.status == 503 {
+        headers.set("retry-after", "1")?;
+    }
+    Ok(Response::from_bytes(problem.to_json().into_bytes())?.with_status(problem.status).with_headers(headers))
+}
+
+pub fn json_bytes(status: u16, body: Vec<u8>) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
+}
+
+pub fn json<T: serde::Serialize>(status: u16, value: &T) -> EdgeResult {
+    let body = serde_json::to_vec(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Ok(json_bytes(status, body)?)
+}
+
+/// Reads the body, refusing more than 64 KiB with 413 before reading when the
+/// client declared its length, and after reading otherwise.
+pub async fn read_body(req: &mut Request) -> EdgeResult<Vec<u8>> {
+    let declared = req.headers().get("content-length")?.and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let body = req.bytes().await?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+fn too_large() -> EdgeError {
+    Problem::new(ErrorCode::PayloadTooLarge, Some(format!("request bodies are limited to {MAX_BODY_BYTES} bytes"))).into()
+}
+
+pub fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}

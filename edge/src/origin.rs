@@ -1,0 +1,80 @@
+//! Talking to the origin: signed internal calls, and the proxy for the public
+//! routes the origin owns (catalogue writes, orders, and the rest).
+
+use drops_shared::internal::InternalRoute;
+use drops_shared::problem::{ErrorCode, Problem};
+use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use drops_shared::REQUEST_ID_HEADER;
+use worker::wasm_bindgen::JsValue;
+use worker::{Env, Fetch, Headers, Method, Request, RequestInit, Response};
+
+use crate::config::EdgeConfig;
+use crate::http::{now_ms, read_body, EdgeResult};
+
+/// Headers a client may send that the origin needs.
+const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["authorization", "content-type", "idempotency-key", "if-none-match", "accept"];
+
+fn method_of(name: &str) -> Method {
+    match name {
+        "GET" => Method::Get,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        _ => Method::Post,
+    }
+}
+
+/// Sends a signed internal call to the origin.
+pub async fn signed(cfg: &EdgeConfig, route: InternalRoute, body: &[u8]) -> worker::Result<Response> {
+    let path = route.path();
+    let timestamp = now_ms() / 1000;
+    let signature = sign_internal(cfg.edge_to_origin_secret.as_bytes(), route.method(), &path, timestamp, body);
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set(TIMESTAMP_HEADER, &timestamp.to_string())?;
+    headers.set(SIGNATURE_HEADER, &signature)?;
+    let mut init = RequestInit::new();
+    init.with_method(method_of(route.method())).with_headers(headers);
+    if !body.is_empty() {
+        init.with_body(Some(JsValue::from(js_sys_bytes(body))));
+    }
+    let req = Request::new_with_init(&format!("{}{path}", cfg.origin_url), &init)?;
+    Fetch::Request(req).send().await
+}
+
+fn js_sys_bytes(body: &[u8]) -> worker::js_sys::Uint8Array {
+    worker::js_sys::Uint8Array::from(body)
+}
+
+/// Passes a public request through to the origin and its answer back.
+pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult {
+    let cfg = EdgeConfig::from_env(env)?;
+    let url = req.url()?;
+    let target = match url.query() {
+        Some(q) => format!("{}{}?{q}", cfg.origin_url, url.path()),
+        None => format!("{}{}", cfg.origin_url, url.path()),
+    };
+    let headers = Headers::new();
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = req.headers().get(name)? {
+            headers.set(name, &v)?;
+        }
+    }
+    headers.set(REQUEST_ID_HEADER, request_id)?;
+    let method = req.method();
+    let mut init = RequestInit::new();
+    init.with_method(method.clone()).with_headers(headers);
+    if !matches!(method, Method::Get | Method::Head) {
+        let body = read_body(&mut req).await?;
+        init.with_body(Some(JsValue::from(js_sys_bytes(&body))));
+    }
+    let outbound = Request::new_with_init(&target, &init)?;
+    match Fetch::Request(outbound).send().await {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            worker::console_warn!("origin unreachable for {request_id}: {err}");
+            Err(Problem::new(ErrorCode::Overloaded, Some("the origin is unreachable; retry shortly".into())).into())
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The request line decides the module: the buy path and stock go to the drop's
+//! inventory object, `/internal/` to the signed internal routes, and every other
+//! public route to the origin, which owns it.
+
+use drops_shared::problem::ErrorCode;
+use uuid::Uuid;
+use worker::{Env, Method, Request};
+
+use crate::http::{self, EdgeResult};
+use crate::{internal, orders, origin};
+
+pub async fn handle(req: Request, env: &Env, request_id: &str) -> EdgeResult {
+    let path = req.path();
+    if path.starts_with("/internal/") {
+        return internal::handle(req, env).await;
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (Method::Post, ["v1", "drops", drop_id, "orders"]) => {
+            let drop_id = parse_id(drop_id)?;
+            orders::create(req, env, drop_id).await
+        }
+        (Method::Get, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
+        (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
+        (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
+        _ => Err(ErrorCode::NotFound.into()),
+    }
+}
+
+/// A path id that is not a UUID names nothing that exists.
+fn parse_id(segment: &str) -> EdgeResult<Uuid> {
+    Uuid::parse_str(segment).map_err(|_| ErrorCode::NotFound.into())
+}
