@@ -7,12 +7,14 @@
 //! - [`problem`]: the error codes and their `application/problem+json` shape.
 //! - [`auth`]: bearer-token (JWT, HS256 only) verification and minting.
 //! - [`signing`]: HMAC signatures of edge <-> origin internal calls.
+//! - [`events`]: domain events written to the outbox and carried by the event bus.
 //! - [`internal`]: the internal route table and the bodies those routes carry.
 //! - [`inventory`]: the stock rules of one drop; the edge's inventory object runs them.
 //! - [`json`]: strict JSON decoding that names the offending field.
 
 pub mod api;
 pub mod auth;
+pub mod events;
 pub mod internal;
 pub mod inventory;
 pub mod json;

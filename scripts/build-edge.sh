@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds the edge Worker (Rust -> wasm32 -> JS shim) with local helper binaries:
+# worker-build would otherwise try to download them, and these machines reach
+# only the package registries.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$HOME/.cargo/bin/wasm-bindgen}"
+export ESBUILD_BIN="${ESBUILD_BIN:-$root/node_modules/.bin/esbuild}"
+if command -v wasm-opt >/dev/null 2>&1; then export WASM_OPT_BIN="$(command -v wasm-opt)"; fi
+cd "$root/edge"
+exec worker-build --release

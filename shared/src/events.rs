@@ -1,0 +1,62 @@
+//! Domain events: what the origin writes to its outbox in the same transaction as
+//! the change itself, and what the event bus carries to its consumers. Consumers
+//! must be idempotent on [`EventEnvelope::id`]: delivery is at least once.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum DomainEvent {
+    DropCreated { drop_id: Uuid, creator_id: Uuid, starts_at: DateTime<Utc>, ends_at: DateTime<Utc> },
+    OrderReserved { order_id: Uuid, drop_id: Uuid, user_id: Uuid, quantity: u32 },
+}
+
+impl DomainEvent {
+    /// The event's type name, as stored in the outbox's `event_type` column.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::DropCreated { .. } => "DropCreated",
+            Self::OrderReserved { .. } => "OrderReserved",
+        }
+    }
+
+    /// The entity the event is about; consumers partition and order by it.
+    pub fn aggregate_id(&self) -> Uuid {
+        match self {
+            Self::DropCreated { drop_id, .. } => *drop_id,
+            Self::OrderReserved { order_id, .. } => *order_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: DomainEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_with_type_tag() {
+        let e = EventEnvelope {
+            id: Uuid::from_u128(1),
+            occurred_at: DateTime::from_timestamp(0, 0).unwrap(),
+            event: DomainEvent::OrderReserved {
+                order_id: Uuid::from_u128(2),
+                drop_id: Uuid::from_u128(3),
+                user_id: Uuid::from_u128(4),
+                quantity: 1,
+            },
+        };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["type"], "OrderReserved");
+        assert_eq!(serde_json::from_value::<EventEnvelope>(json).unwrap(), e);
+    }
+}
