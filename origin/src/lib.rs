@@ -1,0 +1,32 @@
+//! The drops origin: the relational truth behind the edge.
+//!
+//! Layout, one module per business area, each with its own router:
+//! - [`drops`]: products and drops (catalogue writes, drop cards) and pushing each
+//!   drop's inventory terms to the edge.
+//! - [`creators`]: creator profiles.
+//! - [`orders`]: taking reservations from the edge (`/internal/v1/reservations`) and
+//!   the buyer's order reads.
+//! - [`payments`]: the payment-provider trait and its sandbox.
+//! - [`events`]: the transactional outbox.
+//!
+//! Plumbing: [`startup`] (building and running the app), [`config`], [`telemetry`],
+//! [`error`] (the one error type, rendered as problem+json), [`extract`] (auth, strict
+//! JSON and signed-body extractors), [`edge`] (signed calls to the edge), [`cli`].
+
+pub mod cli;
+pub mod config;
+pub mod creators;
+pub mod drops;
+pub mod edge;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod orders;
+pub mod pagination;
+pub mod payments;
+pub mod startup;
+pub mod telemetry;
+pub mod users;
+
+pub use startup::{AppState, Application};

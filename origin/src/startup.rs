@@ -1,0 +1,115 @@
+//! Building and running the origin. `Application::build` binds its listener first
+//! (port 0 in tests gives a free port), so callers learn the port before serving.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
+use axum::Router;
+use drops_shared::problem::{ErrorCode, Problem};
+use drops_shared::{MAX_BODY_BYTES, REQUEST_ID_HEADER};
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::edge::EdgeClient;
+use crate::error::problem_response;
+use crate::payments::{PaymentProvider, SandboxProvider};
+use crate::{creators, drops, health, orders};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: redis::Client,
+    pub settings: Arc<Settings>,
+    pub edge: EdgeClient,
+    pub payments: Arc<dyn PaymentProvider>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database_url.expose_secret())
+        .await?)
+}
+
+impl Application {
+    /// Connects to Postgres, applies pending migrations and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = connect_db(&settings).await?;
+        MIGRATOR.run(&db).await?;
+        let redis = redis::Client::open(settings.redis_url.expose_secret())?;
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port)).await?;
+        let state = AppState {
+            db,
+            redis,
+            edge: EdgeClient::new(&settings)?,
+            payments: Arc::new(SandboxProvider::new(&settings.public_url)),
+            settings: Arc::new(settings),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests and stops
+    /// the background workers.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let workers = CancellationToken::new();
+        let syncer = tokio::spawn(drops::inventory_sync_loop(self.state.clone(), workers.clone()));
+        let app = router(self.state);
+        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        workers.cancel();
+        let _ = syncer.await;
+        Ok(served?)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    Router::new()
+        .merge(health::router())
+        .merge(creators::router())
+        .merge(drops::router())
+        .merge(orders::router())
+        .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
+        .method_not_allowed_fallback(|| async {
+            problem_response(&Problem::new(ErrorCode::NotFound, Some("no such route for this method".into())).with_status(405))
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
