@@ -20,8 +20,8 @@ use std::collections::HashSet;
 
 use drops_shared::api::{CreateOrderRequest, DropStatus, OrderCreated, OrderStatus, StockResponse};
 use drops_shared::internal::{
-    HoldOutcome, HoldSnapshot, HoldState, InternalRoute, InventorySnapshot, InventoryTerms, ReservationAck,
-    ReservationHandoff,
+    HoldOutcome, HoldSnapshot, HoldState, InternalRoute, InventorySnapshot, InventoryTerms,
+    ReservationAck, ReservationHandoff,
 };
 use drops_shared::inventory::{Hold, HoldError, Inventory};
 use drops_shared::problem::{ErrorCode, Problem};
@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
 use worker::{
-    durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage, SqlStorageValue, State,
+    durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage,
+    SqlStorageValue, State,
 };
 
 use crate::config::EdgeConfig;
@@ -99,15 +100,29 @@ pub async fn call<T: Serialize>(
 }
 
 /// Calls an inventory object at `{drop_id}/{action}` with raw body bytes.
-pub async fn call_raw(env: &Env, method: Method, path: String, body: Vec<u8>) -> worker::Result<Response> {
+pub async fn call_raw(
+    env: &Env,
+    method: Method,
+    path: String,
+    body: Vec<u8>,
+) -> worker::Result<Response> {
     let drop_id = path.split('/').next().unwrap_or_default().to_owned();
-    let stub = env.durable_object(BINDING)?.id_from_name(&drop_id)?.get_stub()?;
+    let stub = env
+        .durable_object(BINDING)?
+        .id_from_name(&drop_id)?
+        .get_stub()?;
     let mut init = RequestInit::new();
     init.with_method(method);
     if !body.is_empty() {
-        init.with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(body.as_slice()))));
+        init.with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(
+            body.as_slice(),
+        ))));
     }
-    stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{path}"), &init)?).await
+    stub.fetch_with_request(Request::new_with_init(
+        &format!("https://inventory/{path}"),
+        &init,
+    )?)
+    .await
 }
 
 #[durable_object]
@@ -124,8 +139,14 @@ pub struct DropInventory {
 }
 
 enum Decision {
-    Replay { status: u16, body: String },
-    Fresh { body: OrderCreated, handoff: ReservationHandoff },
+    Replay {
+        status: u16,
+        body: String,
+    },
+    Fresh {
+        body: OrderCreated,
+        handoff: ReservationHandoff,
+    },
 }
 
 #[derive(Deserialize)]
@@ -185,6 +206,13 @@ fn int(v: i64) -> SqlStorageValue {
     SqlStorageValue::Integer(v)
 }
 
+fn key_reused() -> Problem {
+    Problem::new(
+        ErrorCode::IdempotencyKeyReused,
+        Some("this Idempotency-Key was used with a different request".into()),
+    )
+}
+
 fn internal(msg: impl ToString) -> EdgeError {
     EdgeError::Worker(worker::Error::RustError(msg.to_string()))
 }
@@ -197,7 +225,9 @@ impl DropInventory {
     /// Loads the inventory from SQLite (the source of truth for memory).
     fn load(&self) -> worker::Result<()> {
         let sql = self.sql();
-        let terms: Vec<TermsRow> = sql.exec("SELECT drop_id, body FROM terms WHERE id = 1", None)?.to_array()?;
+        let terms: Vec<TermsRow> = sql
+            .exec("SELECT drop_id, body FROM terms WHERE id = 1", None)?
+            .to_array()?;
         let Some(row) = terms.into_iter().next() else {
             self.inventory.replace(None);
             return Ok(());
@@ -205,7 +235,10 @@ impl DropInventory {
         let terms: InventoryTerms =
             serde_json::from_str(&row.body).map_err(|e| worker::Error::RustError(e.to_string()))?;
         let holds: Vec<HoldRow> = sql
-            .exec("SELECT reservation_id, user_id, quantity, state, expires_at_ms FROM holds", None)?
+            .exec(
+                "SELECT reservation_id, user_id, quantity, state, expires_at_ms FROM holds",
+                None,
+            )?
             .to_array()?;
         let holds = holds.into_iter().filter_map(|h| {
             Some((
@@ -219,7 +252,8 @@ impl DropInventory {
             ))
         });
         self.drop_id.set(Uuid::parse_str(&row.drop_id).ok());
-        self.inventory.replace(Some(Inventory::restore(terms, holds)));
+        self.inventory
+            .replace(Some(Inventory::restore(terms, holds)));
         Ok(())
     }
 
@@ -236,7 +270,10 @@ impl DropInventory {
         if self.alarm_at.get().is_some_and(|t| t <= at_ms) {
             return Ok(());
         }
-        self.state.storage().set_alarm(at_ms.max(now_ms() + 10)).await?;
+        self.state
+            .storage()
+            .set_alarm(at_ms.max(now_ms() + 10))
+            .await?;
         self.alarm_at.set(Some(at_ms));
         Ok(())
     }
@@ -265,7 +302,10 @@ impl DropInventory {
         if self.in_flight.borrow().contains(&flight) {
             return Err(ErrorCode::IdempotencyKeyInProgress.into());
         }
-        let fingerprint = serde_json::to_string(&CreateOrderRequest { quantity: cmd.quantity }).map_err(internal)?;
+        let fingerprint = serde_json::to_string(&CreateOrderRequest {
+            quantity: cmd.quantity,
+        })
+        .map_err(internal)?;
         let sql = self.sql();
         let earlier: Vec<IdempotencyRow> = sql
             .exec(
@@ -275,22 +315,27 @@ impl DropInventory {
             .to_array()?;
         if let Some(row) = earlier.into_iter().next() {
             return if row.fingerprint == fingerprint {
-                Ok(Decision::Replay { status: row.status as u16, body: row.body })
+                Ok(Decision::Replay {
+                    status: row.status as u16,
+                    body: row.body,
+                })
             } else {
-                Err(Problem::new(
-                    ErrorCode::IdempotencyKeyReused,
-                    Some("this Idempotency-Key was used with a different request".into()),
-                )
-                .into())
+                Err(key_reused().into())
             };
         }
 
         let reservation_id = new_id();
-        let hold = inv.reserve(reservation_id, cmd.user_id, cmd.quantity, now).map_err(|r| r.to_problem())?;
+        let hold = inv
+            .reserve(reservation_id, cmd.user_id, cmd.quantity, now)
+            .map_err(|r| r.to_problem())?;
         let terms = inv.terms();
-        let amount = terms.price.times(cmd.quantity).ok_or_else(|| internal("amount overflow"))?;
+        let amount = terms
+            .price
+            .times(cmd.quantity)
+            .ok_or_else(|| internal("amount overflow"))?;
         let reserved_at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
-        let expires_at = chrono::DateTime::from_timestamp_millis(hold.expires_at_ms).unwrap_or_default();
+        let expires_at =
+            chrono::DateTime::from_timestamp_millis(hold.expires_at_ms).unwrap_or_default();
         let body = OrderCreated {
             order_id: reservation_id,
             drop_id,
@@ -311,8 +356,10 @@ impl DropInventory {
             expires_at,
         };
         let written = (|| -> worker::Result<()> {
-            let body_json = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(e.to_string()))?;
-            let handoff_json = serde_json::to_string(&handoff).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            let body_json = serde_json::to_string(&body)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            let handoff_json = serde_json::to_string(&handoff)
+                .map_err(|e| worker::Error::RustError(e.to_string()))?;
             sql.exec(
                 "INSERT INTO holds (reservation_id, user_id, quantity, state, expires_at_ms) VALUES (?, ?, ?, 'held', ?)",
                 vec![text(reservation_id), text(cmd.user_id), int(cmd.quantity.into()), int(hold.expires_at_ms)],
@@ -362,33 +409,60 @@ impl DropInventory {
             self.alarm_by(now + timeout + 1_000).await?;
             let forwarded = select(
                 Box::pin(forward(&cfg, &handoff)),
-                Box::pin(Delay::from(std::time::Duration::from_millis(cfg.forward_timeout_ms))),
+                Box::pin(Delay::from(std::time::Duration::from_millis(
+                    cfg.forward_timeout_ms,
+                ))),
             )
             .await;
-            if let Either::Left((Ok(ack), _)) = forwarded {
-                body.payment = ack.payment;
-                let body_json = serde_json::to_string(&body).map_err(internal)?;
-                let sql = self.sql();
-                sql.exec(
-                    "UPDATE idempotency SET body = ? WHERE user_id = ? AND key = ?",
-                    vec![text(&body_json), text(cmd.user_id), text(&cmd.idempotency_key)],
-                )?;
-                sql.exec("DELETE FROM unforwarded WHERE reservation_id = ?", vec![text(handoff.reservation_id)])?;
+            match forwarded {
+                Either::Left((Forwarded::Acknowledged(ack), _)) => {
+                    body.payment = ack.payment;
+                    let body_json = serde_json::to_string(&body).map_err(internal)?;
+                    let sql = self.sql();
+                    sql.exec(
+                        "UPDATE idempotency SET body = ? WHERE user_id = ? AND key = ?",
+                        vec![
+                            text(&body_json),
+                            text(cmd.user_id),
+                            text(&cmd.idempotency_key),
+                        ],
+                    )?;
+                    sql.exec(
+                        "DELETE FROM unforwarded WHERE reservation_id = ?",
+                        vec![text(handoff.reservation_id)],
+                    )?;
+                }
+                Either::Left((Forwarded::KeyReused, _)) => {
+                    self.void(handoff.reservation_id)?;
+                    return Err(key_reused().into());
+                }
+                Either::Left((Forwarded::Failed(why), _)) => {
+                    worker::console_warn!("forward of {} failed: {why}", handoff.reservation_id)
+                }
+                Either::Right(_) => {}
             }
             EdgeResult::<()>::Ok(())
         }
         .await;
         self.in_flight.borrow_mut().remove(&flight);
-        if let Err(EdgeError::Worker(e)) = &outcome {
-            // The reservation stands: the alarm forwards it later.
-            worker::console_warn!("after reserving {}: {e}", handoff.reservation_id);
+        match outcome {
+            Err(EdgeError::Problem(p)) => Err(p.into()),
+            Err(EdgeError::Worker(e)) => {
+                // The reservation stands: the alarm forwards it later.
+                worker::console_warn!("after reserving {}: {e}", handoff.reservation_id);
+                json(201, &body)
+            }
+            Ok(()) => json(201, &body),
         }
-        json(201, &body)
     }
 
     fn upsert_terms(&self, drop_id: Uuid, terms: InventoryTerms) -> EdgeResult {
         if terms.total == 0 || terms.max_per_user == 0 || terms.ends_at <= terms.starts_at {
-            return Err(Problem::new(ErrorCode::InvalidRequest, Some("inconsistent inventory terms".into())).into());
+            return Err(Problem::new(
+                ErrorCode::InvalidRequest,
+                Some("inconsistent inventory terms".into()),
+            )
+            .into());
         }
         if self.drop_id.get().is_some_and(|d| d != drop_id) {
             return Err(ErrorCode::Conflict.into());
@@ -398,7 +472,10 @@ impl DropInventory {
             Some(inv) => inv.set_terms(terms.clone()).map_err(|c| {
                 Problem::new(
                     ErrorCode::Conflict,
-                    Some(format!("stock cannot go below the {} units already held or sold", c.committed)),
+                    Some(format!(
+                        "stock cannot go below the {} units already held or sold",
+                        c.committed
+                    )),
                 )
             })?,
             None => *guard = Some(Inventory::new(terms.clone())),
@@ -424,7 +501,10 @@ impl DropInventory {
         struct IdRow {
             reservation_id: String,
         }
-        let unforwarded: Vec<IdRow> = self.sql().exec("SELECT reservation_id FROM unforwarded", None)?.to_array()?;
+        let unforwarded: Vec<IdRow> = self
+            .sql()
+            .exec("SELECT reservation_id FROM unforwarded", None)?
+            .to_array()?;
         let snapshot = InventorySnapshot {
             drop_id: self.drop_id.get().ok_or(ErrorCode::NotFound)?,
             terms: inv.terms().clone(),
@@ -438,10 +518,14 @@ impl DropInventory {
                     user_id: h.user_id,
                     quantity: h.quantity,
                     state: h.state,
-                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms).unwrap_or_default(),
+                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms)
+                        .unwrap_or_default(),
                 })
                 .collect(),
-            unforwarded: unforwarded.iter().filter_map(|r| Uuid::parse_str(&r.reservation_id).ok()).collect(),
+            unforwarded: unforwarded
+                .iter()
+                .filter_map(|r| Uuid::parse_str(&r.reservation_id).ok())
+                .collect(),
         };
         json(200, &snapshot)
     }
@@ -450,15 +534,23 @@ impl DropInventory {
     fn move_hold(&self, reservation_id: Uuid, sell: bool) -> EdgeResult {
         let mut guard = self.inventory.borrow_mut();
         let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
-        let moved = if sell { inv.sell(reservation_id) } else { inv.release(reservation_id) };
+        let moved = if sell {
+            inv.sell(reservation_id)
+        } else {
+            inv.release(reservation_id)
+        };
         let remaining = inv.remaining();
         drop(guard);
         let transition = moved.map_err(|e| match e {
             HoldError::NotFound => Problem::new(ErrorCode::NotFound, Some("no such hold".into())),
-            HoldError::AlreadyReleased => {
-                Problem::new(ErrorCode::Conflict, Some("the hold was already released".into()))
-            }
-            HoldError::AlreadySold => Problem::new(ErrorCode::Conflict, Some("the hold was already sold".into())),
+            HoldError::AlreadyReleased => Problem::new(
+                ErrorCode::Conflict,
+                Some("the hold was already released".into()),
+            ),
+            HoldError::AlreadySold => Problem::new(
+                ErrorCode::Conflict,
+                Some("the hold was already sold".into()),
+            ),
         })?;
         if transition.changed {
             let written = self.sql().exec(
@@ -470,7 +562,15 @@ impl DropInventory {
                 return Err(e.into());
             }
         }
-        json(200, &HoldOutcome { reservation_id, state: transition.state, changed: transition.changed, remaining })
+        json(
+            200,
+            &HoldOutcome {
+                reservation_id,
+                state: transition.state,
+                changed: transition.changed,
+                remaining,
+            },
+        )
     }
 
     async fn route(&self, mut req: Request) -> EdgeResult {
@@ -510,7 +610,9 @@ impl DropInventory {
             .into_iter()
             .filter_map(|r| Some((serde_json::from_str(&r.handoff).ok()?, r.attempts as u32)))
             .collect();
-        let Some((probe, rest)) = due.split_first() else { return Ok(()) };
+        let Some((probe, rest)) = due.split_first() else {
+            return Ok(());
+        };
         if !self.settle_forward(cfg, probe, now).await? {
             for (handoff, attempts) in rest {
                 self.back_off(cfg, handoff.reservation_id, *attempts, now)?;
@@ -518,32 +620,94 @@ impl DropInventory {
             return Ok(());
         }
         for chunk in rest.chunks(RETRY_CONCURRENCY) {
-            join_all(chunk.iter().map(|entry| self.settle_forward(cfg, entry, now))).await;
+            join_all(
+                chunk
+                    .iter()
+                    .map(|entry| self.settle_forward(cfg, entry, now)),
+            )
+            .await;
         }
         Ok(())
     }
 
     /// Forwards one queued reservation; true when the origin acknowledged it.
-    async fn settle_forward(&self, cfg: &EdgeConfig, entry: &(ReservationHandoff, u32), now: i64) -> worker::Result<bool> {
+    async fn settle_forward(
+        &self,
+        cfg: &EdgeConfig,
+        entry: &(ReservationHandoff, u32),
+        now: i64,
+    ) -> worker::Result<bool> {
         let (handoff, attempts) = entry;
         match forward(cfg, handoff).await {
-            Ok(_) => {
-                self.sql().exec("DELETE FROM unforwarded WHERE reservation_id = ?", vec![text(handoff.reservation_id)])?;
+            Forwarded::Acknowledged(_) => {
+                self.sql().exec(
+                    "DELETE FROM unforwarded WHERE reservation_id = ?",
+                    vec![text(handoff.reservation_id)],
+                )?;
                 Ok(true)
             }
-            Err(e) => {
-                worker::console_warn!("forward of {} failed (attempt {}): {e}", handoff.reservation_id, attempts + 1);
+            Forwarded::KeyReused => {
+                worker::console_warn!(
+                    "reservation {} reused another order's key; voided",
+                    handoff.reservation_id
+                );
+                self.void(handoff.reservation_id)?;
+                Ok(true)
+            }
+            Forwarded::Failed(why) => {
+                worker::console_warn!(
+                    "forward of {} failed (attempt {}): {why}",
+                    handoff.reservation_id,
+                    attempts + 1
+                );
                 self.back_off(cfg, handoff.reservation_id, *attempts, now)?;
                 Ok(false)
             }
         }
     }
 
-    fn back_off(&self, cfg: &EdgeConfig, reservation_id: Uuid, attempts: u32, now: i64) -> worker::Result<()> {
+    /// Undoes a reservation the origin refused: its units return, its records go.
+    fn void(&self, reservation_id: Uuid) -> worker::Result<()> {
+        let released = self
+            .inventory
+            .borrow_mut()
+            .as_mut()
+            .map(|inv| inv.release(reservation_id));
+        let sql = self.sql();
+        if let Some(Ok(t)) = released {
+            if t.changed {
+                sql.exec(
+                    "UPDATE holds SET state = 'released' WHERE reservation_id = ?",
+                    vec![text(reservation_id)],
+                )?;
+            }
+        }
+        sql.exec(
+            "DELETE FROM unforwarded WHERE reservation_id = ?",
+            vec![text(reservation_id)],
+        )?;
+        sql.exec(
+            "DELETE FROM idempotency WHERE reservation_id = ?",
+            vec![text(reservation_id)],
+        )?;
+        Ok(())
+    }
+
+    fn back_off(
+        &self,
+        cfg: &EdgeConfig,
+        reservation_id: Uuid,
+        attempts: u32,
+        now: i64,
+    ) -> worker::Result<()> {
         let delay = (500i64 << attempts.min(16)).min(cfg.forward_retry_max_ms as i64);
         self.sql().exec(
             "UPDATE unforwarded SET attempts = ?, next_attempt_ms = ? WHERE reservation_id = ?",
-            vec![int(i64::from(attempts) + 1), int(now + delay), text(reservation_id)],
+            vec![
+                int(i64::from(attempts) + 1),
+                int(now + delay),
+                text(reservation_id),
+            ],
         )?;
         Ok(())
     }
@@ -551,22 +715,49 @@ impl DropInventory {
     /// The next moment the alarm has work: a retry, or an idempotency record to drop.
     fn next_alarm(&self) -> worker::Result<Option<i64>> {
         let sql = self.sql();
-        let retry: Vec<MinRow> = sql.exec("SELECT MIN(next_attempt_ms) AS t FROM unforwarded", None)?.to_array()?;
-        let sweep: Vec<MinRow> = sql.exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?.to_array()?;
+        let retry: Vec<MinRow> = sql
+            .exec("SELECT MIN(next_attempt_ms) AS t FROM unforwarded", None)?
+            .to_array()?;
+        let sweep: Vec<MinRow> = sql
+            .exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?
+            .to_array()?;
         let retry = retry.first().and_then(|r| r.t).map(|t| t as i64);
-        let sweep = sweep.first().and_then(|r| r.t).map(|t| t as i64 + IDEMPOTENCY_TTL_MS);
+        let sweep = sweep
+            .first()
+            .and_then(|r| r.t)
+            .map(|t| t as i64 + IDEMPOTENCY_TTL_MS);
         Ok(retry.into_iter().chain(sweep).min())
     }
 }
 
-/// Hands a reservation to the origin; the answer carries the payment handle.
-async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> worker::Result<ReservationAck> {
-    let body = serde_json::to_vec(handoff).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    let mut resp = origin::signed(cfg, InternalRoute::Reservations, &body).await?;
-    if !(200..300).contains(&resp.status_code()) {
-        return Err(worker::Error::RustError(format!("origin answered {}", resp.status_code())));
-    }
-    resp.json().await
+/// What became of handing a reservation to the origin.
+enum Forwarded {
+    /// The origin has the order; the answer carries the payment handle.
+    Acknowledged(ReservationAck),
+    /// The buyer had used this idempotency key for an order of another drop.
+    KeyReused,
+    /// Not now (origin down, slow or failing): retry later.
+    Failed(String),
+}
+
+async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> Forwarded {
+    let attempt = async {
+        let body =
+            serde_json::to_vec(handoff).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let mut resp = origin::signed(cfg, InternalRoute::Reservations, &body).await?;
+        let status = resp.status_code();
+        if (200..300).contains(&status) {
+            return Ok(Forwarded::Acknowledged(resp.json().await?));
+        }
+        let problem: Option<Problem> = resp.json().await.ok();
+        if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused.as_str()) {
+            return Ok(Forwarded::KeyReused);
+        }
+        Ok(Forwarded::Failed(format!("origin answered {status}")))
+    };
+    attempt
+        .await
+        .unwrap_or_else(|e: worker::Error| Forwarded::Failed(e.to_string()))
 }
 
 impl worker::DurableObject for DropInventory {
@@ -579,7 +770,11 @@ impl worker::DurableObject for DropInventory {
             in_flight: RefCell::new(HashSet::new()),
             alarm_at: Cell::new(None),
         };
-        let ready = object.sql().exec(SCHEMA, None).map(|_| ()).and_then(|_| object.load());
+        let ready = object
+            .sql()
+            .exec(SCHEMA, None)
+            .map(|_| ())
+            .and_then(|_| object.load());
         if let Err(e) = ready {
             worker::console_error!("inventory object could not load: {e}");
         }
@@ -600,7 +795,10 @@ impl worker::DurableObject for DropInventory {
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_at.set(None);
         let now = now_ms();
-        self.sql().exec("DELETE FROM idempotency WHERE created_at_ms <= ?", vec![int(now - IDEMPOTENCY_TTL_MS)])?;
+        self.sql().exec(
+            "DELETE FROM idempotency WHERE created_at_ms <= ?",
+            vec![int(now - IDEMPOTENCY_TTL_MS)],
+        )?;
         match EdgeConfig::from_env(&self.env) {
             Ok(cfg) => self.retry_forwards(&cfg, now).await?,
             Err(_) => worker::console_error!("edge settings missing; forwards wait"),

@@ -6,16 +6,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{validate_text, CreateCreator, Creator};
-use drops_shared::auth::Role;
 use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{AuthUser, StrictJson};
+use crate::extract::{Admins, Authorized, StrictJson};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/creators", post(create)).route("/v1/creators/{creator_id}", get(show))
+    Router::new()
+        .route("/v1/creators", post(create))
+        .route("/v1/creators/{creator_id}", get(show))
 }
 
 #[derive(sqlx::FromRow)]
@@ -28,7 +29,13 @@ struct CreatorRow {
 
 impl From<CreatorRow> for Creator {
     fn from(r: CreatorRow) -> Self {
-        Creator { id: r.id, name: r.name, user_id: r.user_id, follower_count: 0, created_at: r.created_at }
+        Creator {
+            id: r.id,
+            name: r.name,
+            user_id: r.user_id,
+            follower_count: 0,
+            created_at: r.created_at,
+        }
     }
 }
 
@@ -36,13 +43,12 @@ pub fn parse_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
+#[tracing::instrument(skip_all, fields(admin = %admin.0.user_id))]
 async fn create(
     State(state): State<AppState>,
-    user: AuthUser,
+    admin: Authorized<Admins>,
     StrictJson(body): StrictJson<CreateCreator>,
 ) -> ApiResult<(StatusCode, Json<Creator>)> {
-    user.require(&[Role::Admin])?;
     validate_text("name", &body.name, 200)?;
     let mut tx = state.db.begin().await?;
     // The creator's account may not have signed in yet: it exists from now on.
@@ -59,18 +65,27 @@ async fn create(
     .bind(body.name.trim())
     .fetch_optional(&mut *tx)
     .await?;
-    let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
+    let row = row.ok_or_else(|| {
+        ApiError::code(
+            ErrorCode::Conflict,
+            "that user already has a creator profile",
+        )
+    })?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-async fn show(State(state): State<AppState>, Path(creator_id): Path<String>) -> ApiResult<Json<Creator>> {
+async fn show(
+    State(state): State<AppState>,
+    Path(creator_id): Path<String>,
+) -> ApiResult<Json<Creator>> {
     let id = parse_id(&creator_id)?;
-    let row: CreatorRow = sqlx::query_as("SELECT id, name, user_id, created_at FROM creators WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let row: CreatorRow =
+        sqlx::query_as("SELECT id, name, user_id, created_at FROM creators WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
     Ok(Json(row.into()))
 }
 

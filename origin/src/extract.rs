@@ -23,25 +23,66 @@ pub struct AuthUser(pub Identity);
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let identity = verify_bearer(header, state.settings.jwt_secret.expose_secret().as_bytes(), Utc::now())?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let identity = verify_bearer(
+            header,
+            state.settings.jwt_secret.expose_secret().as_bytes(),
+            Utc::now(),
+        )?;
         users::ensure(&state.db, identity.user_id, identity.role).await?;
         Ok(AuthUser(identity))
     }
 }
 
-impl AuthUser {
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
-        Ok(self.0.require(roles)?)
+/// Which roles a route admits; checked with the token, before the body is read.
+pub trait Roles: Send + Sync {
+    const ALLOWED: &'static [Role];
+}
+
+pub struct Admins;
+impl Roles for Admins {
+    const ALLOWED: &'static [Role] = &[Role::Admin];
+}
+
+/// Creators and admins: the catalogue writers.
+pub struct Sellers;
+impl Roles for Sellers {
+    const ALLOWED: &'static [Role] = &[Role::Creator, Role::Admin];
+}
+
+/// A caller whose token is valid and whose role `R` admits.
+pub struct Authorized<R: Roles>(pub Identity, std::marker::PhantomData<R>);
+
+impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthUser(identity) = AuthUser::from_request_parts(parts, state).await?;
+        identity.require(R::ALLOWED)?;
+        Ok(Authorized(identity, std::marker::PhantomData))
     }
 }
 
 async fn bounded_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(ErrorCode::PayloadTooLarge, Some(format!("request bodies are limited to {MAX_BODY_BYTES} bytes")))
-                .into()
+            Problem::new(
+                ErrorCode::PayloadTooLarge,
+                Some(format!(
+                    "request bodies are limited to {MAX_BODY_BYTES} bytes"
+                )),
+            )
+            .into()
         } else {
             ApiError::code(ErrorCode::InvalidRequest, "could not read the request body")
         }
@@ -68,13 +109,26 @@ impl FromRequest<AppState> for SignedBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let method = req.method().as_str().to_owned();
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
         let headers = req.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
         let bytes = bounded_bytes(req, state).await?;
         verify_internal(
-            state.settings.edge_to_origin_secret.expose_secret().as_bytes(),
+            state
+                .settings
+                .edge_to_origin_secret
+                .expose_secret()
+                .as_bytes(),
             &method,
             &path,
             timestamp.as_deref(),

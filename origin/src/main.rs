@@ -18,6 +18,8 @@ async fn main() -> anyhow::Result<()> {
         Some("migrate") => cli::migrate(&settings).await,
         Some("seed") => cli::seed(&settings).await,
         Some("token") => cli::token(&settings, &args[1..]),
-        Some(other) => anyhow::bail!("unknown command `{other}`; expected serve, migrate, seed or token"),
+        Some(other) => {
+            anyhow::bail!("unknown command `{other}`; expected serve, migrate, seed or token")
+        }
     }
 }

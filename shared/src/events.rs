@@ -9,8 +9,18 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum DomainEvent {
-    DropCreated { drop_id: Uuid, creator_id: Uuid, starts_at: DateTime<Utc>, ends_at: DateTime<Utc> },
-    OrderReserved { order_id: Uuid, drop_id: Uuid, user_id: Uuid, quantity: u32 },
+    DropCreated {
+        drop_id: Uuid,
+        creator_id: Uuid,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+    },
+    OrderReserved {
+        order_id: Uuid,
+        drop_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+    },
 }
 
 impl DomainEvent {

@@ -32,7 +32,11 @@ pub enum InternalRoute {
     /// edge: full inventory snapshot, for reconciliation.
     InventorySnapshot { drop_id: Uuid },
     /// edge: mark a hold sold or return its units (idempotent).
-    Hold { drop_id: Uuid, reservation_id: Uuid, action: HoldAction },
+    Hold {
+        drop_id: Uuid,
+        reservation_id: Uuid,
+        action: HoldAction,
+    },
     /// edge: evict cached pages.
     Purge,
 }
@@ -51,8 +55,15 @@ impl InternalRoute {
             Self::UpsertInventory { drop_id } | Self::InventorySnapshot { drop_id } => {
                 format!("/internal/v1/drops/{drop_id}/inventory")
             }
-            Self::Hold { drop_id, reservation_id, action } => {
-                format!("/internal/v1/drops/{drop_id}/holds/{reservation_id}/{}", action.as_str())
+            Self::Hold {
+                drop_id,
+                reservation_id,
+                action,
+            } => {
+                format!(
+                    "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{}",
+                    action.as_str()
+                )
             }
             Self::Purge => "/internal/v1/purge".into(),
         }
@@ -170,20 +181,40 @@ mod tests {
             InternalRoute::Reservations,
             InternalRoute::UpsertInventory { drop_id: d },
             InternalRoute::InventorySnapshot { drop_id: d },
-            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Sell },
-            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Release },
+            InternalRoute::Hold {
+                drop_id: d,
+                reservation_id: r,
+                action: HoldAction::Sell,
+            },
+            InternalRoute::Hold {
+                drop_id: d,
+                reservation_id: r,
+                action: HoldAction::Release,
+            },
             InternalRoute::Purge,
         ] {
-            assert_eq!(InternalRoute::parse(route.method(), &route.path()), Some(route));
+            assert_eq!(
+                InternalRoute::parse(route.method(), &route.path()),
+                Some(route)
+            );
         }
     }
 
     #[test]
     fn rejects_other_paths() {
-        assert_eq!(InternalRoute::parse("GET", "/internal/v1/reservations"), None);
-        assert_eq!(InternalRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"), None);
+        assert_eq!(
+            InternalRoute::parse("GET", "/internal/v1/reservations"),
+            None
+        );
+        assert_eq!(
+            InternalRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"),
+            None
+        );
         assert_eq!(InternalRoute::parse("POST", "/v1/drops"), None);
         let d = Uuid::from_u128(1);
-        assert_eq!(InternalRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")), None);
+        assert_eq!(
+            InternalRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")),
+            None
+        );
     }
 }

@@ -40,7 +40,9 @@ impl Rejection {
         match self {
             Self::InvalidQuantity { max_per_user } => Problem::new(
                 ErrorCode::InvalidRequest,
-                Some(format!("field `quantity`: must be 1 to {max_per_user} for this drop")),
+                Some(format!(
+                    "field `quantity`: must be 1 to {max_per_user} for this drop"
+                )),
             ),
             Self::NotStarted => ErrorCode::DropNotStarted.into(),
             Self::Ended => ErrorCode::DropEnded.into(),
@@ -88,7 +90,13 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(terms: InventoryTerms) -> Self {
-        Self { terms, holds: BTreeMap::new(), user_units: HashMap::new(), held: 0, sold: 0 }
+        Self {
+            terms,
+            holds: BTreeMap::new(),
+            user_units: HashMap::new(),
+            held: 0,
+            sold: 0,
+        }
     }
 
     /// Rebuilds an inventory from persisted holds.
@@ -159,10 +167,18 @@ impl Inventory {
     }
 
     /// The decision: grants `quantity` units to `user_id` as a hold, or says why not.
-    pub fn reserve(&mut self, reservation_id: Uuid, user_id: Uuid, quantity: u32, now_ms: i64) -> Result<Hold, Rejection> {
+    pub fn reserve(
+        &mut self,
+        reservation_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+        now_ms: i64,
+    ) -> Result<Hold, Rejection> {
         let t = &self.terms;
         if quantity == 0 || quantity > t.max_per_user {
-            return Err(Rejection::InvalidQuantity { max_per_user: t.max_per_user });
+            return Err(Rejection::InvalidQuantity {
+                max_per_user: t.max_per_user,
+            });
         }
         if now_ms < t.starts_at.timestamp_millis() {
             return Err(Rejection::NotStarted);
@@ -193,13 +209,19 @@ impl Inventory {
     fn transition(&mut self, reservation_id: Uuid, to: HoldState) -> Result<Transition, HoldError> {
         let hold = *self.holds.get(&reservation_id).ok_or(HoldError::NotFound)?;
         match (hold.state, to) {
-            (from, to) if from == to => Ok(Transition { state: to, changed: false }),
+            (from, to) if from == to => Ok(Transition {
+                state: to,
+                changed: false,
+            }),
             (HoldState::Held, _) => {
                 self.count(&hold, -1);
                 let moved = Hold { state: to, ..hold };
                 self.count(&moved, 1);
                 self.holds.insert(reservation_id, moved);
-                Ok(Transition { state: to, changed: true })
+                Ok(Transition {
+                    state: to,
+                    changed: true,
+                })
             }
             (HoldState::Released, _) => Err(HoldError::AlreadyReleased),
             (HoldState::Sold, _) => Err(HoldError::AlreadySold),
@@ -227,7 +249,11 @@ impl Inventory {
 
     /// The soonest expiry among the holds still `Held`.
     pub fn next_expiry_ms(&self) -> Option<i64> {
-        self.holds.values().filter(|h| h.state == HoldState::Held).map(|h| h.expires_at_ms).min()
+        self.holds
+            .values()
+            .filter(|h| h.state == HoldState::Held)
+            .map(|h| h.expires_at_ms)
+            .min()
     }
 }
 
@@ -244,7 +270,10 @@ mod tests {
             max_per_user,
             starts_at: DateTime::from_timestamp_millis(1_000).unwrap(),
             ends_at: DateTime::from_timestamp_millis(1_000_000).unwrap(),
-            price: Money { amount: 100, currency: "EUR".into() },
+            price: Money {
+                amount: 100,
+                currency: "EUR".into(),
+            },
             hold_seconds: 60,
         }
     }
@@ -256,17 +285,38 @@ mod tests {
     #[test]
     fn window_limit_and_stock_rules() {
         let mut inv = Inventory::new(terms(3, 2));
-        assert_eq!(inv.reserve(id(1), id(100), 1, 999), Err(Rejection::NotStarted));
-        assert_eq!(inv.reserve(id(1), id(100), 1, 1_000_000), Err(Rejection::Ended));
-        assert_eq!(inv.reserve(id(1), id(100), 3, 5_000), Err(Rejection::InvalidQuantity { max_per_user: 2 }));
-        assert_eq!(inv.reserve(id(1), id(100), 0, 5_000), Err(Rejection::InvalidQuantity { max_per_user: 2 }));
+        assert_eq!(
+            inv.reserve(id(1), id(100), 1, 999),
+            Err(Rejection::NotStarted)
+        );
+        assert_eq!(
+            inv.reserve(id(1), id(100), 1, 1_000_000),
+            Err(Rejection::Ended)
+        );
+        assert_eq!(
+            inv.reserve(id(1), id(100), 3, 5_000),
+            Err(Rejection::InvalidQuantity { max_per_user: 2 })
+        );
+        assert_eq!(
+            inv.reserve(id(1), id(100), 0, 5_000),
+            Err(Rejection::InvalidQuantity { max_per_user: 2 })
+        );
         let hold = inv.reserve(id(1), id(100), 2, 5_000).unwrap();
         assert_eq!(hold.expires_at_ms, 65_000);
-        assert_eq!(inv.reserve(id(2), id(100), 1, 5_000), Err(Rejection::LimitReached));
-        assert_eq!(inv.reserve(id(3), id(101), 2, 5_000), Err(Rejection::SoldOut));
+        assert_eq!(
+            inv.reserve(id(2), id(100), 1, 5_000),
+            Err(Rejection::LimitReached)
+        );
+        assert_eq!(
+            inv.reserve(id(3), id(101), 2, 5_000),
+            Err(Rejection::SoldOut)
+        );
         assert!(inv.reserve(id(3), id(101), 1, 5_000).is_ok());
         assert_eq!(inv.remaining(), 0);
-        assert_eq!(inv.reserve(id(1), id(102), 1, 5_000), Err(Rejection::SoldOut));
+        assert_eq!(
+            inv.reserve(id(1), id(102), 1, 5_000),
+            Err(Rejection::SoldOut)
+        );
     }
 
     #[test]
@@ -274,11 +324,29 @@ mod tests {
         let mut inv = Inventory::new(terms(5, 5));
         inv.reserve(id(1), id(100), 2, 5_000).unwrap();
         inv.reserve(id(2), id(100), 1, 5_000).unwrap();
-        assert_eq!(inv.release(id(1)), Ok(Transition { state: HoldState::Released, changed: true }));
-        assert_eq!(inv.release(id(1)), Ok(Transition { state: HoldState::Released, changed: false }));
+        assert_eq!(
+            inv.release(id(1)),
+            Ok(Transition {
+                state: HoldState::Released,
+                changed: true
+            })
+        );
+        assert_eq!(
+            inv.release(id(1)),
+            Ok(Transition {
+                state: HoldState::Released,
+                changed: false
+            })
+        );
         assert_eq!(inv.remaining(), 4);
         assert_eq!(inv.sell(id(1)), Err(HoldError::AlreadyReleased));
-        assert_eq!(inv.sell(id(2)), Ok(Transition { state: HoldState::Sold, changed: true }));
+        assert_eq!(
+            inv.sell(id(2)),
+            Ok(Transition {
+                state: HoldState::Sold,
+                changed: true
+            })
+        );
         assert_eq!(inv.release(id(2)), Err(HoldError::AlreadySold));
         assert_eq!(inv.sell(id(9)), Err(HoldError::NotFound));
         assert_eq!((inv.sold(), inv.held(), inv.remaining()), (1, 0, 4));
@@ -300,7 +368,10 @@ mod tests {
     fn terms_cannot_cut_below_committed_units() {
         let mut inv = Inventory::new(terms(5, 5));
         inv.reserve(id(1), id(100), 3, 5_000).unwrap();
-        assert_eq!(inv.set_terms(terms(2, 2)), Err(TermsConflict { committed: 3 }));
+        assert_eq!(
+            inv.set_terms(terms(2, 2)),
+            Err(TermsConflict { committed: 3 })
+        );
         assert!(inv.set_terms(terms(3, 2)).is_ok());
         assert_eq!(inv.remaining(), 0);
     }

@@ -1,1 +1,270 @@
+//! The test harness: one real stack per test binary.
+//!
+//! [`Stack::get`] starts, once per process: a fresh Postgres database with the
+//! migrations applied, the origin in-process (on its own runtime, so it outlives
+//! each test's runtime, and can be stopped and started again on the same port), and
+//! the edge under `wrangler dev` (workerd) with its own state directory. The
+//! `wrangler` process group is killed when the test process exits.
+//!
+//! Tests create their own creators, drops and buyers, so they never see each
+//! other's data and may run concurrently.
 
+pub mod client;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use drops_origin::config::Settings;
+use drops_origin::Application;
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+
+pub use client::{Buyer, Client, DropSpec};
+
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+pub const EDGE_TO_ORIGIN_SECRET: &str = "test-edge-to-origin-secret-0123456789abcdef";
+pub const ORIGIN_TO_EDGE_SECRET: &str = "test-origin-to-edge-secret-0123456789abcdef";
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+
+pub struct Stack {
+    pub edge_url: String,
+    pub origin_url: String,
+    pub database_url: String,
+    settings: Settings,
+    runtime: tokio::runtime::Runtime,
+    origin: Mutex<Option<RunningOrigin>>,
+}
+
+struct RunningOrigin {
+    stop: oneshot::Sender<()>,
+    stopped: oneshot::Receiver<()>,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+static WRANGLER_PGID: OnceLock<i32> = OnceLock::new();
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+extern "C" fn kill_wrangler() {
+    if let Some(pgid) = WRANGLER_PGID.get() {
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Stack {
+    /// The stack of this test process, started on first use.
+    pub fn get() -> &'static Stack {
+        STACK.get_or_init(|| {
+            // Started on a thread of its own: the caller is usually inside a test's runtime.
+            std::thread::spawn(Stack::start)
+                .join()
+                .expect("stack start thread")
+                .unwrap_or_else(|e| panic!("could not start the stack: {e:#}"))
+        })
+    }
+
+    fn start() -> anyhow::Result<Stack> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let admin_url = std::env::var("DROPS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let db_name = format!("drops_test_{}", uuid::Uuid::new_v4().simple());
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(&format!("CREATE DATABASE {db_name}"))
+                .execute(&mut conn)
+                .await?;
+            anyhow::Ok(())
+        })?;
+        let database_url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => anyhow::bail!("DROPS_TEST_POSTGRES must end in /<database>"),
+        };
+        let edge_port = free_port();
+        let settings = Settings {
+            environment: drops_origin::config::Environment::Development,
+            host: "127.0.0.1".into(),
+            port: 0,
+            public_url: String::new(),
+            edge_url: format!("http://127.0.0.1:{edge_port}"),
+            database_url: SecretString::from(database_url.clone()),
+            database_max_connections: 20,
+            redis_url: SecretString::from(
+                std::env::var("DROPS_TEST_REDIS")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            ),
+            jwt_secret: SecretString::from(JWT_SECRET),
+            edge_to_origin_secret: SecretString::from(EDGE_TO_ORIGIN_SECRET),
+            origin_to_edge_secret: SecretString::from(ORIGIN_TO_EDGE_SECRET),
+            webhook_secrets: SecretString::from(WEBHOOK_SECRET),
+            hold_seconds: 600,
+            log_format: "pretty".into(),
+        };
+        let app = runtime.block_on(Application::build(settings.clone()))?;
+        let origin_port = app.port();
+        let origin_url = format!("http://127.0.0.1:{origin_port}");
+        let mut settings = Settings {
+            port: origin_port,
+            public_url: origin_url.clone(),
+            ..settings
+        };
+        settings.public_url = origin_url.clone();
+
+        let stack = Stack {
+            edge_url: format!("http://127.0.0.1:{edge_port}"),
+            origin_url,
+            database_url,
+            settings,
+            runtime,
+            origin: Mutex::new(None),
+        };
+        stack.serve(app);
+        stack.start_wrangler(edge_port)?;
+        Ok(stack)
+    }
+
+    fn serve(&self, app: Application) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        self.runtime.spawn(async move {
+            let result = app
+                .run_until_stopped(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                eprintln!("origin stopped with error: {e:#}");
+            }
+            let _ = done_tx.send(());
+        });
+        *self.origin.lock().expect("origin lock") = Some(RunningOrigin {
+            stop: stop_tx,
+            stopped: done_rx,
+        });
+    }
+
+    fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
+        let root = repo_root();
+        let state_dir =
+            std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
+        let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let vars = [
+            format!("ORIGIN_URL:{}", self.origin_url),
+            format!("JWT_SECRET:{JWT_SECRET}"),
+            format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
+            format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
+            "FORWARD_TIMEOUT_MS:2000".to_owned(),
+            "FORWARD_RETRY_MAX_MS:2000".to_owned(),
+        ];
+        let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
+        cmd.current_dir(&root)
+            .args([
+                "dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--inspector-port",
+                &free_port().to_string(),
+            ])
+            .arg("--persist-to")
+            .arg(&state_dir)
+            .args([
+                "--log-level",
+                "warn",
+                "--show-interactive-dev-session=false",
+            ])
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CI", "true")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for v in &vars {
+            cmd.args(["--var", v]);
+        }
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child: Child = cmd.spawn()?;
+        let _ = WRANGLER_PGID.set(child.id() as i32);
+        unsafe {
+            libc::atexit(kill_wrangler);
+        }
+        let health = format!("{}/healthz", self.edge_url);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let ready = self.runtime.block_on(async {
+            let http = reqwest::Client::new();
+            while Instant::now() < deadline {
+                if let Ok(r) = http.get(&health).send().await {
+                    if r.status().is_success() {
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            false
+        });
+        if !ready {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow::bail!("wrangler dev did not become ready on {port}; its log:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// Stops the origin (graceful: in-flight requests finish) and waits until it has.
+    pub async fn stop_origin(&self) {
+        let running = self.origin.lock().expect("origin lock").take();
+        if let Some(running) = running {
+            let _ = running.stop.send(());
+            let _ = running.stopped.await;
+        }
+    }
+
+    /// Starts the origin again, on the same port.
+    pub async fn start_origin(&self) {
+        let settings = self.settings.clone();
+        let app = self
+            .runtime
+            .spawn(async move { Application::build(settings).await })
+            .await
+            .expect("origin build task")
+            .expect("origin restarts on its port");
+        self.serve(app);
+    }
+
+    /// A fresh connection pool on the test database, for the calling test's runtime.
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.database_url)
+            .await
+            .expect("test database")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self)
+    }
+}

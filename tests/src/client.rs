@@ -1,0 +1,249 @@
+//! A small client for the public API, as an app would call it through the edge.
+
+use chrono::{Duration, Utc};
+use drops_shared::auth::{mint, Identity, Role};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{Stack, JWT_SECRET};
+
+pub fn token(user_id: Uuid, role: Role) -> String {
+    mint(
+        Identity { user_id, role },
+        JWT_SECRET.as_bytes(),
+        Utc::now() + Duration::hours(2),
+    )
+}
+
+/// A buyer with a fresh id and a valid token.
+#[derive(Debug, Clone)]
+pub struct Buyer {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl Buyer {
+    pub fn new() -> Self {
+        let id = Uuid::now_v7();
+        Self {
+            id,
+            token: token(id, Role::Buyer),
+        }
+    }
+}
+
+impl Default for Buyer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DropSpec {
+    pub stock: u32,
+    pub max_per_user: u32,
+    /// Start relative to now (negative: already live).
+    pub starts_in: Duration,
+    pub lasts: Duration,
+    pub price: i64,
+}
+
+impl DropSpec {
+    pub fn live(stock: u32, max_per_user: u32) -> Self {
+        Self {
+            stock,
+            max_per_user,
+            starts_in: Duration::seconds(-60),
+            lasts: Duration::hours(2),
+            price: 2500,
+        }
+    }
+}
+
+/// An answer: status, selected headers and the raw body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The problem `code`, for error answers.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub edge: String,
+    pub origin: String,
+}
+
+impl Client {
+    pub fn new(stack: &Stack) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            edge: stack.edge_url.clone(),
+            origin: stack.origin_url.clone(),
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("request reaches the edge");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.expect("response body").to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        let mut req = self.http.post(format!("{}{path}", self.edge)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = self.http.get(format!("{}{path}", self.edge));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// A creator (with its own account) and a product of theirs; returns (creator token, product id).
+    pub async fn creator_with_product(&self) -> (String, Uuid) {
+        let admin = token(Uuid::now_v7(), Role::Admin);
+        let creator_user = Uuid::now_v7();
+        let created = self
+            .post_json(
+                "/v1/creators",
+                Some(&admin),
+                json!({"name": "Test Creator", "user_id": creator_user}),
+            )
+            .await;
+        assert_eq!(
+            created.status,
+            StatusCode::CREATED,
+            "creator: {:?}",
+            created.json()
+        );
+        let creator_token = token(creator_user, Role::Creator);
+        let product = self
+            .post_json(
+                "/v1/products",
+                Some(&creator_token),
+                json!({"title": "Test Tee", "description": "A tee."}),
+            )
+            .await;
+        assert_eq!(
+            product.status,
+            StatusCode::CREATED,
+            "product: {:?}",
+            product.json()
+        );
+        let product_id = product.json()["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("product id");
+        (creator_token, product_id)
+    }
+
+    /// Creates a drop through the edge as its creator; returns its id once its stock is readable.
+    pub async fn create_drop(&self, spec: DropSpec) -> Uuid {
+        let (creator_token, product_id) = self.creator_with_product().await;
+        let now = Utc::now();
+        let starts_at = now + spec.starts_in;
+        let body = json!({
+            "product_id": product_id,
+            "price": {"amount": spec.price, "currency": "EUR"},
+            "stock": spec.stock,
+            "max_per_user": spec.max_per_user,
+            "starts_at": starts_at,
+            "ends_at": starts_at + spec.lasts,
+        });
+        let created = self
+            .post_json("/v1/drops", Some(&creator_token), body)
+            .await;
+        assert_eq!(
+            created.status,
+            StatusCode::CREATED,
+            "drop: {:?}",
+            created.json()
+        );
+        let id = created.json()["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("drop id");
+        let stock = self.stock(id).await;
+        assert_eq!(
+            stock["total"], spec.stock,
+            "the edge knows the drop: {stock}"
+        );
+        id
+    }
+
+    pub async fn stock(&self, drop_id: Uuid) -> Value {
+        self.get(&format!("/v1/drops/{drop_id}/stock"), None)
+            .await
+            .json()
+    }
+
+    pub async fn remaining(&self, drop_id: Uuid) -> u64 {
+        self.stock(drop_id).await["remaining"]
+            .as_u64()
+            .expect("remaining")
+    }
+
+    /// `POST /v1/drops/{id}/orders` with a raw body and an optional key.
+    pub async fn buy_raw(
+        &self,
+        token: Option<&str>,
+        drop_id: Uuid,
+        key: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/drops/{drop_id}/orders", self.edge))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        self.send(req).await
+    }
+
+    pub async fn buy(&self, buyer: &Buyer, drop_id: Uuid, key: &str, quantity: u32) -> Answer {
+        self.buy_raw(
+            Some(&buyer.token),
+            drop_id,
+            Some(key),
+            json!({"quantity": quantity}).to_string(),
+        )
+        .await
+    }
+}
