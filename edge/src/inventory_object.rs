@@ -125,7 +125,7 @@ pub async fn call_raw(
     .await
 }
 
-#[durable_object]
+#[durable_object(alarm)]
 pub struct DropInventory {
     state: State,
     env: Env,
@@ -270,9 +270,12 @@ impl DropInventory {
         if self.alarm_at.get().is_some_and(|t| t <= at_ms) {
             return Ok(());
         }
+        let at = at_ms.max(now_ms() + 10);
+        // An i64 would be read as an offset from now: pass the moment itself.
+        let moment = worker::js_sys::Date::new(&JsValue::from_f64(at as f64));
         self.state
             .storage()
-            .set_alarm(at_ms.max(now_ms() + 10))
+            .set_alarm(worker::ScheduledTime::new(moment))
             .await?;
         self.alarm_at.set(Some(at_ms));
         Ok(())
