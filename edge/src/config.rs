@@ -19,33 +19,24 @@ pub struct EdgeConfig {
 }
 
 fn binding(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
+    env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
 }
 
 fn required(env: &Env, name: &str) -> Result<String, EdgeError> {
     match binding(env, name) {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(EdgeError::Worker(worker::Error::RustError(format!(
-            "setting {name} is missing"
-        )))),
+        _ => Err(EdgeError::Worker(worker::Error::RustError(format!("setting {name} is missing")))),
     }
 }
 
 fn number(env: &Env, name: &str, default: u64) -> u64 {
-    binding(env, name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    binding(env, name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 impl EdgeConfig {
     pub fn from_env(env: &Env) -> Result<Self, EdgeError> {
         Ok(Self {
-            origin_url: required(env, "ORIGIN_URL")?
-                .trim_end_matches('/')
-                .to_owned(),
+            origin_url: required(env, "ORIGIN_URL")?.trim_end_matches('/').to_owned(),
             jwt_secret: required(env, "JWT_SECRET")?,
             edge_to_origin_secret: required(env, "EDGE_TO_ORIGIN_SECRET")?,
             origin_to_edge_secret: required(env, "ORIGIN_TO_EDGE_SECRET")?,

@@ -41,29 +41,20 @@ pub fn now_utc() -> chrono::DateTime<chrono::Utc> {
 /// A time-ordered id (UUID v7), from the Worker's clock.
 pub fn new_id() -> uuid::Uuid {
     let ms = now_ms().max(0) as u64;
-    let ts =
-        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
     uuid::Uuid::new_v7(ts)
 }
 
 /// The caller's `x-request-id` when it is sane, else a fresh one.
 pub fn request_id(req: &Request) -> String {
     match req.headers().get(REQUEST_ID_HEADER).ok().flatten() {
-        Some(id)
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id
-        }
+        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id,
         _ => new_id().to_string(),
     }
 }
 
 pub async fn with_request_id(mut resp: Response, request_id: &str) -> worker::Result<Response> {
-    if resp
-        .headers_mut()
-        .set(REQUEST_ID_HEADER, request_id)
-        .is_ok()
-    {
+    if resp.headers_mut().set(REQUEST_ID_HEADER, request_id).is_ok() {
         return Ok(resp);
     }
     // Responses that came from fetch() have immutable headers: copy them over.
@@ -74,9 +65,7 @@ pub async fn with_request_id(mut resp: Response, request_id: &str) -> worker::Re
     headers.set(REQUEST_ID_HEADER, request_id)?;
     let status = resp.status_code();
     let body = resp.bytes().await?;
-    Ok(Response::from_bytes(body)?
-        .with_status(status)
-        .with_headers(headers))
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
 }
 
 pub fn problem_response(problem: &Problem) -> worker::Result<Response> {
@@ -85,17 +74,13 @@ pub fn problem_response(problem: &Problem) -> worker::Result<Response> {
     if problem.status == 429 || problem.status == 503 {
         headers.set("retry-after", "1")?;
     }
-    Ok(Response::from_bytes(problem.to_json().into_bytes())?
-        .with_status(problem.status)
-        .with_headers(headers))
+    Ok(Response::from_bytes(problem.to_json().into_bytes())?.with_status(problem.status).with_headers(headers))
 }
 
 pub fn json_bytes(status: u16, body: Vec<u8>) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
-    Ok(Response::from_bytes(body)?
-        .with_status(status)
-        .with_headers(headers))
+    Ok(Response::from_bytes(body)?.with_status(status).with_headers(headers))
 }
 
 pub fn json<T: serde::Serialize>(status: u16, value: &T) -> EdgeResult {
@@ -106,10 +91,7 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> EdgeResult {
 /// Reads the body, refusing more than 64 KiB with 413 before reading when the
 /// client declared its length, and after reading otherwise.
 pub async fn read_body(req: &mut Request) -> EdgeResult<Vec<u8>> {
-    let declared = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.trim().parse::<usize>().ok());
+    let declared = req.headers().get("content-length")?.and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(too_large());
     }
@@ -121,13 +103,8 @@ pub async fn read_body(req: &mut Request) -> EdgeResult<Vec<u8>> {
 }
 
 fn too_large() -> EdgeError {
-    Problem::new(
-        ErrorCode::PayloadTooLarge,
-        Some(format!(
-            "request bodies are limited to {MAX_BODY_BYTES} bytes"
-        )),
-    )
-    .into()
+    Problem::new(ErrorCode::PayloadTooLarge, Some(format!("request bodies are limited to {MAX_BODY_BYTES} bytes")))
+        .into()
 }
 
 pub fn header(req: &Request, name: &str) -> Option<String> {

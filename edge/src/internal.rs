@@ -35,34 +35,17 @@ pub async fn handle(mut req: Request, env: &Env) -> EdgeResult {
         &body,
         now_ms() / 1000,
     )
-    .map_err(|e| {
-        Problem::new(
-            ErrorCode::Unauthorized,
-            Some(format!("internal call refused: {e}")),
-        )
-    })?;
+    .map_err(|e| Problem::new(ErrorCode::Unauthorized, Some(format!("internal call refused: {e}"))))?;
 
     let raw = |m, action: String| inventory_object::call_raw(env, m, action, body.clone());
     Ok(match route {
-        InternalRoute::UpsertInventory { drop_id } => {
-            raw(Method::Put, format!("{drop_id}/terms")).await?
-        }
-        InternalRoute::InventorySnapshot { drop_id } => {
-            raw(Method::Get, format!("{drop_id}/snapshot")).await?
-        }
-        InternalRoute::Hold {
-            drop_id,
-            reservation_id,
-            action,
-        } => {
-            raw(
-                Method::Post,
-                format!("{drop_id}/holds/{reservation_id}/{}", action.as_str()),
-            )
-            .await?
+        InternalRoute::UpsertInventory { drop_id } => raw(Method::Put, format!("{drop_id}/terms")).await?,
+        InternalRoute::InventorySnapshot { drop_id } => raw(Method::Get, format!("{drop_id}/snapshot")).await?,
+        InternalRoute::Hold { drop_id, reservation_id, action } => {
+            raw(Method::Post, format!("{drop_id}/holds/{reservation_id}/{}", action.as_str())).await?
         }
         // The page cache arrives with the drop pages work; until then nothing is cached.
         InternalRoute::Purge => return Err(ErrorCode::NotFound.into()),
-        InternalRoute::Reservations => return Err(ErrorCode::NotFound.into()),
+        InternalRoute::Reservations | InternalRoute::HoldExpired { .. } => return Err(ErrorCode::NotFound.into()),
     })
 }

@@ -12,37 +12,34 @@
 //!   stock is derived from it, never stored twice.
 //! - `idempotency`: per (user, key) the request fingerprint and the answer given,
 //!   replayed byte for byte for 24 h.
-//! - `unforwarded`: reservations the origin has not acknowledged yet; the alarm
-//!   retries them with backoff until it does.
+//! - `outbound`: messages the origin has not acknowledged yet (handed-over
+//!   reservations, expiry notices); the alarm retries them with backoff until it does
+//!   (see [`crate::outbound`]).
+//!
+//! The alarm also expires holds that ran out unpaid and sweeps idempotency records
+//! older than 24 h.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use drops_shared::api::{CreateOrderRequest, DropStatus, OrderCreated, OrderStatus, StockResponse};
 use drops_shared::internal::{
-    HoldOutcome, HoldSnapshot, HoldState, InternalRoute, InventorySnapshot, InventoryTerms,
-    ReservationAck, ReservationHandoff,
+    HoldAction, HoldExpiry, HoldOutcome, HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms, ReservationHandoff,
 };
-use drops_shared::inventory::{Hold, HoldError, Inventory};
+use drops_shared::inventory::{Hold, HoldError, Inventory, Transition};
 use drops_shared::problem::{ErrorCode, Problem};
 use futures_util::future::{join_all, select, Either};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
-use worker::{
-    durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage,
-    SqlStorageValue, State,
-};
+use worker::{durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage, SqlStorageValue, State};
 
 use crate::config::EdgeConfig;
 use crate::http::{json, json_bytes, new_id, now_ms, problem_response, EdgeError, EdgeResult};
-use crate::origin;
+use crate::outbound::{self, Delivery, Kind};
 
 const BINDING: &str = "DROP_INVENTORY";
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-/// Unforwarded reservations retried per alarm run.
-const RETRY_BATCH: usize = 100;
-const RETRY_CONCURRENCY: usize = 10;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS terms (
@@ -68,11 +65,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
   PRIMARY KEY (user_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at_ms);
-CREATE TABLE IF NOT EXISTS unforwarded (
-  reservation_id TEXT PRIMARY KEY,
-  handoff TEXT NOT NULL,
+-- Messages for the origin not yet acknowledged: handed-over reservations and
+-- expiry notices. The alarm delivers them, reservations before expiries.
+CREATE TABLE IF NOT EXISTS outbound (
+  reservation_id TEXT NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('reservation', 'expiry')),
+  body TEXT NOT NULL,
   attempts INTEGER NOT NULL,
-  next_attempt_ms INTEGER NOT NULL
+  next_attempt_ms INTEGER NOT NULL,
+  PRIMARY KEY (reservation_id, kind)
 );
 ";
 
@@ -100,29 +101,15 @@ pub async fn call<T: Serialize>(
 }
 
 /// Calls an inventory object at `{drop_id}/{action}` with raw body bytes.
-pub async fn call_raw(
-    env: &Env,
-    method: Method,
-    path: String,
-    body: Vec<u8>,
-) -> worker::Result<Response> {
+pub async fn call_raw(env: &Env, method: Method, path: String, body: Vec<u8>) -> worker::Result<Response> {
     let drop_id = path.split('/').next().unwrap_or_default().to_owned();
-    let stub = env
-        .durable_object(BINDING)?
-        .id_from_name(&drop_id)?
-        .get_stub()?;
+    let stub = env.durable_object(BINDING)?.id_from_name(&drop_id)?.get_stub()?;
     let mut init = RequestInit::new();
     init.with_method(method);
     if !body.is_empty() {
-        init.with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(
-            body.as_slice(),
-        ))));
+        init.with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(body.as_slice()))));
     }
-    stub.fetch_with_request(Request::new_with_init(
-        &format!("https://inventory/{path}"),
-        &init,
-    )?)
-    .await
+    stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{path}"), &init)?).await
 }
 
 #[durable_object(alarm)]
@@ -139,14 +126,8 @@ pub struct DropInventory {
 }
 
 enum Decision {
-    Replay {
-        status: u16,
-        body: String,
-    },
-    Fresh {
-        body: OrderCreated,
-        handoff: ReservationHandoff,
-    },
+    Replay { status: u16, body: String },
+    Fresh { body: OrderCreated, handoff: ReservationHandoff },
 }
 
 #[derive(Deserialize)]
@@ -172,9 +153,9 @@ struct IdempotencyRow {
 }
 
 #[derive(Deserialize)]
-struct UnforwardedRow {
-    handoff: String,
-    attempts: f64,
+struct KeyRow {
+    reservation_id: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -207,10 +188,7 @@ fn int(v: i64) -> SqlStorageValue {
 }
 
 fn key_reused() -> Problem {
-    Problem::new(
-        ErrorCode::IdempotencyKeyReused,
-        Some("this Idempotency-Key was used with a different request".into()),
-    )
+    Problem::new(ErrorCode::IdempotencyKeyReused, Some("this Idempotency-Key was used with a different request".into()))
 }
 
 fn internal(msg: impl ToString) -> EdgeError {
@@ -225,21 +203,15 @@ impl DropInventory {
     /// Loads the inventory from SQLite (the source of truth for memory).
     fn load(&self) -> worker::Result<()> {
         let sql = self.sql();
-        let terms: Vec<TermsRow> = sql
-            .exec("SELECT drop_id, body FROM terms WHERE id = 1", None)?
-            .to_array()?;
+        let terms: Vec<TermsRow> = sql.exec("SELECT drop_id, body FROM terms WHERE id = 1", None)?.to_array()?;
         let Some(row) = terms.into_iter().next() else {
             self.inventory.replace(None);
             return Ok(());
         };
         let terms: InventoryTerms =
             serde_json::from_str(&row.body).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let holds: Vec<HoldRow> = sql
-            .exec(
-                "SELECT reservation_id, user_id, quantity, state, expires_at_ms FROM holds",
-                None,
-            )?
-            .to_array()?;
+        let holds: Vec<HoldRow> =
+            sql.exec("SELECT reservation_id, user_id, quantity, state, expires_at_ms FROM holds", None)?.to_array()?;
         let holds = holds.into_iter().filter_map(|h| {
             Some((
                 Uuid::parse_str(&h.reservation_id).ok()?,
@@ -252,8 +224,7 @@ impl DropInventory {
             ))
         });
         self.drop_id.set(Uuid::parse_str(&row.drop_id).ok());
-        self.inventory
-            .replace(Some(Inventory::restore(terms, holds)));
+        self.inventory.replace(Some(Inventory::restore(terms, holds)));
         Ok(())
     }
 
@@ -273,10 +244,7 @@ impl DropInventory {
         let at = at_ms.max(now_ms() + 10);
         // An i64 would be read as an offset from now: pass the moment itself.
         let moment = worker::js_sys::Date::new(&JsValue::from_f64(at as f64));
-        self.state
-            .storage()
-            .set_alarm(worker::ScheduledTime::new(moment))
-            .await?;
+        self.state.storage().set_alarm(worker::ScheduledTime::new(moment)).await?;
         self.alarm_at.set(Some(at_ms));
         Ok(())
     }
@@ -305,10 +273,7 @@ impl DropInventory {
         if self.in_flight.borrow().contains(&flight) {
             return Err(ErrorCode::IdempotencyKeyInProgress.into());
         }
-        let fingerprint = serde_json::to_string(&CreateOrderRequest {
-            quantity: cmd.quantity,
-        })
-        .map_err(internal)?;
+        let fingerprint = serde_json::to_string(&CreateOrderRequest { quantity: cmd.quantity }).map_err(internal)?;
         let sql = self.sql();
         let earlier: Vec<IdempotencyRow> = sql
             .exec(
@@ -318,27 +283,18 @@ impl DropInventory {
             .to_array()?;
         if let Some(row) = earlier.into_iter().next() {
             return if row.fingerprint == fingerprint {
-                Ok(Decision::Replay {
-                    status: row.status as u16,
-                    body: row.body,
-                })
+                Ok(Decision::Replay { status: row.status as u16, body: row.body })
             } else {
                 Err(key_reused().into())
             };
         }
 
         let reservation_id = new_id();
-        let hold = inv
-            .reserve(reservation_id, cmd.user_id, cmd.quantity, now)
-            .map_err(|r| r.to_problem())?;
+        let hold = inv.reserve(reservation_id, cmd.user_id, cmd.quantity, now).map_err(|r| r.to_problem())?;
         let terms = inv.terms();
-        let amount = terms
-            .price
-            .times(cmd.quantity)
-            .ok_or_else(|| internal("amount overflow"))?;
+        let amount = terms.price.times(cmd.quantity).ok_or_else(|| internal("amount overflow"))?;
         let reserved_at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
-        let expires_at =
-            chrono::DateTime::from_timestamp_millis(hold.expires_at_ms).unwrap_or_default();
+        let expires_at = chrono::DateTime::from_timestamp_millis(hold.expires_at_ms).unwrap_or_default();
         let body = OrderCreated {
             order_id: reservation_id,
             drop_id,
@@ -359,10 +315,7 @@ impl DropInventory {
             expires_at,
         };
         let written = (|| -> worker::Result<()> {
-            let body_json = serde_json::to_string(&body)
-                .map_err(|e| worker::Error::RustError(e.to_string()))?;
-            let handoff_json = serde_json::to_string(&handoff)
-                .map_err(|e| worker::Error::RustError(e.to_string()))?;
+            let body_json = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(e.to_string()))?;
             sql.exec(
                 "INSERT INTO holds (reservation_id, user_id, quantity, state, expires_at_ms) VALUES (?, ?, ?, 'held', ?)",
                 vec![text(reservation_id), text(cmd.user_id), int(cmd.quantity.into()), int(hold.expires_at_ms)],
@@ -379,10 +332,7 @@ impl DropInventory {
                     int(now),
                 ],
             )?;
-            sql.exec(
-                "INSERT INTO unforwarded (reservation_id, handoff, attempts, next_attempt_ms) VALUES (?, ?, 0, ?)",
-                vec![text(reservation_id), text(handoff_json), int(now + retry_after_ms)],
-            )?;
+            outbound::enqueue(&sql, reservation_id, Kind::Reservation, &handoff, now + retry_after_ms)?;
             Ok(())
         })();
         drop(guard);
@@ -411,36 +361,27 @@ impl DropInventory {
         let outcome = async {
             self.alarm_by(now + timeout + 1_000).await?;
             let forwarded = select(
-                Box::pin(forward(&cfg, &handoff)),
-                Box::pin(Delay::from(std::time::Duration::from_millis(
-                    cfg.forward_timeout_ms,
-                ))),
+                Box::pin(outbound::forward(&cfg, &handoff)),
+                Box::pin(Delay::from(std::time::Duration::from_millis(cfg.forward_timeout_ms))),
             )
             .await;
             match forwarded {
-                Either::Left((Forwarded::Acknowledged(ack), _)) => {
+                Either::Left((Delivery::Acknowledged(Some(ack)), _)) => {
                     body.payment = ack.payment;
                     let body_json = serde_json::to_string(&body).map_err(internal)?;
                     let sql = self.sql();
                     sql.exec(
                         "UPDATE idempotency SET body = ? WHERE user_id = ? AND key = ?",
-                        vec![
-                            text(&body_json),
-                            text(cmd.user_id),
-                            text(&cmd.idempotency_key),
-                        ],
+                        vec![text(&body_json), text(cmd.user_id), text(&cmd.idempotency_key)],
                     )?;
-                    sql.exec(
-                        "DELETE FROM unforwarded WHERE reservation_id = ?",
-                        vec![text(handoff.reservation_id)],
-                    )?;
+                    outbound::settled(&sql, handoff.reservation_id, Kind::Reservation)?;
                 }
-                Either::Left((Forwarded::KeyReused, _)) => {
+                Either::Left((Delivery::KeyReused, _)) => {
                     self.void(handoff.reservation_id)?;
                     return Err(key_reused().into());
                 }
-                Either::Left((Forwarded::Failed(why), _)) => {
-                    worker::console_warn!("forward of {} failed: {why}", handoff.reservation_id)
+                Either::Left((Delivery::Acknowledged(None) | Delivery::Failed(_), _)) => {
+                    worker::console_warn!("forward of {} failed; the alarm retries it", handoff.reservation_id)
                 }
                 Either::Right(_) => {}
             }
@@ -461,11 +402,7 @@ impl DropInventory {
 
     fn upsert_terms(&self, drop_id: Uuid, terms: InventoryTerms) -> EdgeResult {
         if terms.total == 0 || terms.max_per_user == 0 || terms.ends_at <= terms.starts_at {
-            return Err(Problem::new(
-                ErrorCode::InvalidRequest,
-                Some("inconsistent inventory terms".into()),
-            )
-            .into());
+            return Err(Problem::new(ErrorCode::InvalidRequest, Some("inconsistent inventory terms".into())).into());
         }
         if self.drop_id.get().is_some_and(|d| d != drop_id) {
             return Err(ErrorCode::Conflict.into());
@@ -475,20 +412,16 @@ impl DropInventory {
             Some(inv) => inv.set_terms(terms.clone()).map_err(|c| {
                 Problem::new(
                     ErrorCode::Conflict,
-                    Some(format!(
-                        "stock cannot go below the {} units already held or sold",
-                        c.committed
-                    )),
+                    Some(format!("stock cannot go below the {} units already held or sold", c.committed)),
                 )
             })?,
             None => *guard = Some(Inventory::new(terms.clone())),
         }
         drop(guard);
         let body = serde_json::to_string(&terms).map_err(internal)?;
-        let written = self.sql().exec(
-            "INSERT OR REPLACE INTO terms (id, drop_id, body) VALUES (1, ?, ?)",
-            vec![text(drop_id), text(body)],
-        );
+        let written = self
+            .sql()
+            .exec("INSERT OR REPLACE INTO terms (id, drop_id, body) VALUES (1, ?, ?)", vec![text(drop_id), text(body)]);
         if let Err(e) = written {
             self.resync();
             return Err(e.into());
@@ -500,14 +433,13 @@ impl DropInventory {
     fn snapshot(&self) -> EdgeResult {
         let inv = self.inventory.borrow();
         let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
-        #[derive(Deserialize)]
-        struct IdRow {
-            reservation_id: String,
-        }
-        let unforwarded: Vec<IdRow> = self
-            .sql()
-            .exec("SELECT reservation_id FROM unforwarded", None)?
-            .to_array()?;
+        let sql = self.sql();
+        let keys: HashMap<String, String> = sql
+            .exec("SELECT reservation_id, key FROM idempotency", None)?
+            .to_array::<KeyRow>()?
+            .into_iter()
+            .map(|r| (r.reservation_id, r.key))
+            .collect();
         let snapshot = InventorySnapshot {
             drop_id: self.drop_id.get().ok_or(ErrorCode::NotFound)?,
             terms: inv.terms().clone(),
@@ -521,59 +453,52 @@ impl DropInventory {
                     user_id: h.user_id,
                     quantity: h.quantity,
                     state: h.state,
-                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms)
-                        .unwrap_or_default(),
+                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms).unwrap_or_default(),
+                    idempotency_key: keys.get(&id.to_string()).cloned(),
                 })
                 .collect(),
-            unforwarded: unforwarded
-                .iter()
-                .filter_map(|r| Uuid::parse_str(&r.reservation_id).ok())
-                .collect(),
+            unforwarded: outbound::pending(&sql, Kind::Reservation)?,
         };
         json(200, &snapshot)
     }
 
-    /// Sells or releases a hold; repeated calls answer the same without changing anything.
-    fn move_hold(&self, reservation_id: Uuid, sell: bool) -> EdgeResult {
+    /// Moves a hold on the origin's word. Repeated calls change nothing; a sell of a
+    /// released hold (or a release of a sold one) answers the state the hold is in.
+    fn move_hold(&self, reservation_id: Uuid, action: HoldAction) -> EdgeResult {
         let mut guard = self.inventory.borrow_mut();
         let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
-        let moved = if sell {
-            inv.sell(reservation_id)
-        } else {
-            inv.release(reservation_id)
+        let moved = match action {
+            HoldAction::Sell => inv.sell(reservation_id),
+            HoldAction::Release => inv.release(reservation_id),
+            HoldAction::Reinstate => inv.reinstate(reservation_id),
         };
         let remaining = inv.remaining();
         drop(guard);
-        let transition = moved.map_err(|e| match e {
-            HoldError::NotFound => Problem::new(ErrorCode::NotFound, Some("no such hold".into())),
-            HoldError::AlreadyReleased => Problem::new(
-                ErrorCode::Conflict,
-                Some("the hold was already released".into()),
-            ),
-            HoldError::AlreadySold => Problem::new(
-                ErrorCode::Conflict,
-                Some("the hold was already sold".into()),
-            ),
-        })?;
+        let transition = match moved {
+            Ok(t) => t,
+            Err(HoldError::AlreadyReleased) => Transition { state: HoldState::Released, changed: false },
+            Err(HoldError::AlreadySold) => Transition { state: HoldState::Sold, changed: false },
+            Err(HoldError::NotFound) => {
+                return Err(Problem::new(ErrorCode::NotFound, Some("no such hold".into())).into())
+            }
+            Err(HoldError::SoldOut) => return Err(ErrorCode::SoldOut.into()),
+            Err(HoldError::LimitReached) => return Err(ErrorCode::PurchaseLimitReached.into()),
+        };
         if transition.changed {
-            let written = self.sql().exec(
-                "UPDATE holds SET state = ? WHERE reservation_id = ?",
-                vec![text(state_name(transition.state)), text(reservation_id)],
-            );
-            if let Err(e) = written {
+            if let Err(e) = self.persist_state(reservation_id, transition.state) {
                 self.resync();
                 return Err(e.into());
             }
         }
-        json(
-            200,
-            &HoldOutcome {
-                reservation_id,
-                state: transition.state,
-                changed: transition.changed,
-                remaining,
-            },
-        )
+        json(200, &HoldOutcome { reservation_id, state: transition.state, changed: transition.changed, remaining })
+    }
+
+    fn persist_state(&self, reservation_id: Uuid, state: HoldState) -> worker::Result<()> {
+        self.sql().exec(
+            "UPDATE holds SET state = ? WHERE reservation_id = ?",
+            vec![text(state_name(state)), text(reservation_id)],
+        )?;
+        Ok(())
     }
 
     async fn route(&self, mut req: Request) -> EdgeResult {
@@ -593,174 +518,104 @@ impl DropInventory {
             (Method::Get, ["snapshot"]) => self.snapshot(),
             (Method::Post, ["holds", id, action]) => {
                 let id = Uuid::parse_str(id).map_err(|_| ErrorCode::NotFound)?;
-                self.move_hold(id, *action == "sell")
+                let action = match *action {
+                    "sell" => HoldAction::Sell,
+                    "release" => HoldAction::Release,
+                    "reinstate" => HoldAction::Reinstate,
+                    _ => return Err(ErrorCode::NotFound.into()),
+                };
+                self.move_hold(id, action)
             }
             _ => Err(ErrorCode::NotFound.into()),
         }
     }
 
-    /// Retries due reservations the origin has not acknowledged. One probe first:
-    /// if the origin is still down, every due entry backs off without a request each.
-    async fn retry_forwards(&self, cfg: &EdgeConfig, now: i64) -> worker::Result<()> {
-        let due: Vec<UnforwardedRow> = self
-            .sql()
-            .exec(
-                "SELECT handoff, attempts FROM unforwarded WHERE next_attempt_ms <= ? ORDER BY next_attempt_ms LIMIT ?",
-                vec![int(now), int(RETRY_BATCH as i64)],
-            )?
-            .to_array()?;
-        let due: Vec<(ReservationHandoff, u32)> = due
-            .into_iter()
-            .filter_map(|r| Some((serde_json::from_str(&r.handoff).ok()?, r.attempts as u32)))
-            .collect();
-        let Some((probe, rest)) = due.split_first() else {
-            return Ok(());
-        };
-        if !self.settle_forward(cfg, probe, now).await? {
-            for (handoff, attempts) in rest {
-                self.back_off(cfg, handoff.reservation_id, *attempts, now)?;
+    /// Returns the units of holds that ran out unpaid, and queues a notice for the
+    /// origin for each, in one synchronous turn.
+    fn expire_holds(&self, now: i64) -> worker::Result<()> {
+        let Some(drop_id) = self.drop_id.get() else { return Ok(()) };
+        let mut guard = self.inventory.borrow_mut();
+        let Some(inv) = guard.as_mut() else { return Ok(()) };
+        let due = inv.expired_holds(now);
+        for id in &due {
+            inv.release(*id).map_err(|e| worker::Error::RustError(format!("expiring {id}: {e:?}")))?;
+        }
+        drop(guard);
+        let expired_at = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+        let written = due.iter().try_for_each(|id| {
+            self.persist_state(*id, HoldState::Released)?;
+            outbound::enqueue(&self.sql(), *id, Kind::Expiry, &HoldExpiry { drop_id, expired_at }, now)
+        });
+        if written.is_err() {
+            self.resync();
+        }
+        written
+    }
+
+    /// Undoes a reservation the origin refused: its units return, its records go.
+    fn void(&self, reservation_id: Uuid) -> worker::Result<()> {
+        let released = self.inventory.borrow_mut().as_mut().map(|inv| inv.release(reservation_id));
+        if let Some(Ok(t)) = released {
+            if t.changed {
+                self.persist_state(reservation_id, HoldState::Released)?;
+            }
+        }
+        let sql = self.sql();
+        outbound::settled(&sql, reservation_id, Kind::Reservation)?;
+        sql.exec("DELETE FROM idempotency WHERE reservation_id = ?", vec![text(reservation_id)])?;
+        Ok(())
+    }
+
+    /// Delivers what the origin has not acknowledged yet. One probe first: if the
+    /// origin is still down, every due message backs off without a request each.
+    async fn deliver_outbound(&self, cfg: &EdgeConfig, now: i64) -> worker::Result<()> {
+        let due = outbound::due(&self.sql(), now)?;
+        let Some((probe, rest)) = due.split_first() else { return Ok(()) };
+        if !self.deliver(cfg, probe, now).await? {
+            for message in rest {
+                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)?;
             }
             return Ok(());
         }
-        for chunk in rest.chunks(RETRY_CONCURRENCY) {
-            join_all(
-                chunk
-                    .iter()
-                    .map(|entry| self.settle_forward(cfg, entry, now)),
-            )
-            .await;
+        for chunk in rest.chunks(outbound::CONCURRENCY) {
+            join_all(chunk.iter().map(|m| self.deliver(cfg, m, now))).await;
         }
         Ok(())
     }
 
-    /// Forwards one queued reservation; true when the origin acknowledged it.
-    async fn settle_forward(
-        &self,
-        cfg: &EdgeConfig,
-        entry: &(ReservationHandoff, u32),
-        now: i64,
-    ) -> worker::Result<bool> {
-        let (handoff, attempts) = entry;
-        match forward(cfg, handoff).await {
-            Forwarded::Acknowledged(_) => {
-                self.sql().exec(
-                    "DELETE FROM unforwarded WHERE reservation_id = ?",
-                    vec![text(handoff.reservation_id)],
-                )?;
+    /// Delivers one message; true when the origin took it.
+    async fn deliver(&self, cfg: &EdgeConfig, message: &outbound::Message, now: i64) -> worker::Result<bool> {
+        match outbound::send(cfg, message).await {
+            Delivery::Acknowledged(_) => {
+                outbound::settled(&self.sql(), message.reservation_id, message.kind)?;
                 Ok(true)
             }
-            Forwarded::KeyReused => {
-                worker::console_warn!(
-                    "reservation {} reused another order's key; voided",
-                    handoff.reservation_id
-                );
-                self.void(handoff.reservation_id)?;
+            Delivery::KeyReused => {
+                worker::console_warn!("reservation {} reused another order's key; voided", message.reservation_id);
+                self.void(message.reservation_id)?;
                 Ok(true)
             }
-            Forwarded::Failed(why) => {
+            Delivery::Failed(why) => {
                 worker::console_warn!(
-                    "forward of {} failed (attempt {}): {why}",
-                    handoff.reservation_id,
-                    attempts + 1
+                    "delivery of {} failed (attempt {}): {why}",
+                    message.reservation_id,
+                    message.attempts + 1
                 );
-                self.back_off(cfg, handoff.reservation_id, *attempts, now)?;
+                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)?;
                 Ok(false)
             }
         }
     }
 
-    /// Undoes a reservation the origin refused: its units return, its records go.
-    fn void(&self, reservation_id: Uuid) -> worker::Result<()> {
-        let released = self
-            .inventory
-            .borrow_mut()
-            .as_mut()
-            .map(|inv| inv.release(reservation_id));
-        let sql = self.sql();
-        if let Some(Ok(t)) = released {
-            if t.changed {
-                sql.exec(
-                    "UPDATE holds SET state = 'released' WHERE reservation_id = ?",
-                    vec![text(reservation_id)],
-                )?;
-            }
-        }
-        sql.exec(
-            "DELETE FROM unforwarded WHERE reservation_id = ?",
-            vec![text(reservation_id)],
-        )?;
-        sql.exec(
-            "DELETE FROM idempotency WHERE reservation_id = ?",
-            vec![text(reservation_id)],
-        )?;
-        Ok(())
-    }
-
-    fn back_off(
-        &self,
-        cfg: &EdgeConfig,
-        reservation_id: Uuid,
-        attempts: u32,
-        now: i64,
-    ) -> worker::Result<()> {
-        let delay = (500i64 << attempts.min(16)).min(cfg.forward_retry_max_ms as i64);
-        self.sql().exec(
-            "UPDATE unforwarded SET attempts = ?, next_attempt_ms = ? WHERE reservation_id = ?",
-            vec![
-                int(i64::from(attempts) + 1),
-                int(now + delay),
-                text(reservation_id),
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// The next moment the alarm has work: a retry, or an idempotency record to drop.
+    /// The next moment the alarm has work: a delivery, a hold running out, or an
+    /// idempotency record to drop.
     fn next_alarm(&self) -> worker::Result<Option<i64>> {
         let sql = self.sql();
-        let retry: Vec<MinRow> = sql
-            .exec("SELECT MIN(next_attempt_ms) AS t FROM unforwarded", None)?
-            .to_array()?;
-        let sweep: Vec<MinRow> = sql
-            .exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?
-            .to_array()?;
-        let retry = retry.first().and_then(|r| r.t).map(|t| t as i64);
-        let sweep = sweep
-            .first()
-            .and_then(|r| r.t)
-            .map(|t| t as i64 + IDEMPOTENCY_TTL_MS);
-        Ok(retry.into_iter().chain(sweep).min())
+        let sweep: Vec<MinRow> = sql.exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?.to_array()?;
+        let sweep = sweep.first().and_then(|r| r.t).map(|t| t as i64 + IDEMPOTENCY_TTL_MS);
+        let expiry = self.inventory.borrow().as_ref().and_then(Inventory::next_expiry_ms);
+        Ok([outbound::next_attempt(&sql)?, sweep, expiry].into_iter().flatten().min())
     }
-}
-
-/// What became of handing a reservation to the origin.
-enum Forwarded {
-    /// The origin has the order; the answer carries the payment handle.
-    Acknowledged(ReservationAck),
-    /// The buyer had used this idempotency key for an order of another drop.
-    KeyReused,
-    /// Not now (origin down, slow or failing): retry later.
-    Failed(String),
-}
-
-async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> Forwarded {
-    let attempt = async {
-        let body =
-            serde_json::to_vec(handoff).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        let mut resp = origin::signed(cfg, InternalRoute::Reservations, &body).await?;
-        let status = resp.status_code();
-        if (200..300).contains(&status) {
-            return Ok(Forwarded::Acknowledged(resp.json().await?));
-        }
-        let problem: Option<Problem> = resp.json().await.ok();
-        if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused.as_str()) {
-            return Ok(Forwarded::KeyReused);
-        }
-        Ok(Forwarded::Failed(format!("origin answered {status}")))
-    };
-    attempt
-        .await
-        .unwrap_or_else(|e: worker::Error| Forwarded::Failed(e.to_string()))
 }
 
 impl worker::DurableObject for DropInventory {
@@ -773,11 +628,7 @@ impl worker::DurableObject for DropInventory {
             in_flight: RefCell::new(HashSet::new()),
             alarm_at: Cell::new(None),
         };
-        let ready = object
-            .sql()
-            .exec(SCHEMA, None)
-            .map(|_| ())
-            .and_then(|_| object.load());
+        let ready = object.sql().exec(SCHEMA, None).map(|_| ()).and_then(|_| object.load());
         if let Err(e) = ready {
             worker::console_error!("inventory object could not load: {e}");
         }
@@ -798,13 +649,11 @@ impl worker::DurableObject for DropInventory {
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_at.set(None);
         let now = now_ms();
-        self.sql().exec(
-            "DELETE FROM idempotency WHERE created_at_ms <= ?",
-            vec![int(now - IDEMPOTENCY_TTL_MS)],
-        )?;
+        self.sql().exec("DELETE FROM idempotency WHERE created_at_ms <= ?", vec![int(now - IDEMPOTENCY_TTL_MS)])?;
+        self.expire_holds(now)?;
         match EdgeConfig::from_env(&self.env) {
-            Ok(cfg) => self.retry_forwards(&cfg, now).await?,
-            Err(_) => worker::console_error!("edge settings missing; forwards wait"),
+            Ok(cfg) => self.deliver_outbound(&cfg, now).await?,
+            Err(_) => worker::console_error!("edge settings missing; deliveries wait"),
         }
         if let Some(next) = self.next_alarm()? {
             self.alarm_by(next).await?;

@@ -8,6 +8,7 @@
 //!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
 //!   idempotency records, and the queue of reservations the origin has not yet
 //!   acknowledged.
+//! - [`outbound`]: what an inventory object owes the origin, delivered until acknowledged.
 //! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
 //! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
 //! - [`http`]: responses, problems, request ids, bounded body reads, the clock.
@@ -19,6 +20,7 @@ mod internal;
 mod inventory_object;
 mod orders;
 mod origin;
+mod outbound;
 mod router;
 
 pub use inventory_object::DropInventory;

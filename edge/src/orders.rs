@@ -15,28 +15,16 @@ use crate::inventory_object::{self, ReserveCommand};
 
 pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     let cfg = EdgeConfig::from_env(env)?;
-    let identity = verify_bearer(
-        header(&req, "authorization").as_deref(),
-        cfg.jwt_secret.as_bytes(),
-        now_utc(),
-    )?;
+    let identity = verify_bearer(header(&req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), now_utc())?;
     identity.require(&[Role::Buyer])?;
     let key = header(&req, "idempotency-key").ok_or(ErrorCode::IdempotencyKeyMissing)?;
     validate_idempotency_key(&key)?;
     let body = read_body(&mut req).await?;
     let order: CreateOrderRequest = json::from_slice(&body)?;
     if order.quantity == 0 {
-        return Err(Problem::new(
-            ErrorCode::InvalidRequest,
-            Some("field `quantity`: must be at least 1".into()),
-        )
-        .into());
+        return Err(Problem::new(ErrorCode::InvalidRequest, Some("field `quantity`: must be at least 1".into())).into());
     }
-    let command = ReserveCommand {
-        user_id: identity.user_id,
-        idempotency_key: key,
-        quantity: order.quantity,
-    };
+    let command = ReserveCommand { user_id: identity.user_id, idempotency_key: key, quantity: order.quantity };
     Ok(inventory_object::call(env, drop_id, Method::Post, "reserve", Some(&command)).await?)
 }
 

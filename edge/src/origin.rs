@@ -12,13 +12,8 @@ use crate::config::EdgeConfig;
 use crate::http::{now_ms, read_body, EdgeResult};
 
 /// Headers a client may send that the origin needs.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "authorization",
-    "content-type",
-    "idempotency-key",
-    "if-none-match",
-    "accept",
-];
+const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["authorization", "content-type", "idempotency-key", "if-none-match", "accept"];
 
 fn method_of(name: &str) -> Method {
     match name {
@@ -31,27 +26,16 @@ fn method_of(name: &str) -> Method {
 }
 
 /// Sends a signed internal call to the origin.
-pub async fn signed(
-    cfg: &EdgeConfig,
-    route: InternalRoute,
-    body: &[u8],
-) -> worker::Result<Response> {
+pub async fn signed(cfg: &EdgeConfig, route: InternalRoute, body: &[u8]) -> worker::Result<Response> {
     let path = route.path();
     let timestamp = now_ms() / 1000;
-    let signature = sign_internal(
-        cfg.edge_to_origin_secret.as_bytes(),
-        route.method(),
-        &path,
-        timestamp,
-        body,
-    );
+    let signature = sign_internal(cfg.edge_to_origin_secret.as_bytes(), route.method(), &path, timestamp, body);
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     headers.set(TIMESTAMP_HEADER, &timestamp.to_string())?;
     headers.set(SIGNATURE_HEADER, &signature)?;
     let mut init = RequestInit::new();
-    init.with_method(method_of(route.method()))
-        .with_headers(headers);
+    init.with_method(method_of(route.method())).with_headers(headers);
     if !body.is_empty() {
         init.with_body(Some(JsValue::from(js_sys_bytes(body))));
     }
@@ -90,11 +74,7 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
         Ok(resp) => Ok(resp),
         Err(err) => {
             worker::console_warn!("origin unreachable for {request_id}: {err}");
-            Err(Problem::new(
-                ErrorCode::Overloaded,
-                Some("the origin is unreachable; retry shortly".into()),
-            )
-            .into())
+            Err(Problem::new(ErrorCode::Overloaded, Some("the origin is unreachable; retry shortly".into())).into())
         }
     }
 }

@@ -20,9 +20,7 @@ pub async fn handle(req: Request, env: &Env, request_id: &str) -> EdgeResult {
             let drop_id = parse_id(drop_id)?;
             orders::create(req, env, drop_id).await
         }
-        (Method::Get, ["v1", "drops", drop_id, "stock"]) => {
-            orders::stock(env, parse_id(drop_id)?).await
-        }
+        (Method::Get, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
         (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
         (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
         _ => Err(ErrorCode::NotFound.into()),

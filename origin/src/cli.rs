@@ -51,11 +51,7 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     let db = connect_db(settings).await?;
     MIGRATOR.run(&db).await?;
     let mut tx = db.begin().await?;
-    for (id, role) in [
-        (demo::ADMIN, "admin"),
-        (demo::CREATOR_USER, "creator"),
-        (demo::BUYER, "buyer"),
-    ] {
+    for (id, role) in [(demo::ADMIN, "admin"), (demo::CREATOR_USER, "creator"), (demo::BUYER, "buyer")] {
         sqlx::query("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
             .bind(id)
             .bind(role)
@@ -77,18 +73,8 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     .await?;
     let now = Utc::now();
     let drops = [
-        (
-            demo::LIVE_DROP,
-            now - Duration::minutes(1),
-            now + Duration::days(30),
-            100,
-        ),
-        (
-            demo::UPCOMING_DROP,
-            now + Duration::days(1),
-            now + Duration::days(2),
-            50,
-        ),
+        (demo::LIVE_DROP, now - Duration::minutes(1), now + Duration::days(30), 100),
+        (demo::UPCOMING_DROP, now + Duration::days(1), now + Duration::days(2), 50),
     ];
     for (id, starts_at, ends_at, stock) in drops {
         sqlx::query(
@@ -108,11 +94,7 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
         .await?;
     }
     tx.commit().await?;
-    println!(
-        "demo data seeded: live drop {}, upcoming drop {}",
-        demo::LIVE_DROP,
-        demo::UPCOMING_DROP
-    );
+    println!("demo data seeded: live drop {}, upcoming drop {}", demo::LIVE_DROP, demo::UPCOMING_DROP);
     Ok(())
 }
 
@@ -123,9 +105,7 @@ pub fn token(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let mut days = 30;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
             "--role" => role = serde_json::from_value(serde_json::Value::String(value.clone()))?,
             "--sub" => sub = Some(Uuid::parse_str(value)?),

@@ -48,10 +48,7 @@ impl Settings {
             .set_default("port", 8080)?
             .set_default("public_url", "http://127.0.0.1:8080")?
             .set_default("edge_url", "http://127.0.0.1:8787")?
-            .set_default(
-                "database_url",
-                "postgres://postgres@127.0.0.1:5432/drops_dev",
-            )?
+            .set_default("database_url", "postgres://postgres@127.0.0.1:5432/drops_dev")?
             .set_default("database_max_connections", 20)?
             .set_default("redis_url", "redis://127.0.0.1:6379")?
             .set_default("jwt_secret", DEV_JWT_SECRET)?
@@ -74,40 +71,25 @@ impl Settings {
         }
         let secrets = [
             ("DROPS_JWT_SECRET", &self.jwt_secret, DEV_JWT_SECRET),
-            (
-                "DROPS_EDGE_TO_ORIGIN_SECRET",
-                &self.edge_to_origin_secret,
-                DEV_EDGE_TO_ORIGIN_SECRET,
-            ),
-            (
-                "DROPS_ORIGIN_TO_EDGE_SECRET",
-                &self.origin_to_edge_secret,
-                DEV_ORIGIN_TO_EDGE_SECRET,
-            ),
+            ("DROPS_EDGE_TO_ORIGIN_SECRET", &self.edge_to_origin_secret, DEV_EDGE_TO_ORIGIN_SECRET),
+            ("DROPS_ORIGIN_TO_EDGE_SECRET", &self.origin_to_edge_secret, DEV_ORIGIN_TO_EDGE_SECRET),
         ];
         for (name, secret, dev) in secrets {
             let s = secret.expose_secret();
             if s == dev || s.len() < 32 {
-                anyhow::bail!("{name} is a development default or shorter than 32 bytes; refusing to start in production");
+                anyhow::bail!(
+                    "{name} is a development default or shorter than 32 bytes; refusing to start in production"
+                );
             }
         }
-        if self
-            .webhook_secret_list()
-            .iter()
-            .any(|s| s == DEV_WEBHOOK_SECRET || s.is_empty())
-        {
+        if self.webhook_secret_list().iter().any(|s| s == DEV_WEBHOOK_SECRET || s.is_empty()) {
             anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
         }
         Ok(())
     }
 
     pub fn webhook_secret_list(&self) -> Vec<String> {
-        self.webhook_secrets
-            .expose_secret()
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
+        self.webhook_secrets.expose_secret().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
     }
 }
 
@@ -137,10 +119,7 @@ mod tests {
     #[test]
     fn production_refuses_dev_secrets() {
         assert!(dev().check().is_ok());
-        let mut prod = Settings {
-            environment: Environment::Production,
-            ..dev()
-        };
+        let mut prod = Settings { environment: Environment::Production, ..dev() };
         assert!(prod.check().is_err());
         let strong = "s".repeat(40);
         prod.jwt_secret = strong.clone().into();

@@ -14,9 +14,7 @@ use crate::extract::{Admins, Authorized, StrictJson};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/creators", post(create))
-        .route("/v1/creators/{creator_id}", get(show))
+    Router::new().route("/v1/creators", post(create)).route("/v1/creators/{creator_id}", get(show))
 }
 
 #[derive(sqlx::FromRow)]
@@ -29,13 +27,7 @@ struct CreatorRow {
 
 impl From<CreatorRow> for Creator {
     fn from(r: CreatorRow) -> Self {
-        Creator {
-            id: r.id,
-            name: r.name,
-            user_id: r.user_id,
-            follower_count: 0,
-            created_at: r.created_at,
-        }
+        Creator { id: r.id, name: r.name, user_id: r.user_id, follower_count: 0, created_at: r.created_at }
     }
 }
 
@@ -65,27 +57,18 @@ async fn create(
     .bind(body.name.trim())
     .fetch_optional(&mut *tx)
     .await?;
-    let row = row.ok_or_else(|| {
-        ApiError::code(
-            ErrorCode::Conflict,
-            "that user already has a creator profile",
-        )
-    })?;
+    let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-async fn show(
-    State(state): State<AppState>,
-    Path(creator_id): Path<String>,
-) -> ApiResult<Json<Creator>> {
+async fn show(State(state): State<AppState>, Path(creator_id): Path<String>) -> ApiResult<Json<Creator>> {
     let id = parse_id(&creator_id)?;
-    let row: CreatorRow =
-        sqlx::query_as("SELECT id, name, user_id, created_at FROM creators WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.db)
-            .await?
-            .ok_or_else(ApiError::not_found)?;
+    let row: CreatorRow = sqlx::query_as("SELECT id, name, user_id, created_at FROM creators WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(row.into()))
 }
 

@@ -10,8 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{
-    CreateDrop, CreateProduct, CreatorRef, DropCard, DropStatus, Money, Product, ProductRef,
-    StockLevel,
+    CreateDrop, CreateProduct, CreatorRef, DropCard, DropStatus, Money, Product, ProductRef, StockLevel,
 };
 use drops_shared::auth::Role;
 use drops_shared::events::DomainEvent;
@@ -52,17 +51,9 @@ async fn create_product(
     let creator_id = match (user.0.role, body.creator_id) {
         (Role::Admin, Some(id)) => id,
         (Role::Admin, None) => {
-            return Err(ApiError::code(
-                ErrorCode::InvalidRequest,
-                "field `creator_id`: required for admins",
-            ))
+            return Err(ApiError::code(ErrorCode::InvalidRequest, "field `creator_id`: required for admins"))
         }
-        (_, Some(_)) => {
-            return Err(ApiError::code(
-                ErrorCode::InvalidRequest,
-                "field `creator_id`: admins only",
-            ))
-        }
+        (_, Some(_)) => return Err(ApiError::code(ErrorCode::InvalidRequest, "field `creator_id`: admins only")),
         (_, None) => of_user(&state, user.0.user_id).await?,
     };
     let row: ProductRow = sqlx::query_as(
@@ -117,10 +108,7 @@ FROM drops d JOIN creators c ON c.id = d.creator_id JOIN products p ON p.id = d.
 
 impl DropRow {
     fn price(&self) -> Money {
-        Money {
-            amount: self.price_amount,
-            currency: self.currency.trim().to_owned(),
-        }
+        Money { amount: self.price_amount, currency: self.currency.trim().to_owned() }
     }
 
     fn card(&self, now: DateTime<Utc>) -> DropCard {
@@ -129,10 +117,7 @@ impl DropRow {
         DropCard {
             id: self.id,
             status: DropStatus::at(now, self.starts_at, self.ends_at, remaining),
-            creator: CreatorRef {
-                id: self.creator_id,
-                name: self.creator_name.clone(),
-            },
+            creator: CreatorRef { id: self.creator_id, name: self.creator_name.clone() },
             product: ProductRef {
                 id: self.product_id,
                 title: self.title.clone(),
@@ -174,13 +159,11 @@ async fn create_drop(
     StrictJson(body): StrictJson<CreateDrop>,
 ) -> ApiResult<(StatusCode, Json<DropCard>)> {
     body.validate()?;
-    let creator_id: Option<Uuid> =
-        sqlx::query_scalar("SELECT creator_id FROM products WHERE id = $1")
-            .bind(body.product_id)
-            .fetch_optional(&state.db)
-            .await?;
-    let creator_id =
-        creator_id.ok_or_else(|| ApiError::code(ErrorCode::NotFound, "no such product"))?;
+    let creator_id: Option<Uuid> = sqlx::query_scalar("SELECT creator_id FROM products WHERE id = $1")
+        .bind(body.product_id)
+        .fetch_optional(&state.db)
+        .await?;
+    let creator_id = creator_id.ok_or_else(|| ApiError::code(ErrorCode::NotFound, "no such product"))?;
     if user.0.role == Role::Creator && of_user(&state, user.0.user_id).await? != creator_id {
         // Someone else's product: do not reveal that it exists.
         return Err(ApiError::code(ErrorCode::NotFound, "no such product"));
@@ -206,12 +189,7 @@ async fn create_drop(
     .await?;
     events::record(
         &mut tx,
-        DomainEvent::DropCreated {
-            drop_id,
-            creator_id,
-            starts_at: body.starts_at,
-            ends_at: body.ends_at,
-        },
+        DomainEvent::DropCreated { drop_id, creator_id, starts_at: body.starts_at, ends_at: body.ends_at },
     )
     .await?;
     tx.commit().await?;
@@ -230,20 +208,14 @@ async fn create_drop(
     Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
 }
 
-async fn show_drop(
-    State(state): State<AppState>,
-    Path(drop_id): Path<String>,
-) -> ApiResult<Json<DropCard>> {
+async fn show_drop(State(state): State<AppState>, Path(drop_id): Path<String>) -> ApiResult<Json<DropCard>> {
     let drop = load_drop(&state, parse_id(&drop_id)?).await?;
     Ok(Json(drop.card(Utc::now())))
 }
 
 async fn sync_inventory(state: &AppState, drop: &DropRow) -> anyhow::Result<()> {
     state.edge.upsert_inventory(drop.id, &drop.terms()).await?;
-    sqlx::query("UPDATE drops SET inventory_synced_at = now() WHERE id = $1")
-        .bind(drop.id)
-        .execute(&state.db)
-        .await?;
+    sqlx::query("UPDATE drops SET inventory_synced_at = now() WHERE id = $1").bind(drop.id).execute(&state.db).await?;
     Ok(())
 }
 

@@ -20,9 +20,7 @@ pub struct EdgeClient {
 impl EdgeClient {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
             base_url: settings.edge_url.trim_end_matches('/').to_owned(),
             secret: settings.origin_to_edge_secret.clone(),
         })
@@ -31,13 +29,7 @@ impl EdgeClient {
     async fn call(&self, route: InternalRoute, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
         let path = route.path();
         let now = Utc::now().timestamp();
-        let signature = sign_internal(
-            self.secret.expose_secret().as_bytes(),
-            route.method(),
-            &path,
-            now,
-            &body,
-        );
+        let signature = sign_internal(self.secret.expose_secret().as_bytes(), route.method(), &path, now, &body);
         let method = reqwest::Method::from_bytes(route.method().as_bytes())?;
         let resp = self
             .http
@@ -57,16 +49,8 @@ impl EdgeClient {
     }
 
     /// Creates or updates a drop's inventory at the edge.
-    pub async fn upsert_inventory(
-        &self,
-        drop_id: Uuid,
-        terms: &InventoryTerms,
-    ) -> anyhow::Result<()> {
-        self.call(
-            InternalRoute::UpsertInventory { drop_id },
-            serde_json::to_vec(terms)?,
-        )
-        .await?;
+    pub async fn upsert_inventory(&self, drop_id: Uuid, terms: &InventoryTerms) -> anyhow::Result<()> {
+        self.call(InternalRoute::UpsertInventory { drop_id }, serde_json::to_vec(terms)?).await?;
         Ok(())
     }
 }

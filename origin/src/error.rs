@@ -44,14 +44,8 @@ impl From<ErrorCode> for ApiError {
 fn from_database(err: &sqlx::Error) -> Option<Problem> {
     let db = err.as_database_error()?;
     match db.code().as_deref() {
-        Some("23505") => Some(Problem::new(
-            ErrorCode::Conflict,
-            Some("that already exists".into()),
-        )),
-        Some("23503") => Some(Problem::new(
-            ErrorCode::NotFound,
-            Some("a referenced resource does not exist".into()),
-        )),
+        Some("23505") => Some(Problem::new(ErrorCode::Conflict, Some("that already exists".into()))),
+        Some("23503") => Some(Problem::new(ErrorCode::NotFound, Some("a referenced resource does not exist".into()))),
         _ => None,
     }
 }
@@ -59,13 +53,9 @@ fn from_database(err: &sqlx::Error) -> Option<Problem> {
 pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, problem.to_json()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     if matches!(problem.status, 429 | 503) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }

@@ -7,20 +7,14 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result<Uuid> {
-    let envelope = EventEnvelope {
-        id: Uuid::now_v7(),
-        occurred_at: Utc::now(),
-        event,
-    };
+    let envelope = EventEnvelope { id: Uuid::now_v7(), occurred_at: Utc::now(), event };
     let payload = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(envelope.id)
-    .bind(envelope.event.type_name())
-    .bind(envelope.event.aggregate_id())
-    .bind(payload)
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)")
+        .bind(envelope.id)
+        .bind(envelope.event.type_name())
+        .bind(envelope.event.aggregate_id())
+        .bind(payload)
+        .execute(conn)
+        .await?;
     Ok(envelope.id)
 }

@@ -23,19 +23,9 @@ pub struct AuthUser(pub Identity);
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let identity = verify_bearer(
-            header,
-            state.settings.jwt_secret.expose_secret().as_bytes(),
-            Utc::now(),
-        )?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let identity = verify_bearer(header, state.settings.jwt_secret.expose_secret().as_bytes(), Utc::now())?;
         users::ensure(&state.db, identity.user_id, identity.role).await?;
         Ok(AuthUser(identity))
     }
@@ -63,10 +53,7 @@ pub struct Authorized<R: Roles>(pub Identity, std::marker::PhantomData<R>);
 impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let AuthUser(identity) = AuthUser::from_request_parts(parts, state).await?;
         identity.require(R::ALLOWED)?;
         Ok(Authorized(identity, std::marker::PhantomData))
@@ -78,9 +65,7 @@ async fn bounded_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(
                 ErrorCode::PayloadTooLarge,
-                Some(format!(
-                    "request bodies are limited to {MAX_BODY_BYTES} bytes"
-                )),
+                Some(format!("request bodies are limited to {MAX_BODY_BYTES} bytes")),
             )
             .into()
         } else {
@@ -109,26 +94,13 @@ impl FromRequest<AppState> for SignedBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let method = req.method().as_str().to_owned();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
         let headers = req.headers();
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
         let bytes = bounded_bytes(req, state).await?;
         verify_internal(
-            state
-                .settings
-                .edge_to_origin_secret
-                .expose_secret()
-                .as_bytes(),
+            state.settings.edge_to_origin_secret.expose_secret().as_bytes(),
             &method,
             &path,
             timestamp.as_deref(),

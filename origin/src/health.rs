@@ -13,18 +13,11 @@ use crate::error::ApiResult;
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
+    Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) })).route("/readyz", get(ready))
 }
 
 async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let unavailable = |what: &str| {
-        Problem::new(
-            ErrorCode::Overloaded,
-            Some(format!("{what} is not answering")),
-        )
-    };
+    let unavailable = |what: &str| Problem::new(ErrorCode::Overloaded, Some(format!("{what} is not answering")));
     let check = Duration::from_secs(2);
     let db = tokio::time::timeout(check, sqlx::query("SELECT 1").execute(&state.db)).await;
     if !matches!(db, Ok(Ok(_))) {

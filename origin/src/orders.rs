@@ -28,10 +28,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn take_reservation(
-    State(state): State<AppState>,
-    body: SignedBody,
-) -> ApiResult<Json<ReservationAck>> {
+async fn take_reservation(State(state): State<AppState>, body: SignedBody) -> ApiResult<Json<ReservationAck>> {
     let r: ReservationHandoff = body.json()?;
     tracing::Span::current().record("order_id", r.reservation_id.to_string());
     users::ensure(&state.db, r.user_id, drops_shared::auth::Role::Buyer).await?;
@@ -55,10 +52,7 @@ async fn take_reservation(
     .await;
     let inserted = match inserted {
         Ok(done) => done.rows_affected() == 1,
-        Err(e)
-            if e.as_database_error().and_then(|d| d.constraint())
-                == Some("orders_user_id_idempotency_key_key") =>
-        {
+        Err(e) if e.as_database_error().and_then(|d| d.constraint()) == Some("orders_user_id_idempotency_key_key") => {
             return Err(ApiError::code(
                 ErrorCode::IdempotencyKeyReused,
                 "this buyer used the Idempotency-Key for another order",
@@ -79,17 +73,8 @@ async fn take_reservation(
         .await?;
     }
     tx.commit().await?;
-    let payment = ensure_payment(
-        &state.db,
-        state.payments.as_ref(),
-        r.reservation_id,
-        &r.amount,
-    )
-    .await?;
-    Ok(Json(ReservationAck {
-        order_id: r.reservation_id,
-        payment: Some(payment),
-    }))
+    let payment = ensure_payment(&state.db, state.payments.as_ref(), r.reservation_id, &r.amount).await?;
+    Ok(Json(ReservationAck { order_id: r.reservation_id, payment: Some(payment) }))
 }
 
 #[derive(sqlx::FromRow)]
@@ -116,15 +101,12 @@ FROM orders o LEFT JOIN payments p ON p.order_id = o.id";
 
 impl OrderRow {
     fn into_order(self) -> ApiResult<Order> {
-        let status = OrderStatus::parse(&self.status).ok_or_else(|| {
-            anyhow::anyhow!("order {} has unknown status {}", self.id, self.status)
-        })?;
+        let status = OrderStatus::parse(&self.status)
+            .ok_or_else(|| anyhow::anyhow!("order {} has unknown status {}", self.id, self.status))?;
         let payment = match (self.provider, self.reference, self.checkout_url) {
-            (Some(provider), Some(reference), Some(checkout_url)) => Some(PaymentHandle {
-                provider,
-                reference,
-                checkout_url,
-            }),
+            (Some(provider), Some(reference), Some(checkout_url)) => {
+                Some(PaymentHandle { provider, reference, checkout_url })
+            }
             _ => None,
         };
         Ok(Order {
@@ -132,10 +114,7 @@ impl OrderRow {
             drop_id: self.drop_id,
             status,
             quantity: self.quantity as u32,
-            amount: Money {
-                amount: self.amount,
-                currency: self.currency.trim().to_owned(),
-            },
+            amount: Money { amount: self.amount, currency: self.currency.trim().to_owned() },
             expires_at: self.expires_at,
             payment,
             created_at: self.created_at,
@@ -152,14 +131,12 @@ async fn show_order(
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<Order>> {
     let id = parse_id(&order_id)?;
-    let row: OrderRow = sqlx::query_as(&format!(
-        "{ORDER_SELECT} WHERE o.id = $1 AND o.user_id = $2"
-    ))
-    .bind(id)
-    .bind(user.0.user_id)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(ApiError::not_found)?;
+    let row: OrderRow = sqlx::query_as(&format!("{ORDER_SELECT} WHERE o.id = $1 AND o.user_id = $2"))
+        .bind(id)
+        .bind(user.0.user_id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(row.into_order()?))
 }
 
@@ -170,8 +147,7 @@ async fn list_orders(
     user: AuthUser,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Page<Order>>> {
-    let Query(page) =
-        query.map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
+    let Query(page) = query.map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
     let limit = page.limit()?;
     let after = page.after(ORDERS_LIST)?;
     // Order ids are UUID v7: descending id is newest first, and a stable key to page on.
@@ -184,17 +160,8 @@ async fn list_orders(
     .fetch_all(&state.db)
     .await?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<Order> = rows
-        .into_iter()
-        .take(limit as usize)
-        .map(OrderRow::into_order)
-        .collect::<ApiResult<_>>()?;
-    let next_cursor = if more {
-        items
-            .last()
-            .map(|o| pagination::encode(ORDERS_LIST, o.order_id))
-    } else {
-        None
-    };
+    let items: Vec<Order> =
+        rows.into_iter().take(limit as usize).map(OrderRow::into_order).collect::<ApiResult<_>>()?;
+    let next_cursor = if more { items.last().map(|o| pagination::encode(ORDERS_LIST, o.order_id)) } else { None };
     Ok(Json(Page { items, next_cursor }))
 }

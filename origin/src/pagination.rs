@@ -41,18 +41,10 @@ pub fn encode(list: &str, last: Uuid) -> String {
 }
 
 fn decode(list: &str, cursor: &str) -> Result<Uuid, ApiError> {
-    let bad = || {
-        ApiError::code(
-            ErrorCode::InvalidRequest,
-            "query `cursor`: not a cursor of this list",
-        )
-    };
+    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let id = text
-        .strip_prefix(list)
-        .and_then(|r| r.strip_prefix(':'))
-        .ok_or_else(bad)?;
+    let id = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
     Uuid::parse_str(id).map_err(|_| bad())
 }
 
@@ -64,37 +56,13 @@ mod tests {
     fn round_trip_and_foreign_cursors() {
         let id = Uuid::from_u128(42);
         let c = encode("orders", id);
-        let q = PageQuery {
-            limit: None,
-            cursor: Some(c.clone()),
-        };
+        let q = PageQuery { limit: None, cursor: Some(c.clone()) };
         assert_eq!(q.after("orders").unwrap(), Some(id));
         assert!(q.after("followers").is_err());
-        let tampered = PageQuery {
-            limit: None,
-            cursor: Some(format!("{c}x")),
-        };
+        let tampered = PageQuery { limit: None, cursor: Some(format!("{c}x")) };
         assert!(tampered.after("orders").is_err());
-        assert!(PageQuery {
-            limit: Some("0".into()),
-            cursor: None
-        }
-        .limit()
-        .is_err());
-        assert!(PageQuery {
-            limit: Some("101".into()),
-            cursor: None
-        }
-        .limit()
-        .is_err());
-        assert_eq!(
-            PageQuery {
-                limit: None,
-                cursor: None
-            }
-            .limit()
-            .unwrap(),
-            20
-        );
+        assert!(PageQuery { limit: Some("0".into()), cursor: None }.limit().is_err());
+        assert!(PageQuery { limit: Some("101".into()), cursor: None }.limit().is_err());
+        assert_eq!(PageQuery { limit: None, cursor: None }.limit().unwrap(), 20);
     }
 }

@@ -11,8 +11,7 @@ use uuid::Uuid;
 pub trait PaymentProvider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Starts a payment for an order. Must be idempotent on `order_id`.
-    async fn create_payment(&self, order_id: Uuid, amount: &Money)
-        -> anyhow::Result<PaymentHandle>;
+    async fn create_payment(&self, order_id: Uuid, amount: &Money) -> anyhow::Result<PaymentHandle>;
 }
 
 /// A provider that lives inside the origin: references are derived from the order
@@ -24,9 +23,7 @@ pub struct SandboxProvider {
 
 impl SandboxProvider {
     pub fn new(public_url: &str) -> Self {
-        Self {
-            public_url: public_url.trim_end_matches('/').to_owned(),
-        }
+        Self { public_url: public_url.trim_end_matches('/').to_owned() }
     }
 }
 
@@ -36,11 +33,7 @@ impl PaymentProvider for SandboxProvider {
         "sandbox"
     }
 
-    async fn create_payment(
-        &self,
-        order_id: Uuid,
-        _amount: &Money,
-    ) -> anyhow::Result<PaymentHandle> {
+    async fn create_payment(&self, order_id: Uuid, _amount: &Money) -> anyhow::Result<PaymentHandle> {
         let reference = format!("pi_sbx_{}", order_id.simple());
         Ok(PaymentHandle {
             provider: self.name().to_owned(),
@@ -64,18 +57,13 @@ pub async fn ensure_payment(
     order_id: Uuid,
     amount: &Money,
 ) -> anyhow::Result<PaymentHandle> {
-    let existing: Option<PaymentRow> = sqlx::query_as(
-        "SELECT provider, reference, checkout_url FROM payments WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(db)
-    .await?;
+    let existing: Option<PaymentRow> =
+        sqlx::query_as("SELECT provider, reference, checkout_url FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(db)
+            .await?;
     if let Some(p) = existing {
-        return Ok(PaymentHandle {
-            provider: p.provider,
-            reference: p.reference,
-            checkout_url: p.checkout_url,
-        });
+        return Ok(PaymentHandle { provider: p.provider, reference: p.reference, checkout_url: p.checkout_url });
     }
     // The provider call happens outside any transaction: it may be slow, and it is
     // idempotent on the order id, so a race between two callers is harmless.

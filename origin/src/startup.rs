@@ -70,10 +70,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     pub fn state(&self) -> &AppState {
@@ -82,22 +79,13 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains in-flight requests and stops
     /// the background workers.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let workers = CancellationToken::new();
-        let syncer = tokio::spawn(drops::inventory_sync_loop(
-            self.state.clone(),
-            workers.clone(),
-        ));
+        let syncer = tokio::spawn(drops::inventory_sync_loop(self.state.clone(), workers.clone()));
         let app = router(self.state);
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
         workers.cancel();
         let _ = syncer.await;
         Ok(served?)
@@ -113,7 +101,9 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::router())
         .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
         .method_not_allowed_fallback(|| async {
-            problem_response(&Problem::new(ErrorCode::NotFound, Some("no such route for this method".into())).with_status(405))
+            problem_response(
+                &Problem::new(ErrorCode::NotFound, Some("no such route for this method".into())).with_status(405),
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))

@@ -18,25 +18,18 @@ pub struct Money {
 impl Money {
     pub fn validate(&self, field: &str) -> Result<(), Problem> {
         if self.amount <= 0 {
-            return Err(invalid(format!(
-                "field `{field}.amount`: must be a positive number of minor units"
-            )));
+            return Err(invalid(format!("field `{field}.amount`: must be a positive number of minor units")));
         }
         let c = self.currency.as_bytes();
         if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
-            return Err(invalid(format!(
-                "field `{field}.currency`: must be an ISO 4217 code such as \"EUR\""
-            )));
+            return Err(invalid(format!("field `{field}.currency`: must be an ISO 4217 code such as \"EUR\"")));
         }
         Ok(())
     }
 
     /// The price of `quantity` units; `None` when it would overflow.
     pub fn times(&self, quantity: u32) -> Option<Money> {
-        Some(Money {
-            amount: self.amount.checked_mul(i64::from(quantity))?,
-            currency: self.currency.clone(),
-        })
+        Some(Money { amount: self.amount.checked_mul(i64::from(quantity))?, currency: self.currency.clone() })
     }
 }
 
@@ -69,9 +62,7 @@ pub fn validate_idempotency_key(key: &str) -> Result<(), Problem> {
     if ok_len && printable {
         Ok(())
     } else {
-        Err(invalid(
-            "header `Idempotency-Key`: must be 8 to 255 printable ASCII characters".into(),
-        ))
+        Err(invalid("header `Idempotency-Key`: must be 8 to 255 printable ASCII characters".into()))
     }
 }
 
@@ -187,9 +178,7 @@ pub struct Product {
 pub fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<(), Problem> {
     let n = value.trim().chars().count();
     if n == 0 || value.chars().count() > max_chars {
-        return Err(invalid(format!(
-            "field `{field}`: must be 1 to {max_chars} characters"
-        )));
+        return Err(invalid(format!("field `{field}`: must be 1 to {max_chars} characters")));
     }
     Ok(())
 }
@@ -198,9 +187,7 @@ impl CreateProduct {
     pub fn validate(&self) -> Result<(), Problem> {
         validate_text("title", &self.title, 200)?;
         if self.description.chars().count() > 10_000 {
-            return Err(invalid(
-                "field `description`: at most 10000 characters".into(),
-            ));
+            return Err(invalid("field `description`: at most 10000 characters".into()));
         }
         if let Some(url) = &self.image_url {
             validate_text("image_url", url, 2_000)?;
@@ -227,9 +214,7 @@ impl CreateDrop {
     pub fn validate(&self) -> Result<(), Problem> {
         self.price.validate("price")?;
         if self.stock == 0 || self.stock > MAX_DROP_STOCK {
-            return Err(invalid(format!(
-                "field `stock`: must be 1 to {MAX_DROP_STOCK}"
-            )));
+            return Err(invalid(format!("field `stock`: must be 1 to {MAX_DROP_STOCK}")));
         }
         if self.max_per_user == 0 || self.max_per_user > self.stock {
             return Err(invalid("field `max_per_user`: must be 1 to `stock`".into()));
@@ -255,12 +240,7 @@ pub enum DropStatus {
 
 impl DropStatus {
     /// A drop's status at `now`, given its window and remaining stock.
-    pub fn at(
-        now: DateTime<Utc>,
-        starts_at: DateTime<Utc>,
-        ends_at: DateTime<Utc>,
-        remaining: u32,
-    ) -> Self {
+    pub fn at(now: DateTime<Utc>, starts_at: DateTime<Utc>, ends_at: DateTime<Utc>, remaining: u32) -> Self {
         if now < starts_at {
             Self::Upcoming
         } else if now >= ends_at {
@@ -342,37 +322,16 @@ mod tests {
         let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
         let ok = CreateDrop {
             product_id: Uuid::nil(),
-            price: Money {
-                amount: 2500,
-                currency: "EUR".into(),
-            },
+            price: Money { amount: 2500, currency: "EUR".into() },
             stock: 100,
             max_per_user: 2,
             starts_at: t(10),
             ends_at: t(20),
         };
         assert!(ok.validate().is_ok());
-        assert!(CreateDrop {
-            max_per_user: 101,
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(CreateDrop {
-            ends_at: t(10),
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
-        assert!(CreateDrop {
-            price: Money {
-                amount: 1,
-                currency: "eur".into()
-            },
-            ..ok.clone()
-        }
-        .validate()
-        .is_err());
+        assert!(CreateDrop { max_per_user: 101, ..ok.clone() }.validate().is_err());
+        assert!(CreateDrop { ends_at: t(10), ..ok.clone() }.validate().is_err());
+        assert!(CreateDrop { price: Money { amount: 1, currency: "eur".into() }, ..ok.clone() }.validate().is_err());
         assert!(CreateDrop { stock: 0, ..ok }.validate().is_err());
     }
 }

@@ -41,10 +41,7 @@ impl Identity {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(Problem::new(
-                ErrorCode::Forbidden,
-                Some(format!("role `{}` may not do this", self.role.as_str())),
-            ))
+            Err(Problem::new(ErrorCode::Forbidden, Some(format!("role `{}` may not do this", self.role.as_str()))))
         }
     }
 }
@@ -56,11 +53,7 @@ struct CustomClaims {
 }
 
 /// Verifies the value of an `Authorization` header at time `now`.
-pub fn verify_bearer(
-    authorization: Option<&str>,
-    secret: &[u8],
-    now: DateTime<Utc>,
-) -> Result<Identity, Problem> {
+pub fn verify_bearer(authorization: Option<&str>, secret: &[u8], now: DateTime<Utc>) -> Result<Identity, Problem> {
     let unauthorized = |why: &str| Problem::new(ErrorCode::Unauthorized, Some(why.to_owned()));
     let header = authorization.ok_or_else(|| unauthorized("missing bearer token"))?;
     let token = header
@@ -73,32 +66,20 @@ pub fn verify_bearer(
     }
     let untrusted = UntrustedToken::new(token).map_err(|_| unauthorized("malformed token"))?;
     let key = Hs256Key::new(secret);
-    let verified = Hs256
-        .validator::<CustomClaims>(&key)
-        .validate(&untrusted)
-        .map_err(|_| unauthorized("invalid token"))?;
+    let verified =
+        Hs256.validator::<CustomClaims>(&key).validate(&untrusted).map_err(|_| unauthorized("invalid token"))?;
     let claims = verified.claims();
     let options = TimeOptions::new(Duration::seconds(30), move || now);
-    claims
-        .validate_expiration(&options)
-        .map_err(|_| unauthorized("token expired or without `exp`"))?;
-    Ok(Identity {
-        user_id: claims.custom.sub,
-        role: claims.custom.role,
-    })
+    claims.validate_expiration(&options).map_err(|_| unauthorized("token expired or without `exp`"))?;
+    Ok(Identity { user_id: claims.custom.sub, role: claims.custom.role })
 }
 
 /// Mints a token; used by the demo seeding, the tests and the load tool.
 pub fn mint(identity: Identity, secret: &[u8], expires_at: DateTime<Utc>) -> String {
-    let mut claims = Claims::new(CustomClaims {
-        sub: identity.user_id,
-        role: identity.role,
-    });
+    let mut claims = Claims::new(CustomClaims { sub: identity.user_id, role: identity.role });
     claims.expiration = Some(expires_at);
     // `Hs256` signing cannot fail for serializable claims.
-    Hs256
-        .token(&Header::empty(), &claims, &Hs256Key::new(secret))
-        .unwrap_or_default()
+    Hs256.token(&Header::empty(), &claims, &Hs256Key::new(secret)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -109,14 +90,10 @@ mod tests {
     mod base64_engine {
         // Tiny URL-safe base64 for crafting hostile tokens in tests only.
         pub fn encode(bytes: &[u8]) -> String {
-            const A: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+                let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
                 for i in 0..=chunk.len() {
                     out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
                 }
@@ -132,10 +109,7 @@ mod tests {
     }
 
     fn buyer() -> Identity {
-        Identity {
-            user_id: Uuid::from_u128(7),
-            role: Role::Buyer,
-        }
+        Identity { user_id: Uuid::from_u128(7), role: Role::Buyer }
     }
 
     #[test]
@@ -158,13 +132,7 @@ mod tests {
     #[test]
     fn rejects_alg_none() {
         let header = encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = encode(
-            format!(
-                r#"{{"sub":"{}","role":"admin","exp":1900000000}}"#,
-                Uuid::from_u128(7)
-            )
-            .as_bytes(),
-        );
+        let body = encode(format!(r#"{{"sub":"{}","role":"admin","exp":1900000000}}"#, Uuid::from_u128(7)).as_bytes());
         for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
             let err = verify_bearer(Some(&format!("Bearer {token}")), SECRET, now()).unwrap_err();
             assert_eq!(err.status, 401);
@@ -173,13 +141,7 @@ mod tests {
 
     #[test]
     fn role_check() {
-        assert_eq!(
-            buyer()
-                .require(&[Role::Creator, Role::Admin])
-                .unwrap_err()
-                .status,
-            403
-        );
+        assert_eq!(buyer().require(&[Role::Creator, Role::Admin]).unwrap_err().status, 403);
         assert!(buyer().require(&[Role::Buyer]).is_ok());
     }
 }

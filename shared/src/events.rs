@@ -21,6 +21,42 @@ pub enum DomainEvent {
         user_id: Uuid,
         quantity: u32,
     },
+    /// Paid: the hold must be sold at the edge.
+    OrderConfirmed {
+        order_id: Uuid,
+        drop_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+    },
+    /// Payment failed (or a late payment could not be honoured): the units return.
+    OrderFailed {
+        order_id: Uuid,
+        drop_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+        reason: String,
+    },
+    /// The buyer cancelled: the units return.
+    OrderCancelled {
+        order_id: Uuid,
+        drop_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+    },
+    /// The hold ran out unpaid: the units returned at the edge.
+    OrderExpired {
+        order_id: Uuid,
+        drop_id: Uuid,
+        user_id: Uuid,
+        quantity: u32,
+    },
+    /// Money went back to the buyer.
+    PaymentRefunded {
+        order_id: Uuid,
+        reference: String,
+        amount: i64,
+        currency: String,
+    },
 }
 
 impl DomainEvent {
@@ -29,6 +65,11 @@ impl DomainEvent {
         match self {
             Self::DropCreated { .. } => "DropCreated",
             Self::OrderReserved { .. } => "OrderReserved",
+            Self::OrderConfirmed { .. } => "OrderConfirmed",
+            Self::OrderFailed { .. } => "OrderFailed",
+            Self::OrderCancelled { .. } => "OrderCancelled",
+            Self::OrderExpired { .. } => "OrderExpired",
+            Self::PaymentRefunded { .. } => "PaymentRefunded",
         }
     }
 
@@ -36,7 +77,12 @@ impl DomainEvent {
     pub fn aggregate_id(&self) -> Uuid {
         match self {
             Self::DropCreated { drop_id, .. } => *drop_id,
-            Self::OrderReserved { order_id, .. } => *order_id,
+            Self::OrderReserved { order_id, .. }
+            | Self::OrderConfirmed { order_id, .. }
+            | Self::OrderFailed { order_id, .. }
+            | Self::OrderCancelled { order_id, .. }
+            | Self::OrderExpired { order_id, .. }
+            | Self::PaymentRefunded { order_id, .. } => *order_id,
         }
     }
 }

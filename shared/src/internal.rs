@@ -12,6 +12,9 @@ use crate::api::{Money, PaymentHandle};
 pub enum HoldAction {
     Sell,
     Release,
+    /// Take the units of a released hold again and sell them (a payment that
+    /// arrived after the hold ran out), if stock allows.
+    Reinstate,
 }
 
 impl HoldAction {
@@ -19,6 +22,7 @@ impl HoldAction {
         match self {
             Self::Sell => "sell",
             Self::Release => "release",
+            Self::Reinstate => "reinstate",
         }
     }
 }
@@ -32,13 +36,11 @@ pub enum InternalRoute {
     /// edge: full inventory snapshot, for reconciliation.
     InventorySnapshot { drop_id: Uuid },
     /// edge: mark a hold sold or return its units (idempotent).
-    Hold {
-        drop_id: Uuid,
-        reservation_id: Uuid,
-        action: HoldAction,
-    },
+    Hold { drop_id: Uuid, reservation_id: Uuid, action: HoldAction },
     /// edge: evict cached pages.
     Purge,
+    /// origin: the edge let a hold run out unpaid; its units are back in stock.
+    HoldExpired { order_id: Uuid },
 }
 
 impl InternalRoute {
@@ -55,17 +57,11 @@ impl InternalRoute {
             Self::UpsertInventory { drop_id } | Self::InventorySnapshot { drop_id } => {
                 format!("/internal/v1/drops/{drop_id}/inventory")
             }
-            Self::Hold {
-                drop_id,
-                reservation_id,
-                action,
-            } => {
-                format!(
-                    "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{}",
-                    action.as_str()
-                )
+            Self::Hold { drop_id, reservation_id, action } => {
+                format!("/internal/v1/drops/{drop_id}/holds/{reservation_id}/{}", action.as_str())
             }
             Self::Purge => "/internal/v1/purge".into(),
+            Self::HoldExpired { order_id } => format!("/internal/v1/orders/{order_id}/expired"),
         }
     }
 
@@ -77,6 +73,7 @@ impl InternalRoute {
         let route = match (method, segments.as_slice()) {
             ("POST", ["reservations"]) => Self::Reservations,
             ("POST", ["purge"]) => Self::Purge,
+            ("POST", ["orders", o, "expired"]) => Self::HoldExpired { order_id: id(o)? },
             ("POST", ["drops", d, "inventory"]) => Self::UpsertInventory { drop_id: id(d)? },
             ("GET", ["drops", d, "inventory"]) => Self::InventorySnapshot { drop_id: id(d)? },
             ("POST", ["drops", d, "holds", r, action]) => Self::Hold {
@@ -85,6 +82,7 @@ impl InternalRoute {
                 action: match *action {
                     "sell" => HoldAction::Sell,
                     "release" => HoldAction::Release,
+                    "reinstate" => HoldAction::Reinstate,
                     _ => return None,
                 },
             },
@@ -137,14 +135,24 @@ pub enum HoldState {
     Released,
 }
 
-/// Answer of the sell/release routes.
+/// Answer of the sell/release/reinstate routes: the hold's state after the call.
+/// A sell of a released hold (or a release of a sold one) changes nothing and
+/// answers the state the hold is in, so the caller can decide what follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldOutcome {
     pub reservation_id: Uuid,
     pub state: HoldState,
-    /// False when the hold was already in this state (a repeated call).
+    /// True when this call moved the hold.
     pub changed: bool,
     pub remaining: u32,
+}
+
+/// Body of `POST /internal/v1/orders/{id}/expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldExpiry {
+    pub drop_id: Uuid,
+    pub expired_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +162,8 @@ pub struct HoldSnapshot {
     pub quantity: u32,
     pub state: HoldState,
     pub expires_at: DateTime<Utc>,
+    /// The buyer's key, while the edge still keeps its idempotency record (24 h).
+    pub idempotency_key: Option<String>,
 }
 
 /// `GET /internal/v1/drops/{id}/inventory`.
@@ -181,40 +191,22 @@ mod tests {
             InternalRoute::Reservations,
             InternalRoute::UpsertInventory { drop_id: d },
             InternalRoute::InventorySnapshot { drop_id: d },
-            InternalRoute::Hold {
-                drop_id: d,
-                reservation_id: r,
-                action: HoldAction::Sell,
-            },
-            InternalRoute::Hold {
-                drop_id: d,
-                reservation_id: r,
-                action: HoldAction::Release,
-            },
+            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Sell },
+            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Release },
+            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Reinstate },
             InternalRoute::Purge,
+            InternalRoute::HoldExpired { order_id: r },
         ] {
-            assert_eq!(
-                InternalRoute::parse(route.method(), &route.path()),
-                Some(route)
-            );
+            assert_eq!(InternalRoute::parse(route.method(), &route.path()), Some(route));
         }
     }
 
     #[test]
     fn rejects_other_paths() {
-        assert_eq!(
-            InternalRoute::parse("GET", "/internal/v1/reservations"),
-            None
-        );
-        assert_eq!(
-            InternalRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"),
-            None
-        );
+        assert_eq!(InternalRoute::parse("GET", "/internal/v1/reservations"), None);
+        assert_eq!(InternalRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"), None);
         assert_eq!(InternalRoute::parse("POST", "/v1/drops"), None);
         let d = Uuid::from_u128(1);
-        assert_eq!(
-            InternalRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")),
-            None
-        );
+        assert_eq!(InternalRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")), None);
     }
 }

@@ -40,9 +40,7 @@ impl Rejection {
         match self {
             Self::InvalidQuantity { max_per_user } => Problem::new(
                 ErrorCode::InvalidRequest,
-                Some(format!(
-                    "field `quantity`: must be 1 to {max_per_user} for this drop"
-                )),
+                Some(format!("field `quantity`: must be 1 to {max_per_user} for this drop")),
             ),
             Self::NotStarted => ErrorCode::DropNotStarted.into(),
             Self::Ended => ErrorCode::DropEnded.into(),
@@ -63,6 +61,10 @@ pub enum HoldError {
     AlreadyReleased,
     /// `release` on a hold that was sold.
     AlreadySold,
+    /// `reinstate` of a released hold when its units are gone.
+    SoldOut,
+    /// `reinstate` that would give the buyer more than the per-user limit.
+    LimitReached,
 }
 
 /// The result of moving a hold: its state now, and whether this call moved it.
@@ -90,13 +92,7 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(terms: InventoryTerms) -> Self {
-        Self {
-            terms,
-            holds: BTreeMap::new(),
-            user_units: HashMap::new(),
-            held: 0,
-            sold: 0,
-        }
+        Self { terms, holds: BTreeMap::new(), user_units: HashMap::new(), held: 0, sold: 0 }
     }
 
     /// Rebuilds an inventory from persisted holds.
@@ -176,9 +172,7 @@ impl Inventory {
     ) -> Result<Hold, Rejection> {
         let t = &self.terms;
         if quantity == 0 || quantity > t.max_per_user {
-            return Err(Rejection::InvalidQuantity {
-                max_per_user: t.max_per_user,
-            });
+            return Err(Rejection::InvalidQuantity { max_per_user: t.max_per_user });
         }
         if now_ms < t.starts_at.timestamp_millis() {
             return Err(Rejection::NotStarted);
@@ -209,19 +203,13 @@ impl Inventory {
     fn transition(&mut self, reservation_id: Uuid, to: HoldState) -> Result<Transition, HoldError> {
         let hold = *self.holds.get(&reservation_id).ok_or(HoldError::NotFound)?;
         match (hold.state, to) {
-            (from, to) if from == to => Ok(Transition {
-                state: to,
-                changed: false,
-            }),
+            (from, to) if from == to => Ok(Transition { state: to, changed: false }),
             (HoldState::Held, _) => {
                 self.count(&hold, -1);
                 let moved = Hold { state: to, ..hold };
                 self.count(&moved, 1);
                 self.holds.insert(reservation_id, moved);
-                Ok(Transition {
-                    state: to,
-                    changed: true,
-                })
+                Ok(Transition { state: to, changed: true })
             }
             (HoldState::Released, _) => Err(HoldError::AlreadyReleased),
             (HoldState::Sold, _) => Err(HoldError::AlreadySold),
@@ -238,6 +226,26 @@ impl Inventory {
         self.transition(reservation_id, HoldState::Released)
     }
 
+    /// A payment arrived for a hold whose units went back: sell them again if stock
+    /// and the buyer's limit allow.
+    pub fn reinstate(&mut self, reservation_id: Uuid) -> Result<Transition, HoldError> {
+        let hold = *self.holds.get(&reservation_id).ok_or(HoldError::NotFound)?;
+        match hold.state {
+            HoldState::Held => self.sell(reservation_id),
+            HoldState::Sold => Ok(Transition { state: HoldState::Sold, changed: false }),
+            HoldState::Released if self.remaining() < hold.quantity => Err(HoldError::SoldOut),
+            HoldState::Released if self.user_units(hold.user_id) + hold.quantity > self.terms.max_per_user => {
+                Err(HoldError::LimitReached)
+            }
+            HoldState::Released => {
+                let sold = Hold { state: HoldState::Sold, ..hold };
+                self.count(&sold, 1);
+                self.holds.insert(reservation_id, sold);
+                Ok(Transition { state: HoldState::Sold, changed: true })
+            }
+        }
+    }
+
     /// Holds still `Held` whose time ran out at `now_ms`.
     pub fn expired_holds(&self, now_ms: i64) -> Vec<Uuid> {
         self.holds
@@ -249,11 +257,7 @@ impl Inventory {
 
     /// The soonest expiry among the holds still `Held`.
     pub fn next_expiry_ms(&self) -> Option<i64> {
-        self.holds
-            .values()
-            .filter(|h| h.state == HoldState::Held)
-            .map(|h| h.expires_at_ms)
-            .min()
+        self.holds.values().filter(|h| h.state == HoldState::Held).map(|h| h.expires_at_ms).min()
     }
 }
 
@@ -270,10 +274,7 @@ mod tests {
             max_per_user,
             starts_at: DateTime::from_timestamp_millis(1_000).unwrap(),
             ends_at: DateTime::from_timestamp_millis(1_000_000).unwrap(),
-            price: Money {
-                amount: 100,
-                currency: "EUR".into(),
-            },
+            price: Money { amount: 100, currency: "EUR".into() },
             hold_seconds: 60,
         }
     }
@@ -285,38 +286,17 @@ mod tests {
     #[test]
     fn window_limit_and_stock_rules() {
         let mut inv = Inventory::new(terms(3, 2));
-        assert_eq!(
-            inv.reserve(id(1), id(100), 1, 999),
-            Err(Rejection::NotStarted)
-        );
-        assert_eq!(
-            inv.reserve(id(1), id(100), 1, 1_000_000),
-            Err(Rejection::Ended)
-        );
-        assert_eq!(
-            inv.reserve(id(1), id(100), 3, 5_000),
-            Err(Rejection::InvalidQuantity { max_per_user: 2 })
-        );
-        assert_eq!(
-            inv.reserve(id(1), id(100), 0, 5_000),
-            Err(Rejection::InvalidQuantity { max_per_user: 2 })
-        );
+        assert_eq!(inv.reserve(id(1), id(100), 1, 999), Err(Rejection::NotStarted));
+        assert_eq!(inv.reserve(id(1), id(100), 1, 1_000_000), Err(Rejection::Ended));
+        assert_eq!(inv.reserve(id(1), id(100), 3, 5_000), Err(Rejection::InvalidQuantity { max_per_user: 2 }));
+        assert_eq!(inv.reserve(id(1), id(100), 0, 5_000), Err(Rejection::InvalidQuantity { max_per_user: 2 }));
         let hold = inv.reserve(id(1), id(100), 2, 5_000).unwrap();
         assert_eq!(hold.expires_at_ms, 65_000);
-        assert_eq!(
-            inv.reserve(id(2), id(100), 1, 5_000),
-            Err(Rejection::LimitReached)
-        );
-        assert_eq!(
-            inv.reserve(id(3), id(101), 2, 5_000),
-            Err(Rejection::SoldOut)
-        );
+        assert_eq!(inv.reserve(id(2), id(100), 1, 5_000), Err(Rejection::LimitReached));
+        assert_eq!(inv.reserve(id(3), id(101), 2, 5_000), Err(Rejection::SoldOut));
         assert!(inv.reserve(id(3), id(101), 1, 5_000).is_ok());
         assert_eq!(inv.remaining(), 0);
-        assert_eq!(
-            inv.reserve(id(1), id(102), 1, 5_000),
-            Err(Rejection::SoldOut)
-        );
+        assert_eq!(inv.reserve(id(1), id(102), 1, 5_000), Err(Rejection::SoldOut));
     }
 
     #[test]
@@ -324,33 +304,30 @@ mod tests {
         let mut inv = Inventory::new(terms(5, 5));
         inv.reserve(id(1), id(100), 2, 5_000).unwrap();
         inv.reserve(id(2), id(100), 1, 5_000).unwrap();
-        assert_eq!(
-            inv.release(id(1)),
-            Ok(Transition {
-                state: HoldState::Released,
-                changed: true
-            })
-        );
-        assert_eq!(
-            inv.release(id(1)),
-            Ok(Transition {
-                state: HoldState::Released,
-                changed: false
-            })
-        );
+        assert_eq!(inv.release(id(1)), Ok(Transition { state: HoldState::Released, changed: true }));
+        assert_eq!(inv.release(id(1)), Ok(Transition { state: HoldState::Released, changed: false }));
         assert_eq!(inv.remaining(), 4);
         assert_eq!(inv.sell(id(1)), Err(HoldError::AlreadyReleased));
-        assert_eq!(
-            inv.sell(id(2)),
-            Ok(Transition {
-                state: HoldState::Sold,
-                changed: true
-            })
-        );
+        assert_eq!(inv.sell(id(2)), Ok(Transition { state: HoldState::Sold, changed: true }));
         assert_eq!(inv.release(id(2)), Err(HoldError::AlreadySold));
         assert_eq!(inv.sell(id(9)), Err(HoldError::NotFound));
         assert_eq!((inv.sold(), inv.held(), inv.remaining()), (1, 0, 4));
         assert_eq!(inv.user_units(id(100)), 1);
+    }
+
+    #[test]
+    fn reinstate_takes_units_back_only_if_they_are_there() {
+        let mut inv = Inventory::new(terms(2, 2));
+        inv.reserve(id(1), id(100), 1, 5_000).unwrap();
+        inv.release(id(1)).unwrap();
+        assert_eq!(inv.reinstate(id(1)), Ok(Transition { state: HoldState::Sold, changed: true }));
+        assert_eq!(inv.reinstate(id(1)), Ok(Transition { state: HoldState::Sold, changed: false }));
+        assert_eq!((inv.sold(), inv.remaining()), (1, 1));
+        inv.reserve(id(2), id(101), 1, 5_000).unwrap();
+        inv.release(id(2)).unwrap();
+        inv.reserve(id(3), id(102), 1, 5_000).unwrap();
+        assert_eq!(inv.reinstate(id(2)), Err(HoldError::SoldOut));
+        assert_eq!(inv.remaining(), 0);
     }
 
     #[test]
@@ -368,10 +345,7 @@ mod tests {
     fn terms_cannot_cut_below_committed_units() {
         let mut inv = Inventory::new(terms(5, 5));
         inv.reserve(id(1), id(100), 3, 5_000).unwrap();
-        assert_eq!(
-            inv.set_terms(terms(2, 2)),
-            Err(TermsConflict { committed: 3 })
-        );
+        assert_eq!(inv.set_terms(terms(2, 2)), Err(TermsConflict { committed: 3 }));
         assert!(inv.set_terms(terms(3, 2)).is_ok());
         assert_eq!(inv.remaining(), 0);
     }
@@ -395,6 +369,7 @@ mod tests {
         Reserve { user: u8, quantity: u32 },
         Sell(usize),
         Release(usize),
+        Reinstate(usize),
         Expire,
     }
 
@@ -403,6 +378,7 @@ mod tests {
             4 => (0u8..6, 0u32..4).prop_map(|(user, quantity)| Op::Reserve { user, quantity }),
             2 => any::<usize>().prop_map(Op::Sell),
             2 => any::<usize>().prop_map(Op::Release),
+            1 => any::<usize>().prop_map(Op::Reinstate),
             1 => Just(Op::Expire),
         ]
     }
@@ -431,7 +407,21 @@ mod tests {
                             Err(_) => prop_assert_eq!(inv.remaining(), before),
                         }
                     }
-                    Op::Sell(i) | Op::Release(i) if ids.is_empty() => { let _ = i; }
+                    Op::Sell(i) | Op::Release(i) | Op::Reinstate(i) if ids.is_empty() => { let _ = i; }
+                    Op::Reinstate(i) => {
+                        let rid = ids[i % ids.len()];
+                        let before = inv.hold(rid).unwrap().state;
+                        let q = inv.hold(rid).unwrap().quantity;
+                        let before_remaining = inv.remaining();
+                        match inv.reinstate(rid) {
+                            Ok(t) if t.changed && before == HoldState::Released => {
+                                prop_assert_eq!(inv.remaining(), before_remaining - q)
+                            }
+                            Ok(_) => prop_assert_eq!(inv.remaining(), before_remaining),
+                            Err(HoldError::SoldOut) => prop_assert!(before_remaining < q),
+                            Err(e) => prop_assert_eq!(e, HoldError::LimitReached),
+                        }
+                    }
                     Op::Sell(i) => {
                         let rid = ids[i % ids.len()];
                         let before = inv.hold(rid).unwrap().state;

@@ -160,11 +160,7 @@ mod tests {
 
     #[test]
     fn serde_name_matches_wire_code() {
-        for code in [
-            ErrorCode::IdempotencyKeyInProgress,
-            ErrorCode::Internal,
-            ErrorCode::NotFound,
-        ] {
+        for code in [ErrorCode::IdempotencyKeyInProgress, ErrorCode::Internal, ErrorCode::NotFound] {
             let json = serde_json::to_string(&code).unwrap();
             if code != ErrorCode::Internal {
                 assert_eq!(json, format!("\"{}\"", code.as_str()));

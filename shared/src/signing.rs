@@ -35,13 +35,7 @@ fn mac(secret: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(secret).expect("HMAC takes any key length")
 }
 
-fn internal_mac(
-    secret: &[u8],
-    method: &str,
-    path: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> HmacSha256 {
+fn internal_mac(secret: &[u8], method: &str, path: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     let mut m = mac(secret);
     m.update(method.to_ascii_uppercase().as_bytes());
     m.update(b"\n");
@@ -54,18 +48,8 @@ fn internal_mac(
 }
 
 /// Hex signature for an internal call.
-pub fn sign_internal(
-    secret: &[u8],
-    method: &str,
-    path: &str,
-    timestamp: i64,
-    body: &[u8],
-) -> String {
-    hex::encode(
-        internal_mac(secret, method, path, timestamp, body)
-            .finalize()
-            .into_bytes(),
-    )
+pub fn sign_internal(secret: &[u8], method: &str, path: &str, timestamp: i64, body: &[u8]) -> String {
+    hex::encode(internal_mac(secret, method, path, timestamp, body).finalize().into_bytes())
 }
 
 /// Checks an internal call's headers against its method, path and body at `now` (unix s).
@@ -82,10 +66,7 @@ pub fn verify_internal(
         (Some(t), Some(s)) => (t, s),
         _ => return Err(SignatureError::Missing),
     };
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| SignatureError::Malformed)?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Malformed)?;
     let sig = hex::decode(signature.trim()).map_err(|_| SignatureError::Malformed)?;
     if secret.is_empty() {
         return Err(SignatureError::Mismatch);
@@ -93,9 +74,7 @@ pub fn verify_internal(
     if (now - ts).abs() > TOLERANCE_SECS {
         return Err(SignatureError::Stale);
     }
-    internal_mac(secret, method, path, ts, body)
-        .verify_slice(&sig)
-        .map_err(|_| SignatureError::Mismatch)
+    internal_mac(secret, method, path, ts, body).verify_slice(&sig).map_err(|_| SignatureError::Mismatch)
 }
 
 /// A `Stripe-Signature` header value for `body`, signed at `timestamp`.
@@ -104,10 +83,7 @@ pub fn stripe_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     m.update(timestamp.to_string().as_bytes());
     m.update(b".");
     m.update(body);
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(m.finalize().into_bytes())
-    )
+    format!("t={timestamp},v1={}", hex::encode(m.finalize().into_bytes()))
 }
 
 /// Verifies a `Stripe-Signature` header: any `v1` matching any of `secrets`.
@@ -121,10 +97,7 @@ pub fn verify_stripe_signature(
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
-        let (k, v) = part
-            .trim()
-            .split_once('=')
-            .ok_or(SignatureError::Malformed)?;
+        let (k, v) = part.trim().split_once('=').ok_or(SignatureError::Malformed)?;
         match k {
             "t" => timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?),
             "v1" => candidates.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?),
@@ -162,46 +135,18 @@ mod tests {
     fn internal_round_trip_and_tamper() {
         let sig = sign_internal(b"k", "POST", "/internal/v1/reservations", NOW, b"{}");
         let ts = NOW.to_string();
-        let ok = |m: &str, p: &str, b: &[u8], now: i64| {
-            verify_internal(b"k", m, p, Some(&ts), Some(&sig), b, now)
-        };
+        let ok = |m: &str, p: &str, b: &[u8], now: i64| verify_internal(b"k", m, p, Some(&ts), Some(&sig), b, now);
         assert_eq!(ok("POST", "/internal/v1/reservations", b"{}", NOW), Ok(()));
+        assert_eq!(ok("post", "/internal/v1/reservations", b"{}", NOW + 299), Ok(()));
+        assert_eq!(ok("POST", "/internal/v1/purge", b"{}", NOW), Err(SignatureError::Mismatch));
+        assert_eq!(ok("PUT", "/internal/v1/reservations", b"{}", NOW), Err(SignatureError::Mismatch));
+        assert_eq!(ok("POST", "/internal/v1/reservations", b"{ }", NOW), Err(SignatureError::Mismatch));
+        assert_eq!(ok("POST", "/internal/v1/reservations", b"{}", NOW + 301), Err(SignatureError::Stale));
         assert_eq!(
-            ok("post", "/internal/v1/reservations", b"{}", NOW + 299),
-            Ok(())
-        );
-        assert_eq!(
-            ok("POST", "/internal/v1/purge", b"{}", NOW),
+            verify_internal(b"other", "POST", "/internal/v1/reservations", Some(&ts), Some(&sig), b"{}", NOW),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(
-            ok("PUT", "/internal/v1/reservations", b"{}", NOW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            ok("POST", "/internal/v1/reservations", b"{ }", NOW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            ok("POST", "/internal/v1/reservations", b"{}", NOW + 301),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(
-            verify_internal(
-                b"other",
-                "POST",
-                "/internal/v1/reservations",
-                Some(&ts),
-                Some(&sig),
-                b"{}",
-                NOW
-            ),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_internal(b"k", "POST", "/x", None, Some(&sig), b"{}", NOW),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify_internal(b"k", "POST", "/x", None, Some(&sig), b"{}", NOW), Err(SignatureError::Missing));
         assert_eq!(
             verify_internal(b"k", "POST", "/x", Some("abc"), Some(&sig), b"{}", NOW),
             Err(SignatureError::Malformed)
@@ -212,28 +157,16 @@ mod tests {
     fn stripe_scheme_with_rotation() {
         let body = br#"{"id":"evt_1"}"#;
         let header = stripe_signature(b"whsec_old", NOW, body);
-        assert_eq!(
-            verify_stripe_signature(Some(&header), &[b"whsec_new", b"whsec_old"], body, NOW),
-            Ok(NOW)
-        );
-        assert_eq!(
-            verify_stripe_signature(Some(&header), &[b"whsec_new"], body, NOW),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify_stripe_signature(Some(&header), &[b"whsec_new", b"whsec_old"], body, NOW), Ok(NOW));
+        assert_eq!(verify_stripe_signature(Some(&header), &[b"whsec_new"], body, NOW), Err(SignatureError::Mismatch));
         assert_eq!(
             verify_stripe_signature(Some(&header), &[b"whsec_old"], body, NOW + 301),
             Err(SignatureError::Stale)
         );
-        assert_eq!(
-            verify_stripe_signature(None, &[b"whsec_old"], body, NOW),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify_stripe_signature(None, &[b"whsec_old"], body, NOW), Err(SignatureError::Missing));
         // Two v1 values, the second valid: accepted (the provider signs with both secrets during rotation).
         let v1 = header.split("v1=").nth(1).unwrap();
         let both = format!("t={NOW},v1={},v1={v1}", "00".repeat(32));
-        assert_eq!(
-            verify_stripe_signature(Some(&both), &[b"whsec_old"], body, NOW),
-            Ok(NOW)
-        );
+        assert_eq!(verify_stripe_signature(Some(&both), &[b"whsec_old"], body, NOW), Ok(NOW));
     }
 }

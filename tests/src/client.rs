@@ -9,11 +9,7 @@ use uuid::Uuid;
 use crate::{Stack, JWT_SECRET};
 
 pub fn token(user_id: Uuid, role: Role) -> String {
-    mint(
-        Identity { user_id, role },
-        JWT_SECRET.as_bytes(),
-        Utc::now() + Duration::hours(2),
-    )
+    mint(Identity { user_id, role }, JWT_SECRET.as_bytes(), Utc::now() + Duration::hours(2))
 }
 
 /// A buyer with a fresh id and a valid token.
@@ -26,10 +22,7 @@ pub struct Buyer {
 impl Buyer {
     pub fn new() -> Self {
         let id = Uuid::now_v7();
-        Self {
-            id,
-            token: token(id, Role::Buyer),
-        }
+        Self { id, token: token(id, Role::Buyer) }
     }
 }
 
@@ -51,13 +44,7 @@ pub struct DropSpec {
 
 impl DropSpec {
     pub fn live(stock: u32, max_per_user: u32) -> Self {
-        Self {
-            stock,
-            max_per_user,
-            starts_in: Duration::seconds(-60),
-            lasts: Duration::hours(2),
-            price: 2500,
-        }
+        Self { stock, max_per_user, starts_in: Duration::seconds(-60), lasts: Duration::hours(2), price: 2500 }
     }
 }
 
@@ -94,10 +81,7 @@ pub struct Client {
 impl Client {
     pub fn new(stack: &Stack) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
-                .build()
-                .expect("http client"),
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("http client"),
             edge: stack.edge_url.clone(),
             origin: stack.origin_url.clone(),
         }
@@ -108,11 +92,7 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.expect("response body").to_vec();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer { status, headers, body }
     }
 
     pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
@@ -136,36 +116,15 @@ impl Client {
         let admin = token(Uuid::now_v7(), Role::Admin);
         let creator_user = Uuid::now_v7();
         let created = self
-            .post_json(
-                "/v1/creators",
-                Some(&admin),
-                json!({"name": "Test Creator", "user_id": creator_user}),
-            )
+            .post_json("/v1/creators", Some(&admin), json!({"name": "Test Creator", "user_id": creator_user}))
             .await;
-        assert_eq!(
-            created.status,
-            StatusCode::CREATED,
-            "creator: {:?}",
-            created.json()
-        );
+        assert_eq!(created.status, StatusCode::CREATED, "creator: {:?}", created.json());
         let creator_token = token(creator_user, Role::Creator);
         let product = self
-            .post_json(
-                "/v1/products",
-                Some(&creator_token),
-                json!({"title": "Test Tee", "description": "A tee."}),
-            )
+            .post_json("/v1/products", Some(&creator_token), json!({"title": "Test Tee", "description": "A tee."}))
             .await;
-        assert_eq!(
-            product.status,
-            StatusCode::CREATED,
-            "product: {:?}",
-            product.json()
-        );
-        let product_id = product.json()["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .expect("product id");
+        assert_eq!(product.status, StatusCode::CREATED, "product: {:?}", product.json());
+        let product_id = product.json()["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("product id");
         (creator_token, product_id)
     }
 
@@ -182,37 +141,20 @@ impl Client {
             "starts_at": starts_at,
             "ends_at": starts_at + spec.lasts,
         });
-        let created = self
-            .post_json("/v1/drops", Some(&creator_token), body)
-            .await;
-        assert_eq!(
-            created.status,
-            StatusCode::CREATED,
-            "drop: {:?}",
-            created.json()
-        );
-        let id = created.json()["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .expect("drop id");
+        let created = self.post_json("/v1/drops", Some(&creator_token), body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "drop: {:?}", created.json());
+        let id = created.json()["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("drop id");
         let stock = self.stock(id).await;
-        assert_eq!(
-            stock["total"], spec.stock,
-            "the edge knows the drop: {stock}"
-        );
+        assert_eq!(stock["total"], spec.stock, "the edge knows the drop: {stock}");
         id
     }
 
     pub async fn stock(&self, drop_id: Uuid) -> Value {
-        self.get(&format!("/v1/drops/{drop_id}/stock"), None)
-            .await
-            .json()
+        self.get(&format!("/v1/drops/{drop_id}/stock"), None).await.json()
     }
 
     pub async fn remaining(&self, drop_id: Uuid) -> u64 {
-        self.stock(drop_id).await["remaining"]
-            .as_u64()
-            .expect("remaining")
+        self.stock(drop_id).await["remaining"].as_u64().expect("remaining")
     }
 
     /// `POST /v1/drops/{id}/orders` with a raw body and an optional key.
@@ -238,12 +180,6 @@ impl Client {
     }
 
     pub async fn buy(&self, buyer: &Buyer, drop_id: Uuid, key: &str, quantity: u32) -> Answer {
-        self.buy_raw(
-            Some(&buyer.token),
-            drop_id,
-            Some(key),
-            json!({"quantity": quantity}).to_string(),
-        )
-        .await
+        self.buy_raw(Some(&buyer.token), drop_id, Some(key), json!({"quantity": quantity}).to_string()).await
     }
 }

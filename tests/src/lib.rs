@@ -46,17 +46,11 @@ static STACK: OnceLock<Stack> = OnceLock::new();
 static WRANGLER_PGID: OnceLock<i32> = OnceLock::new();
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 extern "C" fn kill_wrangler() {
@@ -84,19 +78,14 @@ impl Stack {
     }
 
     fn start() -> anyhow::Result<Stack> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let admin_url = std::env::var("DROPS_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let db_name = format!("drops_test_{}", uuid::Uuid::new_v4().simple());
         runtime.block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-            sqlx::query(&format!("CREATE DATABASE {db_name}"))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await?;
             anyhow::Ok(())
         })?;
         let database_url = match admin_url.rsplit_once('/') {
@@ -113,8 +102,7 @@ impl Stack {
             database_url: SecretString::from(database_url.clone()),
             database_max_connections: 20,
             redis_url: SecretString::from(
-                std::env::var("DROPS_TEST_REDIS")
-                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+                std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             ),
             jwt_secret: SecretString::from(JWT_SECRET),
             edge_to_origin_secret: SecretString::from(EDGE_TO_ORIGIN_SECRET),
@@ -126,11 +114,7 @@ impl Stack {
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
-        let mut settings = Settings {
-            port: origin_port,
-            public_url: origin_url.clone(),
-            ..settings
-        };
+        let mut settings = Settings { port: origin_port, public_url: origin_url.clone(), ..settings };
         settings.public_url = origin_url.clone();
 
         let stack = Stack {
@@ -160,16 +144,12 @@ impl Stack {
             }
             let _ = done_tx.send(());
         });
-        *self.origin.lock().expect("origin lock") = Some(RunningOrigin {
-            stop: stop_tx,
-            stopped: done_rx,
-        });
+        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx });
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
         let root = repo_root();
-        let state_dir =
-            std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
+        let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
         let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
         let log = std::fs::File::create(&log_path)?;
         let vars = [
@@ -193,11 +173,7 @@ impl Stack {
             ])
             .arg("--persist-to")
             .arg(&state_dir)
-            .args([
-                "--log-level",
-                "warn",
-                "--show-interactive-dev-session=false",
-            ])
+            .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
             .env("WRANGLER_SEND_METRICS", "false")
             .env("CI", "true")
             .stdin(Stdio::null())

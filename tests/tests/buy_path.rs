@@ -12,11 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 async fn orders_in_db(db: &sqlx::PgPool, drop_id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM orders WHERE drop_id = $1")
-        .bind(drop_id)
-        .fetch_one(db)
-        .await
-        .unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE drop_id = $1").bind(drop_id).fetch_one(db).await.unwrap()
 }
 
 /// Waits until Postgres holds `n` orders for the drop (the forward may finish after the 201).
@@ -42,36 +38,20 @@ async fn rush_of_500_buyers_on_50_units_sells_exactly_50() {
         async move { client.buy(b, drop_id, &format!("rush-{}", b.id), 1).await }
     }))
     .await;
-    let created: Vec<_> = answers
-        .iter()
-        .filter(|a| a.status == StatusCode::CREATED)
-        .collect();
-    let sold_out = answers
-        .iter()
-        .filter(|a| a.status == StatusCode::CONFLICT && a.code() == "sold_out")
-        .count();
-    assert_eq!(
-        created.len(),
-        50,
-        "statuses: {:?}",
-        answers.iter().map(|a| a.status).collect::<Vec<_>>()
-    );
+    let created: Vec<_> = answers.iter().filter(|a| a.status == StatusCode::CREATED).collect();
+    let sold_out = answers.iter().filter(|a| a.status == StatusCode::CONFLICT && a.code() == "sold_out").count();
+    assert_eq!(created.len(), 50, "statuses: {:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
     assert_eq!(sold_out, 450);
-    let ids: HashSet<_> = created
-        .iter()
-        .map(|a| a.json()["order_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids: HashSet<_> = created.iter().map(|a| a.json()["order_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 50, "every winner got their own order");
     assert_eq!(client.remaining(drop_id).await, 0);
     let db = stack.db().await;
     assert_eq!(wait_for_orders(&db, drop_id, 50).await, 50);
-    let units: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(quantity), 0)::bigint FROM orders WHERE drop_id = $1",
-    )
-    .bind(drop_id)
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let units: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(quantity), 0)::bigint FROM orders WHERE drop_id = $1")
+        .bind(drop_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(units, 50, "no unit sold twice");
 }
 
@@ -96,10 +76,7 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     assert_eq!(client.remaining(drop_id).await, 9);
 
     // A later replay is the first answer, byte for byte, marked as a replay.
-    let first = answers
-        .iter()
-        .find(|a| a.status == StatusCode::CREATED)
-        .unwrap();
+    let first = answers.iter().find(|a| a.status == StatusCode::CREATED).unwrap();
     let replay = client.buy(&buyer, drop_id, "same-key-0001", 1).await;
     assert_eq!(replay.status, StatusCode::CREATED);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
@@ -132,20 +109,9 @@ async fn same_key_on_another_drop_is_refused_and_returns_the_units() {
     let first_drop = client.create_drop(DropSpec::live(5, 1)).await;
     let second_drop = client.create_drop(DropSpec::live(5, 1)).await;
     let buyer = Buyer::new();
-    assert_eq!(
-        client
-            .buy(&buyer, first_drop, "cross-drop-key", 1)
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    assert_eq!(client.buy(&buyer, first_drop, "cross-drop-key", 1).await.status, StatusCode::CREATED);
     let reused = client.buy(&buyer, second_drop, "cross-drop-key", 1).await;
-    assert_eq!(
-        reused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{:?}",
-        reused.json()
-    );
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", reused.json());
     assert_eq!(reused.code(), "idempotency_key_reused");
     assert_eq!(client.remaining(second_drop).await, 5);
 }
@@ -155,56 +121,29 @@ async fn per_user_limit_counts_every_unit_held() {
     let client = Stack::get().client();
     let drop_id = client.create_drop(DropSpec::live(10, 2)).await;
     let buyer = Buyer::new();
-    assert_eq!(
-        client.buy(&buyer, drop_id, "limit-key-1", 1).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(client.buy(&buyer, drop_id, "limit-key-1", 1).await.status, StatusCode::CREATED);
     let over = client.buy(&buyer, drop_id, "limit-key-2", 2).await;
-    assert_eq!(
-        (over.status, over.code().as_str()),
-        (StatusCode::CONFLICT, "purchase_limit_reached")
-    );
-    assert_eq!(
-        client.buy(&buyer, drop_id, "limit-key-3", 1).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!((over.status, over.code().as_str()), (StatusCode::CONFLICT, "purchase_limit_reached"));
+    assert_eq!(client.buy(&buyer, drop_id, "limit-key-3", 1).await.status, StatusCode::CREATED);
     let at_limit = client.buy(&buyer, drop_id, "limit-key-4", 1).await;
     assert_eq!(at_limit.code(), "purchase_limit_reached");
     let above_max = client.buy(&Buyer::new(), drop_id, "limit-key-5", 3).await;
-    assert_eq!(
-        (above_max.status, above_max.code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    assert_eq!((above_max.status, above_max.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
     assert_eq!(client.remaining(drop_id).await, 8);
 }
 
 #[tokio::test]
 async fn drop_window_is_enforced() {
     let client = Stack::get().client();
-    let upcoming = client
-        .create_drop(DropSpec {
-            starts_in: Duration::hours(1),
-            ..DropSpec::live(5, 1)
-        })
-        .await;
+    let upcoming = client.create_drop(DropSpec { starts_in: Duration::hours(1), ..DropSpec::live(5, 1) }).await;
     let ended = client
-        .create_drop(DropSpec {
-            starts_in: Duration::hours(-3),
-            lasts: Duration::hours(1),
-            ..DropSpec::live(5, 1)
-        })
+        .create_drop(DropSpec { starts_in: Duration::hours(-3), lasts: Duration::hours(1), ..DropSpec::live(5, 1) })
         .await;
     let buyer = Buyer::new();
     let early = client.buy(&buyer, upcoming, "window-key-1", 1).await;
-    assert_eq!(
-        (early.status, early.code().as_str()),
-        (StatusCode::CONFLICT, "drop_not_started")
-    );
+    assert_eq!((early.status, early.code().as_str()), (StatusCode::CONFLICT, "drop_not_started"));
     let late = client.buy(&buyer, ended, "window-key-1", 1).await;
-    assert_eq!(
-        (late.status, late.code().as_str()),
-        (StatusCode::CONFLICT, "drop_ended")
-    );
+    assert_eq!((late.status, late.code().as_str()), (StatusCode::CONFLICT, "drop_ended"));
     assert_eq!(client.stock(upcoming).await["status"], "upcoming");
     assert_eq!(client.stock(ended).await["status"], "ended");
     assert_eq!(client.remaining(upcoming).await, 5);
@@ -218,27 +157,9 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
     let buyer = Buyer::new();
     let t = Some(buyer.token.as_str());
     let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
-        (
-            "missing key",
-            None,
-            br#"{"quantity":1}"#.to_vec(),
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_missing",
-        ),
-        (
-            "short key",
-            Some("short"),
-            br#"{"quantity":1}"#.to_vec(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
-        (
-            "quantity 0",
-            Some("bad-input-01"),
-            br#"{"quantity":0}"#.to_vec(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
+        ("missing key", None, br#"{"quantity":1}"#.to_vec(), StatusCode::BAD_REQUEST, "idempotency_key_missing"),
+        ("short key", Some("short"), br#"{"quantity":1}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("quantity 0", Some("bad-input-01"), br#"{"quantity":0}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
         (
             "quantity string",
             Some("bad-input-02"),
@@ -246,13 +167,7 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
-        (
-            "quantity missing",
-            Some("bad-input-03"),
-            b"{}".to_vec(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
+        ("quantity missing", Some("bad-input-03"), b"{}".to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
         (
             "unknown field",
             Some("bad-input-04"),
@@ -260,13 +175,7 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
-        (
-            "bad json",
-            Some("bad-input-05"),
-            br#"{"quantity":"#.to_vec(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        ),
+        ("bad json", Some("bad-input-05"), br#"{"quantity":"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
         (
             "70 KiB body",
             Some("bad-input-06"),
@@ -279,28 +188,14 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
         let a = client.buy_raw(t, drop_id, key, body).await;
         assert_eq!(a.status, status, "{name}: {:?}", a.json());
         assert_eq!(a.code(), code, "{name}");
-        assert_eq!(
-            a.header("content-type"),
-            Some("application/problem+json"),
-            "{name}"
-        );
+        assert_eq!(a.header("content-type"), Some("application/problem+json"), "{name}");
         if code == "invalid_request" && name.starts_with("quantity string") {
-            assert!(
-                a.json()["detail"].as_str().unwrap().contains("quantity"),
-                "the field is named"
-            );
+            assert!(a.json()["detail"].as_str().unwrap().contains("quantity"), "the field is named");
         }
     }
     let wrong_drop = client.buy(&buyer, Uuid::now_v7(), "bad-input-07", 1).await;
-    assert_eq!(
-        (wrong_drop.status, wrong_drop.code().as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    assert_eq!(
-        client.remaining(drop_id).await,
-        5,
-        "no bad request moved stock"
-    );
+    assert_eq!((wrong_drop.status, wrong_drop.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(client.remaining(drop_id).await, 5, "no bad request moved stock");
 }
 
 #[tokio::test]
@@ -310,70 +205,36 @@ async fn auth_is_checked_first_and_strictly() {
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     let user = Uuid::now_v7();
     let forged = drops_shared::auth::mint(
-        drops_shared::auth::Identity {
-            user_id: user,
-            role: Role::Buyer,
-        },
+        drops_shared::auth::Identity { user_id: user, role: Role::Buyer },
         b"not-the-secret",
         chrono::Utc::now() + Duration::hours(1),
     );
     let expired = drops_shared::auth::mint(
-        drops_shared::auth::Identity {
-            user_id: user,
-            role: Role::Buyer,
-        },
+        drops_shared::auth::Identity { user_id: user, role: Role::Buyer },
         drops_tests::JWT_SECRET.as_bytes(),
         chrono::Utc::now() - Duration::hours(1),
     );
     use base64::Engine;
-    let b64 = |v: serde_json::Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-    };
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let none = format!(
         "{}.{}.",
         b64(json!({"alg": "none", "typ": "JWT"})),
         b64(json!({"sub": user, "role": "buyer", "exp": chrono::Utc::now().timestamp() + 3600}))
     );
-    for (name, tok) in [
-        ("none", None),
-        ("forged", Some(forged)),
-        ("expired", Some(expired)),
-        ("alg none", Some(none)),
-    ] {
+    for (name, tok) in [("none", None), ("forged", Some(forged)), ("expired", Some(expired)), ("alg none", Some(none))]
+    {
         // A bad token fails before the key or body are looked at.
-        let a = client
-            .buy_raw(tok.as_deref(), drop_id, None, "garbage")
-            .await;
-        assert_eq!(
-            (a.status, a.code().as_str()),
-            (StatusCode::UNAUTHORIZED, "unauthorized"),
-            "{name}"
-        );
+        let a = client.buy_raw(tok.as_deref(), drop_id, None, "garbage").await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{name}");
     }
     // Wrong role: a creator cannot buy, a buyer cannot create drops.
     let creator = token(Uuid::now_v7(), Role::Creator);
-    let a = client
-        .buy_raw(Some(&creator), drop_id, None, "garbage")
-        .await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (StatusCode::FORBIDDEN, "forbidden")
-    );
+    let a = client.buy_raw(Some(&creator), drop_id, None, "garbage").await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "forbidden"));
     let buyer = Buyer::new();
-    let a = client
-        .post_json("/v1/drops", Some(&buyer.token), json!({}))
-        .await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (StatusCode::FORBIDDEN, "forbidden")
-    );
-    let a = client
-        .post_json(
-            "/v1/creators",
-            Some(&buyer.token),
-            json!({"name": "x", "user_id": buyer.id}),
-        )
-        .await;
+    let a = client.post_json("/v1/drops", Some(&buyer.token), json!({})).await;
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    let a = client.post_json("/v1/creators", Some(&buyer.token), json!({"name": "x", "user_id": buyer.id})).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 
     // Someone else's order does not exist for you.
@@ -382,24 +243,11 @@ async fn auth_is_checked_first_and_strictly() {
     let order_id = bought.json()["order_id"].as_str().unwrap().to_owned();
     let db = stack.db().await;
     wait_for_orders(&db, drop_id, 1).await;
-    let mine = client
-        .get(&format!("/v1/orders/{order_id}"), Some(&buyer.token))
-        .await;
+    let mine = client.get(&format!("/v1/orders/{order_id}"), Some(&buyer.token)).await;
     assert_eq!(mine.status, StatusCode::OK);
-    let theirs = client
-        .get(&format!("/v1/orders/{order_id}"), Some(&Buyer::new().token))
-        .await;
-    assert_eq!(
-        (theirs.status, theirs.code().as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    assert_eq!(
-        client
-            .get(&format!("/v1/orders/{order_id}"), None)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    let theirs = client.get(&format!("/v1/orders/{order_id}"), Some(&Buyer::new().token)).await;
+    assert_eq!((theirs.status, theirs.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(client.get(&format!("/v1/orders/{order_id}"), None).await.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -410,28 +258,13 @@ async fn internal_routes_refuse_unsigned_calls() {
     let http = reqwest::Client::new();
     // At the edge: releasing someone's hold, or rewriting a drop's stock, without a signature.
     for (method, path) in [
-        (
-            reqwest::Method::POST,
-            format!(
-                "/internal/v1/drops/{drop_id}/holds/{}/release",
-                Uuid::now_v7()
-            ),
-        ),
-        (
-            reqwest::Method::POST,
-            format!("/internal/v1/drops/{drop_id}/inventory"),
-        ),
-        (
-            reqwest::Method::GET,
-            format!("/internal/v1/drops/{drop_id}/inventory"),
-        ),
+        (reqwest::Method::POST, format!("/internal/v1/drops/{drop_id}/holds/{}/release", Uuid::now_v7())),
+        (reqwest::Method::POST, format!("/internal/v1/drops/{drop_id}/inventory")),
+        (reqwest::Method::GET, format!("/internal/v1/drops/{drop_id}/inventory")),
     ] {
         let resp = http
             .request(method, format!("{}{path}", stack.edge_url))
-            .header(
-                "x-drops-timestamp",
-                chrono::Utc::now().timestamp().to_string(),
-            )
+            .header("x-drops-timestamp", chrono::Utc::now().timestamp().to_string())
             .header("x-drops-signature", "00".repeat(32))
             .body(r#"{"total":1000000,"max_per_user":1}"#)
             .send()
@@ -458,46 +291,23 @@ async fn buyer_reads_their_orders_newest_first() {
     let buyer = Buyer::new();
     let mut ids = Vec::new();
     for n in 0..3 {
-        let a = client
-            .buy(&buyer, drop_id, &format!("list-key-{n:04}"), 1)
-            .await;
+        let a = client.buy(&buyer, drop_id, &format!("list-key-{n:04}"), 1).await;
         assert_eq!(a.status, StatusCode::CREATED);
         ids.push(a.json()["order_id"].as_str().unwrap().to_owned());
     }
     wait_for_orders(&stack.db().await, drop_id, 3).await;
-    let page = client
-        .get("/v1/orders?limit=2", Some(&buyer.token))
-        .await
-        .json();
-    let got: Vec<_> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["order_id"].as_str().unwrap().to_owned())
-        .collect();
+    let page = client.get("/v1/orders?limit=2", Some(&buyer.token)).await.json();
+    let got: Vec<_> =
+        page["items"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(got, vec![ids[2].clone(), ids[1].clone()]);
     assert_eq!(page["items"][0]["status"], "reserved");
     assert!(page["items"][0]["payment"]["checkout_url"].is_string());
     let cursor = page["next_cursor"].as_str().unwrap();
-    let rest = client
-        .get(
-            &format!("/v1/orders?limit=2&cursor={cursor}"),
-            Some(&buyer.token),
-        )
-        .await
-        .json();
+    let rest = client.get(&format!("/v1/orders?limit=2&cursor={cursor}"), Some(&buyer.token)).await.json();
     assert_eq!(rest["items"][0]["order_id"], ids[0].as_str());
     assert!(rest["next_cursor"].is_null());
-    let bad = client
-        .get("/v1/orders?cursor=not-a-cursor", Some(&buyer.token))
-        .await;
-    assert_eq!(
-        (bad.status, bad.code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
-    let others = client
-        .get("/v1/orders", Some(&Buyer::new().token))
-        .await
-        .json();
+    let bad = client.get("/v1/orders?cursor=not-a-cursor", Some(&buyer.token)).await;
+    assert_eq!((bad.status, bad.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+    let others = client.get("/v1/orders", Some(&Buyer::new().token)).await.json();
     assert_eq!(others["items"].as_array().unwrap().len(), 0);
 }

@@ -63,25 +63,15 @@ async fn rush(
     let mut latencies = Histogram::<u64>::new(3).expect("histogram");
     let mut statuses = std::collections::BTreeMap::new();
     for (status, took) in results {
-        latencies
-            .record(took.as_micros() as u64)
-            .expect("latency fits");
+        latencies.record(took.as_micros() as u64).expect("latency fits");
         *statuses.entry(status).or_insert(0) += 1;
     }
-    Phase {
-        name,
-        latencies,
-        elapsed,
-        statuses,
-    }
+    Phase { name, latencies, elapsed, statuses }
 }
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let buyers_n = args.first().copied().unwrap_or(2000);
     let stock = args.get(1).copied().unwrap_or(500) as u32;
     let concurrency = args.get(2).copied().unwrap_or(100);
@@ -113,13 +103,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let created = selling.statuses.get(&201).copied().unwrap_or(0);
-    println!(
-        "created {created}, remaining {remaining}, orders in Postgres {orders}, stock {stock}"
-    );
-    assert_eq!(
-        created as u64 + remaining,
-        u64::from(stock),
-        "stock conserved"
-    );
+    println!("created {created}, remaining {remaining}, orders in Postgres {orders}, stock {stock}");
+    assert_eq!(created as u64 + remaining, u64::from(stock), "stock conserved");
     assert_eq!(orders as usize, created, "one order per 201");
 }
