@@ -38,6 +38,18 @@ pub struct Settings {
     pub hold_seconds: u32,
     /// `pretty` for humans, `json` for log pipelines.
     pub log_format: String,
+    /// Prefix of every Redis key (streams, sets), so environments can share a server.
+    pub redis_prefix: String,
+    /// How often the outbox relay looks for new events.
+    pub relay_interval_ms: u64,
+    /// How long an event may sit unacknowledged with a consumer before another takes it.
+    pub bus_claim_idle_ms: u64,
+    /// How often reconciliation compares the edge's inventories with Postgres (0: never).
+    pub reconcile_interval_secs: u64,
+    /// `sandbox` (default) or `stripe`.
+    pub payment_provider: String,
+    /// Stripe secret key, for `payment_provider = stripe`.
+    pub stripe_api_key: Option<SecretString>,
 }
 
 impl Settings {
@@ -57,6 +69,11 @@ impl Settings {
             .set_default("webhook_secrets", DEV_WEBHOOK_SECRET)?
             .set_default("hold_seconds", 600)?
             .set_default("log_format", "pretty")?
+            .set_default("redis_prefix", "drops")?
+            .set_default("relay_interval_ms", 100)?
+            .set_default("bus_claim_idle_ms", 30_000)?
+            .set_default("reconcile_interval_secs", 60)?
+            .set_default("payment_provider", "sandbox")?
             .add_source(config::Environment::with_prefix("DROPS").try_parsing(true))
             .build()?
             .try_deserialize()?;
@@ -81,6 +98,9 @@ impl Settings {
                     "{name} is a development default or shorter than 32 bytes; refusing to start in production"
                 );
             }
+        }
+        if self.payment_provider == "stripe" && self.stripe_api_key.is_none() {
+            anyhow::bail!("DROPS_PAYMENT_PROVIDER=stripe needs DROPS_STRIPE_API_KEY");
         }
         if self.webhook_secret_list().iter().any(|s| s == DEV_WEBHOOK_SECRET || s.is_empty()) {
             anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
@@ -113,6 +133,12 @@ mod tests {
             webhook_secrets: DEV_WEBHOOK_SECRET.into(),
             hold_seconds: 600,
             log_format: "pretty".into(),
+            redis_prefix: "drops".into(),
+            relay_interval_ms: 100,
+            bus_claim_idle_ms: 30_000,
+            reconcile_interval_secs: 60,
+            payment_provider: "sandbox".into(),
+            stripe_api_key: None,
         }
     }
 

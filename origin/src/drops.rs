@@ -184,7 +184,7 @@ async fn create_drop(
     .bind(body.max_per_user as i32)
     .bind(body.starts_at)
     .bind(body.ends_at)
-    .bind(state.settings.hold_seconds as i32)
+    .bind(body.hold_seconds.unwrap_or(state.settings.hold_seconds) as i32)
     .execute(&mut *tx)
     .await?;
     events::record(

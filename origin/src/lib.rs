@@ -6,10 +6,11 @@
 //! - [`creators`]: creator profiles.
 //! - [`orders`]: taking reservations from the edge (`/internal/v1/reservations`) and
 //!   the buyer's order reads.
-//! - [`payments`]: the payment-provider trait and its sandbox.
-//! - [`events`]: the transactional outbox.
+//! - [`payments`]: the provider trait, the sandbox and Stripe providers, the webhook.
+//! - [`events`]: the transactional outbox, its relay to Redis Streams, consumer groups.
+//! - [`reconcile`]: compares the edge's inventories with Postgres and repairs drift.
 //!
-//! Plumbing: [`startup`] (building and running the app), [`config`], [`telemetry`],
+//! Plumbing: [`metrics`], [`startup`] (building and running the app), [`config`], [`telemetry`],
 //! [`error`] (the one error type, rendered as problem+json), [`extract`] (auth, strict
 //! JSON and signed-body extractors), [`edge`] (signed calls to the edge), [`cli`].
 
@@ -22,9 +23,11 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod orders;
 pub mod pagination;
 pub mod payments;
+pub mod reconcile;
 pub mod startup;
 pub mod telemetry;
 pub mod users;

@@ -24,8 +24,9 @@ use tower_http::trace::TraceLayer;
 use crate::config::Settings;
 use crate::edge::EdgeClient;
 use crate::error::problem_response;
-use crate::payments::{PaymentProvider, SandboxProvider};
-use crate::{creators, drops, health, orders};
+use crate::events::bus::{Consumer, Handler};
+use crate::payments::PaymentProvider;
+use crate::{creators, drops, events, health, metrics, orders, payments, reconcile};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -55,6 +56,7 @@ pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
 impl Application {
     /// Connects to Postgres, applies pending migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        metrics::handle();
         let db = connect_db(&settings).await?;
         MIGRATOR.run(&db).await?;
         let redis = redis::Client::open(settings.redis_url.expose_secret())?;
@@ -63,7 +65,7 @@ impl Application {
             db,
             redis,
             edge: EdgeClient::new(&settings)?,
-            payments: Arc::new(SandboxProvider::new(&settings.public_url)),
+            payments: payments::provider(&settings)?,
             settings: Arc::new(settings),
         };
         Ok(Self { listener, state })
@@ -81,13 +83,33 @@ impl Application {
     /// the background workers.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let workers = CancellationToken::new();
-        let syncer = tokio::spawn(drops::inventory_sync_loop(self.state.clone(), workers.clone()));
+        let state = self.state.clone();
+        let mut background = vec![
+            tokio::spawn(drops::inventory_sync_loop(state.clone(), workers.clone())),
+            tokio::spawn(events::relay::run(state.clone(), workers.clone())),
+        ];
+        let edge_sync = Consumer::new(
+            events::stream_key(&state.settings.redis_prefix),
+            orders::edge_sync::CONSUMER,
+            state.settings.bus_claim_idle_ms,
+        );
+        let handler_state = state.clone();
+        let handler: Handler = Arc::new(move |event| {
+            let state = handler_state.clone();
+            Box::pin(async move { orders::edge_sync::handle(&state, &event).await })
+        });
+        background.push(tokio::spawn(edge_sync.run(state.redis.clone(), state.db.clone(), handler, workers.clone())));
+        if state.settings.reconcile_interval_secs > 0 {
+            background.push(tokio::spawn(reconcile::run(state.clone(), workers.clone())));
+        }
         let app = router(self.state);
         let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await;
         workers.cancel();
-        let _ = syncer.await;
+        for task in background {
+            let _ = task.await;
+        }
         Ok(served?)
     }
 }
@@ -99,6 +121,8 @@ pub fn router(state: AppState) -> Router {
         .merge(creators::router())
         .merge(drops::router())
         .merge(orders::router())
+        .merge(payments::router())
+        .merge(metrics::router())
         .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
         .method_not_allowed_fallback(|| async {
             problem_response(

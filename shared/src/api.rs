@@ -208,7 +208,14 @@ pub struct CreateDrop {
     pub max_per_user: u32,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// How long a reservation holds its units before they return to stock
+    /// (default: the platform's setting, 10 minutes).
+    #[serde(default)]
+    pub hold_seconds: Option<u32>,
 }
+
+/// Bounds of `CreateDrop::hold_seconds`.
+pub const HOLD_SECONDS: std::ops::RangeInclusive<u32> = 1..=3600;
 
 impl CreateDrop {
     pub fn validate(&self) -> Result<(), Problem> {
@@ -221,6 +228,9 @@ impl CreateDrop {
         }
         if self.ends_at <= self.starts_at {
             return Err(invalid("field `ends_at`: must be after `starts_at`".into()));
+        }
+        if self.hold_seconds.is_some_and(|h| !HOLD_SECONDS.contains(&h)) {
+            return Err(invalid("field `hold_seconds`: must be 1 to 3600".into()));
         }
         if self.price.times(self.max_per_user).is_none() {
             return Err(invalid("field `price.amount`: too large".into()));
@@ -327,6 +337,7 @@ mod tests {
             max_per_user: 2,
             starts_at: t(10),
             ends_at: t(20),
+            hold_seconds: None,
         };
         assert!(ok.validate().is_ok());
         assert!(CreateDrop { max_per_user: 101, ..ok.clone() }.validate().is_err());

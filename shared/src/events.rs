@@ -50,6 +50,11 @@ pub enum DomainEvent {
         user_id: Uuid,
         quantity: u32,
     },
+    /// The provider says the buyer paid (whatever the order's state by then).
+    PaymentSucceeded {
+        order_id: Uuid,
+        reference: String,
+    },
     /// Money went back to the buyer.
     PaymentRefunded {
         order_id: Uuid,
@@ -60,6 +65,14 @@ pub enum DomainEvent {
 }
 
 impl DomainEvent {
+    /// The order this event is about, if it is about one.
+    pub fn order_id(&self) -> Option<Uuid> {
+        match self {
+            Self::DropCreated { .. } => None,
+            other => Some(other.aggregate_id()),
+        }
+    }
+
     /// The event's type name, as stored in the outbox's `event_type` column.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -69,6 +82,7 @@ impl DomainEvent {
             Self::OrderFailed { .. } => "OrderFailed",
             Self::OrderCancelled { .. } => "OrderCancelled",
             Self::OrderExpired { .. } => "OrderExpired",
+            Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::PaymentRefunded { .. } => "PaymentRefunded",
         }
     }
@@ -82,6 +96,7 @@ impl DomainEvent {
             | Self::OrderFailed { order_id, .. }
             | Self::OrderCancelled { order_id, .. }
             | Self::OrderExpired { order_id, .. }
+            | Self::PaymentSucceeded { order_id, .. }
             | Self::PaymentRefunded { order_id, .. } => *order_id,
         }
     }

@@ -40,11 +40,19 @@ pub struct DropSpec {
     pub starts_in: Duration,
     pub lasts: Duration,
     pub price: i64,
+    pub hold_seconds: Option<u32>,
 }
 
 impl DropSpec {
     pub fn live(stock: u32, max_per_user: u32) -> Self {
-        Self { stock, max_per_user, starts_in: Duration::seconds(-60), lasts: Duration::hours(2), price: 2500 }
+        Self {
+            stock,
+            max_per_user,
+            starts_in: Duration::seconds(-60),
+            lasts: Duration::hours(2),
+            price: 2500,
+            hold_seconds: None,
+        }
     }
 }
 
@@ -140,6 +148,7 @@ impl Client {
             "max_per_user": spec.max_per_user,
             "starts_at": starts_at,
             "ends_at": starts_at + spec.lasts,
+            "hold_seconds": spec.hold_seconds,
         });
         let created = self.post_json("/v1/drops", Some(&creator_token), body).await;
         assert_eq!(created.status, StatusCode::CREATED, "drop: {:?}", created.json());
@@ -181,5 +190,96 @@ impl Client {
 
     pub async fn buy(&self, buyer: &Buyer, drop_id: Uuid, key: &str, quantity: u32) -> Answer {
         self.buy_raw(Some(&buyer.token), drop_id, Some(key), json!({"quantity": quantity}).to_string()).await
+    }
+}
+
+/// A `payment_intent.*` webhook as the provider would send it.
+pub fn webhook_body(event_id: &str, succeeded: bool, reference: &str, order_id: Uuid, amount: i64) -> Vec<u8> {
+    use drops_origin::payments::sandbox::{event_body, Outcome};
+    let outcome = if succeeded { Outcome::Succeed } else { Outcome::Fail };
+    let money = drops_shared::api::Money { amount, currency: "EUR".into() };
+    event_body(event_id, outcome, reference, order_id, &money, Utc::now().timestamp())
+}
+
+/// A bought unit: who bought it, the order id and its payment reference.
+#[derive(Debug, Clone)]
+pub struct Purchase {
+    pub buyer: Buyer,
+    pub order_id: Uuid,
+    pub reference: String,
+    pub checkout_url: String,
+    pub amount: i64,
+}
+
+impl Client {
+    pub async fn order(&self, buyer: &Buyer, order_id: Uuid) -> Answer {
+        self.get(&format!("/v1/orders/{order_id}"), Some(&buyer.token)).await
+    }
+
+    /// Polls the order until `pred` holds for its JSON (or panics after `secs`).
+    pub async fn wait_order(&self, buyer: &Buyer, order_id: Uuid, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let a = self.order(buyer, order_id).await;
+            let v = a.json();
+            if a.status == StatusCode::OK && pred(&v) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "order {order_id} never got there; last: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, buyer: &Buyer, order_id: Uuid, status: &str) -> Value {
+        self.wait_order(buyer, order_id, 20, |v| v["status"] == status).await
+    }
+
+    /// Buys one unit for a new buyer and waits until the origin has the order.
+    pub async fn purchase(&self, drop_id: Uuid) -> Purchase {
+        let buyer = Buyer::new();
+        let a = self.buy(&buyer, drop_id, &format!("purchase-{}", buyer.id), 1).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.json());
+        let order_id = a.json()["order_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("order id");
+        let order = self.wait_order(&buyer, order_id, 20, |v| v["payment"].is_object()).await;
+        Purchase {
+            order_id,
+            reference: order["payment"]["reference"].as_str().expect("reference").to_owned(),
+            checkout_url: order["payment"]["checkout_url"].as_str().expect("checkout").to_owned(),
+            amount: order["amount"]["amount"].as_i64().expect("amount"),
+            buyer,
+        }
+    }
+
+    /// Pays (or fails to pay) at the sandbox checkout, as the buyer would.
+    pub async fn checkout(&self, purchase: &Purchase, outcome: &str) -> Answer {
+        self.send(self.http.post(&purchase.checkout_url).json(&json!({"outcome": outcome}))).await
+    }
+
+    /// Sends a signed webhook straight to the origin.
+    pub async fn webhook(&self, body: &[u8], secret: &str, timestamp: i64) -> Answer {
+        let signature = drops_shared::signing::stripe_signature(secret.as_bytes(), timestamp, body);
+        self.webhook_with_header(body, Some(&signature)).await
+    }
+
+    pub async fn webhook_with_header(&self, body: &[u8], signature: Option<&str>) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/webhooks/payments", self.origin))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("stripe-signature", s);
+        }
+        self.send(req).await
+    }
+
+    /// A provider event for a purchase, signed with the current secret.
+    pub async fn pay_event(&self, p: &Purchase, event_id: &str, succeeded: bool) -> Answer {
+        let body = webhook_body(event_id, succeeded, &p.reference, p.order_id, p.amount);
+        self.webhook(&body, crate::WEBHOOK_SECRET, Utc::now().timestamp()).await
+    }
+
+    pub async fn cancel(&self, buyer: &Buyer, order_id: Uuid) -> Answer {
+        self.post_json(&format!("/v1/orders/{order_id}/cancel"), Some(&buyer.token), json!({})).await
     }
 }

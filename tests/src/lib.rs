@@ -27,6 +27,8 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 pub const EDGE_TO_ORIGIN_SECRET: &str = "test-edge-to-origin-secret-0123456789abcdef";
 pub const ORIGIN_TO_EDGE_SECRET: &str = "test-origin-to-edge-secret-0123456789abcdef";
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+/// A second webhook secret, as during a rotation: both must be accepted.
+pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_old_secret";
 
 pub struct Stack {
     pub edge_url: String,
@@ -40,6 +42,7 @@ pub struct Stack {
 struct RunningOrigin {
     stop: oneshot::Sender<()>,
     stopped: oneshot::Receiver<()>,
+    state: drops_origin::AppState,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -107,9 +110,16 @@ impl Stack {
             jwt_secret: SecretString::from(JWT_SECRET),
             edge_to_origin_secret: SecretString::from(EDGE_TO_ORIGIN_SECRET),
             origin_to_edge_secret: SecretString::from(ORIGIN_TO_EDGE_SECRET),
-            webhook_secrets: SecretString::from(WEBHOOK_SECRET),
+            webhook_secrets: SecretString::from(format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}")),
             hold_seconds: 600,
             log_format: "pretty".into(),
+            redis_prefix: format!("drops-test-{}", uuid::Uuid::new_v4().simple()),
+            relay_interval_ms: 50,
+            bus_claim_idle_ms: 1_000,
+            // Tests run reconciliation themselves, with no grace period.
+            reconcile_interval_secs: 0,
+            payment_provider: "sandbox".into(),
+            stripe_api_key: None,
         };
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
@@ -131,6 +141,7 @@ impl Stack {
     }
 
     fn serve(&self, app: Application) {
+        let state = app.state().clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         self.runtime.spawn(async move {
@@ -144,7 +155,7 @@ impl Stack {
             }
             let _ = done_tx.send(());
         });
-        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx });
+        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx, state });
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
@@ -229,6 +240,26 @@ impl Stack {
             .expect("origin build task")
             .expect("origin restarts on its port");
         self.serve(app);
+    }
+
+    /// Runs `f` with the running origin's state, on the origin's runtime (its pools
+    /// belong there), and returns what it returns.
+    pub async fn with_origin<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce(drops_origin::AppState) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = self.origin.lock().expect("origin lock").as_ref().map(|o| o.state.clone()).expect("origin running");
+        self.runtime.spawn(f(state)).await.expect("task on the origin runtime")
+    }
+
+    /// The edge's inventory of a drop, as reconciliation sees it.
+    pub async fn snapshot(&self, drop_id: uuid::Uuid) -> drops_shared::internal::InventorySnapshot {
+        self.with_origin(move |s| async move { s.edge.snapshot(drop_id).await })
+            .await
+            .expect("snapshot call")
+            .expect("the edge knows the drop")
     }
 
     /// A fresh connection pool on the test database, for the calling test's runtime.

@@ -1,46 +1,47 @@
-//! Payments: the provider trait and the sandbox provider that stands in for a real
-//! one on developer machines and in tests.
+//! Payments: the provider trait, its two implementations (the [`sandbox`] that
+//! stands in for a real provider on developer machines and in tests, and
+//! [`stripe`]'s PaymentIntents API), and the provider's [`webhook`].
+
+pub mod sandbox;
+pub mod stripe;
+pub mod webhook;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::Router;
 use drops_shared::api::{Money, PaymentHandle};
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A payment provider, seen from the origin.
+use crate::config::Settings;
+use crate::startup::AppState;
+
+/// A payment provider, seen from the origin. Both calls must be idempotent on the
+/// order id: the origin may repeat them after a crash or a timeout.
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Starts a payment for an order. Must be idempotent on `order_id`.
+    /// Starts a payment for an order.
     async fn create_payment(&self, order_id: Uuid, amount: &Money) -> anyhow::Result<PaymentHandle>;
+    /// Gives the whole amount back; returns the provider's refund reference.
+    async fn refund(&self, order_id: Uuid, reference: &str, amount: &Money) -> anyhow::Result<String>;
 }
 
-/// A provider that lives inside the origin: references are derived from the order
-/// id (so creating twice gives the same payment) and checkout happens on the
-/// origin's own sandbox pages.
-pub struct SandboxProvider {
-    public_url: String,
+pub fn provider(settings: &Settings) -> anyhow::Result<Arc<dyn PaymentProvider>> {
+    Ok(match (settings.payment_provider.as_str(), &settings.stripe_api_key) {
+        ("stripe", Some(key)) => {
+            Arc::new(stripe::StripeProvider::new(key.expose_secret(), stripe::API_BASE, &settings.public_url)?)
+        }
+        ("stripe", None) => anyhow::bail!("the stripe provider needs DROPS_STRIPE_API_KEY"),
+        ("sandbox", _) => Arc::new(sandbox::SandboxProvider::new(&settings.public_url)),
+        (other, _) => anyhow::bail!("unknown payment provider `{other}`"),
+    })
 }
 
-impl SandboxProvider {
-    pub fn new(public_url: &str) -> Self {
-        Self { public_url: public_url.trim_end_matches('/').to_owned() }
-    }
-}
-
-#[async_trait]
-impl PaymentProvider for SandboxProvider {
-    fn name(&self) -> &'static str {
-        "sandbox"
-    }
-
-    async fn create_payment(&self, order_id: Uuid, _amount: &Money) -> anyhow::Result<PaymentHandle> {
-        let reference = format!("pi_sbx_{}", order_id.simple());
-        Ok(PaymentHandle {
-            provider: self.name().to_owned(),
-            checkout_url: format!("{}/v1/sandbox/checkout/{reference}", self.public_url),
-            reference,
-        })
-    }
+pub fn router() -> Router<AppState> {
+    Router::new().merge(webhook::router()).merge(sandbox::router())
 }
 
 #[derive(sqlx::FromRow)]

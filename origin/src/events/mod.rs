@@ -1,5 +1,18 @@
-//! The transactional outbox: an event is written in the same transaction as the
-//! change it describes, so no change is ever without its event or vice versa.
+//! Events: the transactional outbox, the relay that publishes it to a Redis
+//! Stream, and the consumer-group runner the business modules plug their handlers into.
+//!
+//! An event is written in the same transaction as the change it describes, so no
+//! change is ever without its event or vice versa. Delivery to consumers is at least
+//! once; every consumer is idempotent on the event id (`processed_events`). The
+//! outbox is kept: it is the durable, replayable log ([`relay::replay`]).
+
+pub mod bus;
+pub mod relay;
+
+/// The Redis Stream every domain event is published to.
+pub fn stream_key(prefix: &str) -> String {
+    format!("{prefix}:events")
+}
 
 use chrono::Utc;
 use drops_shared::events::{DomainEvent, EventEnvelope};

@@ -1,6 +1,12 @@
 //! Orders: the edge hands over each reservation its inventory object granted, and
-//! the buyer reads their orders. The order id is the reservation id, so a handoff
-//! repeated by the edge's retries finds the order it already made.
+//! the buyer reads and cancels their orders. The order id is the reservation id,
+//! so a handoff repeated by the edge's retries finds the order it already made.
+//!
+//! - [`lifecycle`]: the order state machine (every move writes its outbox event).
+//! - [`edge_sync`]: the consumer that makes each hold at the edge follow its order.
+
+pub mod edge_sync;
+pub mod lifecycle;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -8,7 +14,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{Money, Order, OrderStatus, Page, PaymentHandle};
 use drops_shared::events::DomainEvent;
-use drops_shared::internal::{ReservationAck, ReservationHandoff};
+use drops_shared::internal::{HoldExpiry, ReservationAck, ReservationHandoff};
 use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
 
@@ -25,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/reservations", post(take_reservation))
         .route("/v1/orders", get(list_orders))
         .route("/v1/orders/{order_id}", get(show_order))
+        .route("/v1/orders/{order_id}/cancel", post(cancel_order))
+        .route("/internal/v1/orders/{order_id}/expired", post(hold_expired))
 }
 
 #[tracing::instrument(skip_all)]
@@ -124,20 +132,73 @@ impl OrderRow {
     }
 }
 
+async fn load_order(state: &AppState, order_id: Uuid, user_id: Uuid) -> ApiResult<Order> {
+    let row: OrderRow = sqlx::query_as(&format!("{ORDER_SELECT} WHERE o.id = $1 AND o.user_id = $2"))
+        .bind(order_id)
+        .bind(user_id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    row.into_order()
+}
+
 /// Someone else's order is "not found": its existence is not theirs to know.
 async fn show_order(
     State(state): State<AppState>,
     user: AuthUser,
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<Order>> {
+    Ok(Json(load_order(&state, parse_id(&order_id)?, user.0.user_id).await?))
+}
+
+/// The buyer gives up a reservation: its units go back at once.
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn cancel_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Order>> {
     let id = parse_id(&order_id)?;
-    let row: OrderRow = sqlx::query_as(&format!("{ORDER_SELECT} WHERE o.id = $1 AND o.user_id = $2"))
-        .bind(id)
-        .bind(user.0.user_id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(Json(row.into_order()?))
+    let mut tx = state.db.begin().await?;
+    let mut order =
+        lifecycle::lock(&mut tx, id).await?.filter(|o| o.user_id == user.0.user_id).ok_or_else(ApiError::not_found)?;
+    match order.status() {
+        OrderStatus::Reserved => lifecycle::move_to(&mut tx, &mut order, OrderStatus::Cancelled, None).await?,
+        OrderStatus::Cancelled => {}
+        other => {
+            return Err(ApiError::code(
+                ErrorCode::OrderNotCancellable,
+                format!("the order is {}; only a reserved order can be cancelled", other.as_str()),
+            ))
+        }
+    }
+    tx.commit().await?;
+    // Return the units now rather than when the event comes round; the edge-sync
+    // consumer settles it anyway if this call does not get through.
+    if let Err(e) = edge_sync::settle(&state, id).await {
+        tracing::warn!(error = %e, "immediate release failed; the event will retry it");
+    }
+    Ok(Json(load_order(&state, id, user.0.user_id).await?))
+}
+
+/// The edge let a hold run out unpaid (its units are back in stock).
+#[tracing::instrument(skip_all)]
+async fn hold_expired(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    body: SignedBody,
+) -> ApiResult<Json<serde_json::Value>> {
+    let _notice: HoldExpiry = body.json()?;
+    let id = parse_id(&order_id)?;
+    let mut tx = state.db.begin().await?;
+    // Unknown yet (the reservation is still on its way): 404 makes the edge retry.
+    let mut order = lifecycle::lock(&mut tx, id).await?.ok_or_else(ApiError::not_found)?;
+    if order.status() == OrderStatus::Reserved {
+        lifecycle::move_to(&mut tx, &mut order, OrderStatus::Expired, Some("the reservation ran out before payment"))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({"order_id": id, "status": order.status})))
 }
 
 const ORDERS_LIST: &str = "orders";

@@ -1,0 +1,152 @@
+//! Consumer groups on the event stream. Each business consumer (edge sync, and
+//! later cache purge, fan-out, ...) is a group; each origin process runs one member
+//! of it. A member first reclaims entries another member left pending longer than
+//! `bus_claim_idle_ms` (it died mid-batch), then reads new ones. An entry is
+//! acknowledged only after its handler succeeded and the event id was recorded in
+//! `processed_events`; a redelivered event that is recorded is acknowledged unread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drops_shared::events::EventEnvelope;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub type Handler = Arc<dyn Fn(EventEnvelope) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Consumer {
+    pub stream: String,
+    pub group: String,
+    /// This member's name; unique per process.
+    pub name: String,
+    pub claim_idle_ms: u64,
+    pub batch: usize,
+}
+
+impl Consumer {
+    pub fn new(stream: String, group: &str, claim_idle_ms: u64) -> Self {
+        let name = format!("{group}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        Self { stream, group: group.to_owned(), name, claim_idle_ms, batch: 64 }
+    }
+
+    /// Creates the group (reading from the start of the stream) unless it exists.
+    pub async fn ensure_group(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.stream, &self.group, "0").await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Entries other members left pending too long, now ours.
+    pub async fn reclaim(&self, conn: &mut ConnectionManager) -> redis::RedisResult<Vec<StreamId>> {
+        let reply: StreamAutoClaimReply = conn
+            .xautoclaim_options(
+                &self.stream,
+                &self.group,
+                &self.name,
+                self.claim_idle_ms,
+                "0-0",
+                StreamAutoClaimOptions::default().count(self.batch),
+            )
+            .await?;
+        Ok(reply.claimed)
+    }
+
+    /// New entries for this member (waits up to `block` for some).
+    pub async fn read(&self, conn: &mut ConnectionManager, block: Duration) -> redis::RedisResult<Vec<StreamId>> {
+        let opts = StreamReadOptions::default()
+            .group(&self.group, &self.name)
+            .count(self.batch)
+            .block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[&self.stream], &[">"], &opts).await?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+    }
+
+    /// Handles entries one by one, acknowledging those done. Returns how many the
+    /// handler ran for.
+    pub async fn process(
+        &self,
+        conn: &mut ConnectionManager,
+        db: &PgPool,
+        entries: Vec<StreamId>,
+        handler: &Handler,
+    ) -> anyhow::Result<usize> {
+        let mut handled = 0;
+        for entry in entries {
+            let envelope = entry.get::<String>("event").and_then(|raw| {
+                serde_json::from_str::<EventEnvelope>(&raw)
+                    .map_err(|e| tracing::error!(id = %entry.id, error = %e, "undecodable event; dropped"))
+                    .ok()
+            });
+            let Some(envelope) = envelope else {
+                let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
+                continue;
+            };
+            let seen: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2")
+                    .bind(&self.group)
+                    .bind(envelope.id)
+                    .fetch_optional(db)
+                    .await?;
+            if seen.is_none() {
+                let event_id = envelope.id;
+                if let Err(e) = handler(envelope).await {
+                    // Left pending: this member or another takes it again after the idle time.
+                    tracing::warn!(group = %self.group, %event_id, error = %e, "event handler failed; will retry");
+                    continue;
+                }
+                handled += 1;
+                sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(&self.group)
+                    .bind(event_id)
+                    .execute(db)
+                    .await?;
+            }
+            let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
+        }
+        Ok(handled)
+    }
+
+    /// Runs this member until `stop`: reclaim, read, handle, repeat.
+    pub async fn run(self, redis: redis::Client, db: PgPool, handler: Handler, stop: CancellationToken) {
+        let mut conn: Option<ConnectionManager> = None;
+        while !stop.is_cancelled() {
+            if conn.is_none() {
+                match ConnectionManager::new(redis.clone()).await {
+                    Ok(mut c) => match self.ensure_group(&mut c).await {
+                        Ok(()) => conn = Some(c),
+                        Err(e) => tracing::warn!(group = %self.group, error = %e, "cannot create consumer group"),
+                    },
+                    Err(e) => tracing::warn!(group = %self.group, error = %e, "redis unavailable"),
+                }
+                if conn.is_none() {
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                    continue;
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let round = async {
+                let stale = self.reclaim(c).await?;
+                self.process(c, &db, stale, &handler).await?;
+                let fresh = tokio::select! {
+                    _ = stop.cancelled() => return anyhow::Ok(()),
+                    fresh = self.read(c, Duration::from_millis(500)) => fresh?,
+                };
+                self.process(c, &db, fresh, &handler).await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = round.await {
+                tracing::warn!(group = %self.group, error = %e, "consumer round failed");
+                conn = None;
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The outbox relay: publishes unpublished outbox rows to the event stream in `seq`
+//! order, then marks them published. Several origins may run it: `SKIP LOCKED`
+//! gives each a different batch. A crash between the publish and the mark publishes
+//! a batch twice, which consumers absorb (they are idempotent on the event id).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::startup::AppState;
+
+const BATCH: i64 = 500;
+/// The stream keeps about this many recent events; the outbox keeps them all.
+const STREAM_MAXLEN: usize = 1_000_000;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    payload: String,
+}
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let interval = Duration::from_millis(state.settings.relay_interval_ms.max(10));
+    let mut conn: Option<ConnectionManager> = None;
+    loop {
+        if conn.is_none() {
+            conn = ConnectionManager::new(state.redis.clone())
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "relay: redis unavailable"))
+                .ok();
+        }
+        let published = match conn.as_mut() {
+            Some(c) => publish_batch(&state, c).await,
+            None => Ok(0),
+        };
+        let pause = match published {
+            Ok(n) if n as i64 == BATCH => Duration::ZERO,
+            Ok(_) => interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: publishing failed");
+                conn = None;
+                interval * 10
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Publishes one batch; returns how many events went out.
+pub async fn publish_batch(state: &AppState, conn: &mut ConnectionManager) -> anyhow::Result<usize> {
+    let mut tx = state.db.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, payload::text AS payload FROM outbox WHERE published_at IS NULL
+         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    xadd_all(conn, &super::stream_key(&state.settings.redis_prefix), rows.iter().map(|r| r.payload.as_str())).await?;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+async fn xadd_all<'a>(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    payloads: impl Iterator<Item = &'a str>,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for payload in payloads {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("event")
+            .arg(payload)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Publishes the outbox rows with `from <= seq <= to` again, published or not, so
+/// consumers (and derived stores) can be rebuilt from the log.
+pub async fn replay(state: &AppState, from: i64, to: i64) -> anyhow::Result<usize> {
+    let mut conn = ConnectionManager::new(state.redis.clone()).await?;
+    let stream = super::stream_key(&state.settings.redis_prefix);
+    let mut after = from - 1;
+    let mut total = 0;
+    loop {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, payload::text AS payload FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(after)
+        .bind(to)
+        .bind(BATCH)
+        .fetch_all(&state.db)
+        .await?;
+        let Some(last) = rows.last() else { return Ok(total) };
+        after = last.seq;
+        xadd_all(&mut conn, &stream, rows.iter().map(|r| r.payload.as_str())).await?;
+        total += rows.len();
+    }
+}

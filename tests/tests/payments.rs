@@ -1,0 +1,235 @@
+//! Payments and the order lifecycle, end to end: the provider's webhook, failure,
+//! cancel and expiry returning units exactly once, late payments, reconciliation.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use drops_shared::internal::{HoldAction, HoldState};
+use drops_tests::client::{webhook_body, Purchase};
+use drops_tests::{DropSpec, Stack, OLD_WEBHOOK_SECRET, WEBHOOK_SECRET};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+async fn hold_state(stack: &Stack, drop_id: Uuid, order_id: Uuid) -> HoldState {
+    let snapshot = stack.snapshot(drop_id).await;
+    snapshot.holds.iter().find(|h| h.reservation_id == order_id).map(|h| h.state).expect("hold exists")
+}
+
+/// The edge sync runs after the order changed: wait for the hold to follow.
+async fn wait_hold(stack: &Stack, drop_id: Uuid, order_id: Uuid, want: HoldState) {
+    for _ in 0..200 {
+        if hold_state(stack, drop_id, order_id).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("hold {order_id} never became {want:?}");
+}
+
+async fn events_of(db: &sqlx::PgPool, order_id: Uuid, kind: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2")
+        .bind(order_id)
+        .bind(kind)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+fn evt() -> String {
+    format!("evt_test_{}", Uuid::now_v7().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_is_verified_applied_once_and_accepts_both_rotation_secrets() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let db = stack.db().await;
+    let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
+    let p = client.purchase(drop_id).await;
+    let body = webhook_body(&evt(), true, &p.reference, p.order_id, p.amount);
+    let now = Utc::now().timestamp();
+    for (name, answer) in [
+        ("wrong secret", client.webhook(&body, "whsec_wrong", now).await),
+        ("stale", client.webhook(&body, WEBHOOK_SECRET, now - 301).await),
+        ("missing header", client.webhook_with_header(&body, None).await),
+        ("garbage header", client.webhook_with_header(&body, Some("t=abc,v1=zz")).await),
+    ] {
+        assert_eq!((answer.status, answer.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_signature"), "{name}");
+    }
+    assert_eq!(client.order(&p.buyer, p.order_id).await.json()["status"], "reserved", "nothing changed");
+
+    let ok = client.webhook(&body, WEBHOOK_SECRET, now).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    client.wait_status(&p.buyer, p.order_id, "confirmed").await;
+    wait_hold(stack, drop_id, p.order_id, HoldState::Sold).await;
+    let again = client.webhook(&body, WEBHOOK_SECRET, now).await;
+    assert_eq!((again.status, again.json()["outcome"].as_str()), (StatusCode::OK, Some("duplicate")));
+    assert_eq!(events_of(&db, p.order_id, "OrderConfirmed").await, 1, "one effect for one event");
+    assert_eq!(client.remaining(drop_id).await, 9);
+
+    // During a rotation the provider may still sign with the old secret.
+    let q = client.purchase(drop_id).await;
+    let old =
+        client.webhook(&webhook_body(&evt(), true, &q.reference, q.order_id, q.amount), OLD_WEBHOOK_SECRET, now).await;
+    assert_eq!(old.status, StatusCode::OK);
+    client.wait_status(&q.buyer, q.order_id, "confirmed").await;
+
+    // Unknown event types are acknowledged and ignored.
+    let other = br#"{"id":"evt_other_1","type":"charge.dispute.created","created":1,"data":{"object":{"id":"dp_1"}}}"#;
+    let ignored = client.webhook(other, WEBHOOK_SECRET, now).await;
+    assert_eq!((ignored.status, ignored.json()["outcome"].as_str()), (StatusCode::OK, Some("ignored")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_ends_as_its_payment_did_whatever_the_delivery_order() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
+    // Succeeded, then a late failure of an earlier attempt: stays confirmed.
+    let a = client.purchase(drop_id).await;
+    assert_eq!(client.pay_event(&a, &evt(), true).await.status, StatusCode::OK);
+    let late_failure = client.pay_event(&a, &evt(), false).await;
+    assert_eq!(late_failure.json()["outcome"], "ignored");
+    client.wait_status(&a.buyer, a.order_id, "confirmed").await;
+    wait_hold(stack, drop_id, a.order_id, HoldState::Sold).await;
+
+    // Failed, then the buyer's retry succeeded: confirmed after all, units sold again.
+    let b = client.purchase(drop_id).await;
+    client.pay_event(&b, &evt(), false).await;
+    client.wait_status(&b.buyer, b.order_id, "failed").await;
+    client.pay_event(&b, &evt(), true).await;
+    client.wait_status(&b.buyer, b.order_id, "confirmed").await;
+    wait_hold(stack, drop_id, b.order_id, HoldState::Sold).await;
+    assert_eq!(client.remaining(drop_id).await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_cancel_and_expiry_each_return_the_units_once() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(2), ..DropSpec::live(4, 1) }).await;
+    let failed = client.purchase(drop_id).await;
+    let cancelled = client.purchase(drop_id).await;
+    let walked_away = client.purchase(drop_id).await;
+    let paid = client.purchase(drop_id).await;
+    assert_eq!(client.remaining(drop_id).await, 0);
+    client.pay_event(&paid, &evt(), true).await;
+    client.wait_status(&paid.buyer, paid.order_id, "confirmed").await;
+
+    // Cancel: 200 with the order, units back at once; again: same answer.
+    let c = client.cancel(&cancelled.buyer, cancelled.order_id).await;
+    assert_eq!((c.status, c.json()["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert_eq!(client.remaining(drop_id).await, 1, "cancel returns the unit at once");
+    assert_eq!(client.cancel(&cancelled.buyer, cancelled.order_id).await.status, StatusCode::OK);
+    let not_yours = client.cancel(&failed.buyer, cancelled.order_id).await;
+    assert_eq!(not_yours.status, StatusCode::NOT_FOUND);
+    let too_late = client.cancel(&paid.buyer, paid.order_id).await;
+    assert_eq!((too_late.status, too_late.code().as_str()), (StatusCode::CONFLICT, "order_not_cancellable"));
+
+    // A payment failure and a cancel racing: one wins, the unit comes back once.
+    let event_id = evt();
+    let (f, c) =
+        tokio::join!(client.pay_event(&failed, &event_id, false), client.cancel(&failed.buyer, failed.order_id));
+    assert_eq!(f.status, StatusCode::OK);
+    assert!(c.status == StatusCode::OK || c.code() == "order_not_cancellable", "{:?}", c.json());
+    let ended = client.wait_order(&failed.buyer, failed.order_id, 20, |v| v["status"] != "reserved").await;
+    assert!(ended["status"] == "failed" || ended["status"] == "cancelled");
+    wait_hold(stack, drop_id, failed.order_id, HoldState::Released).await;
+
+    // Walking away: the hold runs out, the origin learns the order expired.
+    let expired = client.wait_status(&walked_away.buyer, walked_away.order_id, "expired").await;
+    assert!(expired["detail"].as_str().unwrap_or_default().contains("ran out"));
+    assert_eq!(client.remaining(drop_id).await, 3, "three units back, none twice");
+    let snapshot = stack.snapshot(drop_id).await;
+    assert_eq!((snapshot.sold, snapshot.held, snapshot.remaining), (1, 0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_after_expiry_is_honoured_while_units_remain_and_refunded_when_not() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let db = stack.db().await;
+    // Units remain: the late payment takes its unit again.
+    let roomy = client.create_drop(DropSpec { hold_seconds: Some(1), ..DropSpec::live(2, 1) }).await;
+    let late = client.purchase(roomy).await;
+    client.wait_status(&late.buyer, late.order_id, "expired").await;
+    assert_eq!(client.remaining(roomy).await, 2);
+    client.pay_event(&late, &evt(), true).await;
+    client.wait_status(&late.buyer, late.order_id, "confirmed").await;
+    wait_hold(stack, roomy, late.order_id, HoldState::Sold).await;
+    assert_eq!(client.remaining(roomy).await, 1);
+
+    // The only unit went to someone else meanwhile: refunded, failed, the other buyer keeps it.
+    let scarce = client.create_drop(DropSpec { hold_seconds: Some(1), ..DropSpec::live(1, 1) }).await;
+    let slow: Purchase = client.purchase(scarce).await;
+    client.wait_status(&slow.buyer, slow.order_id, "expired").await;
+    let quick = client.purchase(scarce).await;
+    client.pay_event(&quick, &evt(), true).await;
+    client.pay_event(&slow, &evt(), true).await;
+    let failed = client.wait_status(&slow.buyer, slow.order_id, "failed").await;
+    assert!(failed["detail"].as_str().unwrap_or_default().contains("refunded"), "{failed}");
+    client.wait_status(&quick.buyer, quick.order_id, "confirmed").await;
+    let payment: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+        .bind(slow.order_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(payment, "refunded");
+    assert_eq!(events_of(&db, slow.order_id, "PaymentRefunded").await, 1);
+    wait_hold(stack, scarce, quick.order_id, HoldState::Sold).await;
+    assert_eq!(client.remaining(scarce).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let db = stack.db().await;
+    let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
+    // (a) A forward the origin lost: the edge holds units for an order Postgres lacks.
+    let lost = client.purchase(drop_id).await;
+    sqlx::query("DELETE FROM payments WHERE order_id = $1").bind(lost.order_id).execute(&db).await.unwrap();
+    sqlx::query("DELETE FROM orders WHERE id = $1").bind(lost.order_id).execute(&db).await.unwrap();
+    // (b) A release that never reached the edge: the order failed, the hold still holds.
+    let unreleased = client.purchase(drop_id).await;
+    sqlx::query("UPDATE orders SET status = 'failed' WHERE id = $1")
+        .bind(unreleased.order_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    // (c) A paid order whose hold was released.
+    let paid = client.purchase(drop_id).await;
+    sqlx::query("UPDATE orders SET status = 'confirmed' WHERE id = $1").bind(paid.order_id).execute(&db).await.unwrap();
+    let order_id = paid.order_id;
+    stack
+        .with_origin(move |s| async move { s.edge.move_hold(drop_id, order_id, HoldAction::Release).await })
+        .await
+        .unwrap();
+    assert_eq!(client.remaining(drop_id).await, 8);
+
+    let repairs = stack
+        .with_origin(move |s| async move { drops_origin::reconcile::reconcile_drop(&s, drop_id, Duration::ZERO).await })
+        .await
+        .unwrap();
+    let kinds: Vec<(&str, Option<Uuid>)> = repairs.iter().map(|r| (r.repair, r.order_id)).collect();
+    assert!(kinds.contains(&("order_recovered", Some(lost.order_id))), "{kinds:?}");
+    assert!(kinds.contains(&("hold_released", Some(unreleased.order_id))), "{kinds:?}");
+    assert!(kinds.contains(&("hold_resold", Some(paid.order_id))), "{kinds:?}");
+
+    client.wait_status(&lost.buyer, lost.order_id, "reserved").await;
+    assert_eq!(hold_state(stack, drop_id, unreleased.order_id).await, HoldState::Released);
+    assert_eq!(hold_state(stack, drop_id, paid.order_id).await, HoldState::Sold);
+    assert_eq!(client.remaining(drop_id).await, 8, "lost and paid hold units; the failed one came back");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM reconcile_audit WHERE drop_id = $1")
+        .bind(drop_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(audited, 3);
+    // A second pass finds nothing left to repair.
+    let again = stack
+        .with_origin(move |s| async move { drops_origin::reconcile::reconcile_drop(&s, drop_id, Duration::ZERO).await })
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
