@@ -71,16 +71,22 @@ extern "C" fn kill_wrangler() {
 impl Stack {
     /// The stack of this test process, started on first use.
     pub fn get() -> &'static Stack {
+        Self::get_with(|_| {})
+    }
+
+    /// Like [`Stack::get`], with origin settings changed for this test process (only
+    /// the first call's `tweak` counts: there is one stack per process).
+    pub fn get_with(tweak: fn(&mut Settings)) -> &'static Stack {
         STACK.get_or_init(|| {
             // Started on a thread of its own: the caller is usually inside a test's runtime.
-            std::thread::spawn(Stack::start)
+            std::thread::spawn(move || Stack::start(tweak))
                 .join()
                 .expect("stack start thread")
                 .unwrap_or_else(|e| panic!("could not start the stack: {e:#}"))
         })
     }
 
-    fn start() -> anyhow::Result<Stack> {
+    fn start(tweak: fn(&mut Settings)) -> anyhow::Result<Stack> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let admin_url = std::env::var("DROPS_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -121,6 +127,8 @@ impl Stack {
             payment_provider: "sandbox".into(),
             stripe_api_key: None,
         };
+        let mut settings = settings;
+        tweak(&mut settings);
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");

@@ -1,5 +1,17 @@
 //! Invariant 5: no order is lost when the origin stops mid-flow. The edge answers
-//! the buyer without a payment and keeps forwarding until the origin has the order.
+//! the buyer without a payment and keeps forwarding until the origin has the order;
+//! a payment committed just before the origin stopped still reaches the edge after.
+//!
+//! This process's origin publishes its outbox once at start and then only every
+//! minute, so that stopping it right after a webhook lands between the commit and
+//! the edge sync, every time.
+
+/// The tests here stop and start the one origin: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn stack() -> &'static Stack {
+    Stack::get_with(|s| s.relay_interval_ms = 60_000)
+}
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +20,8 @@ use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_made_while_the_origin_is_down_arrive_once_it_is_back() {
-    let stack = Stack::get();
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(20, 1)).await;
     let db = stack.db().await;
@@ -56,4 +69,40 @@ async fn reservations_made_while_the_origin_is_down_arrive_once_it_is_back() {
     .await
     .unwrap();
     assert_eq!(events, 5, "one OrderReserved event per order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_committed_before_a_crash_sells_the_hold_once_after_restart() {
+    use drops_shared::internal::HoldState;
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
+    let p = client.purchase(drop_id).await;
+    let paid = client.pay_event(&p, &format!("evt_crash_{}", p.order_id.simple()), true).await;
+    assert_eq!(paid.status, StatusCode::OK);
+    // Committed in Postgres, not yet told to the edge.
+    assert_eq!(client.order(&p.buyer, p.order_id).await.json()["status"], "confirmed");
+    let held = stack.snapshot(drop_id).await;
+    assert_eq!((held.sold, held.held), (0, 1), "the edge has not heard yet");
+    stack.stop_origin().await;
+    stack.start_origin().await;
+    let started = Instant::now();
+    loop {
+        let s = stack.snapshot(drop_id).await;
+        if s.sold == 1 {
+            assert_eq!((s.held, s.remaining), (0, 4));
+            let hold = s.holds.iter().find(|h| h.reservation_id == p.order_id).unwrap();
+            assert_eq!(hold.state, HoldState::Sold);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the hold was never sold");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once: a second restart republishes nothing and sells nothing more.
+    stack.stop_origin().await;
+    stack.start_origin().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = stack.snapshot(drop_id).await;
+    assert_eq!((s.sold, s.held, s.remaining), (1, 0, 4));
 }

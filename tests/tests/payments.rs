@@ -186,8 +186,15 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     let client = stack.client();
     let db = stack.db().await;
     let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
-    // (a) A forward the origin lost: the edge holds units for an order Postgres lacks.
+    // (a) A forward the origin lost: the edge holds units for an order Postgres lacks
+    // (and no longer means to forward it: it had been acknowledged).
     let lost = client.purchase(drop_id).await;
+    for _ in 0..100 {
+        if !stack.snapshot(drop_id).await.unforwarded.contains(&lost.order_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sqlx::query("DELETE FROM payments WHERE order_id = $1").bind(lost.order_id).execute(&db).await.unwrap();
     sqlx::query("DELETE FROM orders WHERE id = $1").bind(lost.order_id).execute(&db).await.unwrap();
     // (b) A release that never reached the edge: the order failed, the hold still holds.
@@ -232,4 +239,184 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use drops_origin::events::bus::{Consumer, Handler};
+    use drops_shared::events::{DomainEvent, EventEnvelope};
+    use redis::aio::ConnectionManager;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::get();
+    let counts = stack
+        .with_origin(|s| async move {
+            let stream = format!("{}:reclaim-test-{}", s.settings.redis_prefix, Uuid::now_v7().simple());
+            let group = format!("reclaim-test-{}", Uuid::now_v7().simple());
+            let mut conn = ConnectionManager::new(s.redis.clone()).await.unwrap();
+            let envelopes: Vec<EventEnvelope> = (0..20)
+                .map(|_| EventEnvelope {
+                    id: Uuid::now_v7(),
+                    occurred_at: Utc::now(),
+                    event: DomainEvent::PaymentSucceeded { order_id: Uuid::now_v7(), reference: "pi_x".into() },
+                })
+                .collect();
+            let publish = |conn: &mut ConnectionManager| {
+                let mut pipe = redis::pipe();
+                for e in &envelopes {
+                    pipe.cmd("XADD").arg(&stream).arg("*").arg("event").arg(serde_json::to_string(e).unwrap()).ignore();
+                }
+                let mut conn = conn.clone();
+                async move { pipe.query_async::<()>(&mut conn).await.unwrap() }
+            };
+            let member = |name: &str| Consumer {
+                stream: stream.clone(),
+                group: group.clone(),
+                name: name.to_owned(),
+                claim_idle_ms: 300,
+                batch: 64,
+            };
+            let doomed = member("doomed");
+            doomed.ensure_group(&mut conn).await.unwrap();
+            publish(&mut conn).await;
+            // The doomed member takes the whole batch and dies before acknowledging any.
+            let taken = doomed.read(&mut conn, Duration::from_millis(100)).await.unwrap();
+            assert_eq!(taken.len(), 20);
+            drop(doomed);
+
+            let counts: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+            let seen = counts.clone();
+            let handler: Handler = Arc::new(move |e: EventEnvelope| {
+                *seen.lock().unwrap().entry(e.id).or_default() += 1;
+                Box::pin(async { Ok(()) })
+            });
+            let run_survivor = |stop: CancellationToken| {
+                tokio::spawn(member("survivor").run(s.redis.clone(), s.db.clone(), handler.clone(), stop))
+            };
+            let stop = CancellationToken::new();
+            let survivor = run_survivor(stop.clone());
+            for _ in 0..100 {
+                if counts.lock().unwrap().len() == 20 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.cancel();
+            survivor.await.unwrap();
+            let pending: redis::streams::StreamPendingReply =
+                redis::cmd("XPENDING").arg(&stream).arg(&group).query_async(&mut conn).await.unwrap();
+            assert_eq!(pending.count(), 0, "everything acknowledged");
+
+            // The same events delivered again (a relay replay): handled already, so skipped.
+            publish(&mut conn).await;
+            let stop = CancellationToken::new();
+            let survivor = run_survivor(stop.clone());
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stop.cancel();
+            survivor.await.unwrap();
+            let counts = counts.lock().unwrap().clone();
+            counts
+        })
+        .await;
+    assert_eq!(counts.len(), 20, "every event handled");
+    assert!(counts.values().all(|n| *n == 1), "each exactly once: {counts:?}");
+}
+
+/// What a buyer in the mixed run does after reserving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Pay,
+    Fail,
+    FailThenPay,
+    Cancel,
+    WalkAway,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
+    use futures::future::join_all;
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+
+    let stack = Stack::get();
+    let client = stack.client();
+    let total = 100u32;
+    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(4), ..DropSpec::live(total, 1) }).await;
+    let buyers: Vec<_> = (0..300).map(|_| drops_tests::Buyer::new()).collect();
+    let keys: Vec<String> = buyers.iter().map(|b| format!("mixed-{}", b.id)).collect();
+    let answers = join_all(buyers.iter().zip(&keys).map(|(b, k)| client.buy(b, drop_id, k, 1))).await;
+    let winners: Vec<_> = buyers
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.status == StatusCode::CREATED)
+        .map(|(b, a)| (b.clone(), Uuid::parse_str(a.json()["order_id"].as_str().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(winners.len(), total as usize);
+
+    let mut rng = rand::rng();
+    let fates = [Fate::Pay, Fate::Fail, Fate::FailThenPay, Fate::Cancel, Fate::WalkAway];
+    let plan: Vec<(drops_tests::Buyer, Uuid, Fate)> =
+        winners.into_iter().map(|(b, id)| (b, id, fates[rng.random_range(0..fates.len())])).collect();
+    // Every webhook twice, all shuffled together.
+    let mut webhooks = Vec::new();
+    let mut cancels = Vec::new();
+    for (buyer, order_id, fate) in &plan {
+        let order = client.wait_order(buyer, *order_id, 30, |v| v["payment"].is_object()).await;
+        let p = Purchase {
+            buyer: buyer.clone(),
+            order_id: *order_id,
+            reference: order["payment"]["reference"].as_str().unwrap().to_owned(),
+            checkout_url: String::new(),
+            amount: order["amount"]["amount"].as_i64().unwrap(),
+        };
+        let mut event = |succeeded: bool| {
+            let id = evt();
+            webhooks.push((p.clone(), id.clone(), succeeded));
+            webhooks.push((p.clone(), id, succeeded));
+        };
+        match fate {
+            Fate::Pay => event(true),
+            Fate::Fail => event(false),
+            Fate::FailThenPay => {
+                event(false);
+                event(true);
+            }
+            Fate::Cancel => cancels.push(p.clone()),
+            Fate::WalkAway => {}
+        }
+    }
+    webhooks.shuffle(&mut rng);
+    let sent = join_all(webhooks.iter().map(|(p, id, ok)| client.pay_event(p, id, *ok))).await;
+    assert!(sent.iter().all(|a| a.status == StatusCode::OK));
+    join_all(cancels.iter().map(|p| client.cancel(&p.buyer, p.order_id))).await;
+
+    // Every order settles to what happened to its payment.
+    let mut confirmed = 0;
+    for (buyer, order_id, fate) in &plan {
+        let want = match fate {
+            Fate::Pay | Fate::FailThenPay => "confirmed",
+            Fate::Fail => "failed",
+            Fate::Cancel => "cancelled",
+            Fate::WalkAway => "expired",
+        };
+        client.wait_order(buyer, *order_id, 30, |v| v["status"] == want).await;
+        confirmed += u32::from(want == "confirmed");
+    }
+    // ...and the edge follows: confirmed units sold, everything else back in stock.
+    let mut snapshot = stack.snapshot(drop_id).await;
+    for _ in 0..100 {
+        if snapshot.sold == confirmed && snapshot.held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        snapshot = stack.snapshot(drop_id).await;
+    }
+    assert_eq!(snapshot.sold, confirmed);
+    assert_eq!(snapshot.held, 0);
+    assert_eq!(confirmed + snapshot.remaining, total, "confirmed units + remaining = total");
+    assert_eq!(client.remaining(drop_id).await, u64::from(total - confirmed));
 }
