@@ -126,3 +126,33 @@ pub fn token(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     println!("{token}");
     Ok(())
 }
+
+/// Runs reconciliation once over every active drop and prints the repairs.
+pub async fn reconcile(settings: Settings) -> anyhow::Result<()> {
+    let state = crate::AppState::connect(settings).await?;
+    let repairs = crate::reconcile::run_once(&state, std::time::Duration::from_secs(30)).await?;
+    for r in &repairs {
+        println!("{} drop={} order={:?}: {}", r.repair, r.drop_id, r.order_id, r.reason);
+    }
+    println!("{} repair(s)", repairs.len());
+    Ok(())
+}
+
+/// `outbox-replay --from SEQ --to SEQ`: publishes that range of the outbox again.
+pub async fn outbox_replay(settings: Settings, args: &[String]) -> anyhow::Result<()> {
+    let (mut from, mut to) = (None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value: i64 = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?.parse()?;
+        match flag.as_str() {
+            "--from" => from = Some(value),
+            "--to" => to = Some(value),
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    let (from, to) = (from.unwrap_or(1), to.unwrap_or(i64::MAX));
+    let state = crate::AppState::connect(settings).await?;
+    let n = crate::events::relay::replay(&state, from, to).await?;
+    println!("republished {n} event(s) with seq in {from}..={to}");
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! `drops-origin [serve|migrate|seed|token --role R --sub UUID]`. Settings come from
-//! the environment (see README.md); everything else lives in the library.
+//! `drops-origin [serve | migrate | seed | token --role R [--sub UUID] |
+//! reconcile | outbox-replay --from SEQ --to SEQ]`. Settings come from the
+//! environment (see README.md); everything else lives in the library.
 
 use drops_origin::config::Settings;
 use drops_origin::{cli, startup::Application, telemetry};

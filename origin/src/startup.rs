@@ -38,6 +38,24 @@ pub struct AppState {
     pub payments: Arc<dyn PaymentProvider>,
 }
 
+impl AppState {
+    /// Connects to Postgres (applying pending migrations) and prepares the clients
+    /// for Redis, the edge and the payment provider. Used by the server and by the
+    /// one-off commands.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        metrics::handle();
+        let db = connect_db(&settings).await?;
+        MIGRATOR.run(&db).await?;
+        Ok(AppState {
+            db,
+            redis: redis::Client::open(settings.redis_url.expose_secret())?,
+            edge: EdgeClient::new(&settings)?,
+            payments: payments::provider(&settings)?,
+            settings: Arc::new(settings),
+        })
+    }
+}
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -54,20 +72,10 @@ pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
 }
 
 impl Application {
-    /// Connects to Postgres, applies pending migrations and binds the listener.
+    /// Connects, migrates (see [`AppState::connect`]) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        metrics::handle();
-        let db = connect_db(&settings).await?;
-        MIGRATOR.run(&db).await?;
-        let redis = redis::Client::open(settings.redis_url.expose_secret())?;
         let listener = TcpListener::bind((settings.host.as_str(), settings.port)).await?;
-        let state = AppState {
-            db,
-            redis,
-            edge: EdgeClient::new(&settings)?,
-            payments: payments::provider(&settings)?,
-            settings: Arc::new(settings),
-        };
+        let state = AppState::connect(settings).await?;
         Ok(Self { listener, state })
     }
 
