@@ -420,3 +420,25 @@ async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
     assert_eq!(confirmed + snapshot.remaining, total, "confirmed units + remaining = total");
     assert_eq!(client.remaining(drop_id).await, u64::from(total - confirmed));
 }
+
+#[tokio::test]
+async fn metrics_show_orders_webhooks_and_lag() {
+    let stack = Stack::get();
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(3, 1)).await;
+    let p = client.purchase(drop_id).await;
+    client.pay_event(&p, &evt(), true).await;
+    client.wait_status(&p.buyer, p.order_id, "confirmed").await;
+    let text = client.http.get(format!("{}/metrics", stack.origin_url)).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    assert!(value("drops_orders{state=\"confirmed\"}") >= 1.0);
+    assert!(value("drops_webhook_events_total{outcome=\"applied\"}") >= 1.0);
+    assert!(value("drops_outbox_lag_seconds") >= 0.0);
+    assert!(value("drops_consumer_pending{group=\"edge-sync\"}") >= 0.0);
+}
