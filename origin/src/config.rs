@@ -50,6 +50,12 @@ pub struct Settings {
     pub payment_provider: String,
     /// Stripe secret key, for `payment_provider = stripe`.
     pub stripe_api_key: Option<SecretString>,
+    /// How cached pages are evicted: `edge` (its signed purge route) or `cloudflare`.
+    pub cache_purger: String,
+    pub cloudflare_zone_id: Option<String>,
+    pub cloudflare_api_token: Option<SecretString>,
+    /// The public base URL apps reach the edge at (the URLs Cloudflare purges).
+    pub public_edge_url: Option<String>,
 }
 
 impl Settings {
@@ -74,6 +80,7 @@ impl Settings {
             .set_default("bus_claim_idle_ms", 30_000)?
             .set_default("reconcile_interval_secs", 60)?
             .set_default("payment_provider", "sandbox")?
+            .set_default("cache_purger", "edge")?
             .add_source(config::Environment::with_prefix("DROPS").try_parsing(true))
             .build()?
             .try_deserialize()?;
@@ -139,6 +146,10 @@ mod tests {
             reconcile_interval_secs: 60,
             payment_provider: "sandbox".into(),
             stripe_api_key: None,
+            cache_purger: "edge".into(),
+            cloudflare_zone_id: None,
+            cloudflare_api_token: None,
+            public_edge_url: None,
         }
     }
 

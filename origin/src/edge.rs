@@ -108,3 +108,12 @@ impl EdgeClient {
         Ok(Some(resp.json().await?))
     }
 }
+
+impl EdgeClient {
+    /// Evicts cached pages at the edge.
+    pub async fn purge(&self, paths: &[String]) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&drops_shared::internal::PurgeRequest { paths: paths.to_vec() })?;
+        self.call(InternalRoute::Purge, body).await?;
+        Ok(())
+    }
+}

@@ -35,6 +35,20 @@ pub fn repair(kind: &'static str) {
     metrics::counter!("drops_reconcile_repairs_total", "repair" => kind).increment(1);
 }
 
+/// Counts every request by route template (`/v1/drops/{drop_id}`, not the id),
+/// so tests and benches can see how many requests reached the origin.
+pub async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    metrics::counter!("drops_http_requests_total", "method" => method, "route" => route).increment(1);
+    resp
+}
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(scrape))
 }

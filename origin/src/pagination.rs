@@ -3,6 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use drops_shared::api::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use drops_shared::problem::ErrorCode;
 use serde::Deserialize;
@@ -36,6 +37,24 @@ impl PageQuery {
     }
 }
 
+/// A cursor over a list ordered by (time, id).
+pub fn encode_keyed(list: &str, at: DateTime<Utc>, last: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{list}:{}:{last}", at.timestamp_micros()))
+}
+
+impl PageQuery {
+    pub fn after_keyed(&self, list: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+        let Some(cursor) = self.cursor.as_deref() else { return Ok(None) };
+        let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
+        let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+        let text = String::from_utf8(raw).map_err(|_| bad())?;
+        let rest = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+        let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
+        let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
+        Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+    }
+}
+
 pub fn encode(list: &str, last: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{list}:{last}"))
 }
@@ -64,5 +83,9 @@ mod tests {
         assert!(PageQuery { limit: Some("0".into()), cursor: None }.limit().is_err());
         assert!(PageQuery { limit: Some("101".into()), cursor: None }.limit().is_err());
         assert_eq!(PageQuery { limit: None, cursor: None }.limit().unwrap(), 20);
+        let at = DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
+        let keyed = PageQuery { limit: None, cursor: Some(encode_keyed("live", at, id)) };
+        assert_eq!(keyed.after_keyed("live").unwrap(), Some((at, id)));
+        assert!(keyed.after_keyed("upcoming").is_err());
     }
 }

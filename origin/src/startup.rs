@@ -107,6 +107,19 @@ impl Application {
             Box::pin(async move { orders::edge_sync::handle(&state, &event).await })
         });
         background.push(tokio::spawn(edge_sync.run(state.redis.clone(), state.db.clone(), handler, workers.clone())));
+        let purger = drops::purge::purger(&state)?;
+        let purge = Consumer::new(
+            events::stream_key(&state.settings.redis_prefix),
+            drops::purge::CONSUMER,
+            state.settings.bus_claim_idle_ms,
+        );
+        let purge_state = state.clone();
+        let purge_handler: Handler = Arc::new(move |event| {
+            let (state, purger) = (purge_state.clone(), purger.clone());
+            Box::pin(async move { drops::purge::handle(&state, purger.as_ref(), &event).await })
+        });
+        background.push(tokio::spawn(purge.run(state.redis.clone(), state.db.clone(), purge_handler, workers.clone())));
+        background.push(tokio::spawn(drops::schedule::run(state.clone(), workers.clone())));
         if state.settings.reconcile_interval_secs > 0 {
             background.push(tokio::spawn(reconcile::run(state.clone(), workers.clone())));
         }
@@ -137,6 +150,7 @@ pub fn router(state: AppState) -> Router {
                 &Problem::new(ErrorCode::NotFound, Some("no such route for this method".into())).with_status(405),
             )
         })
+        .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -239,6 +239,60 @@ impl CreateDrop {
     }
 }
 
+/// `PATCH /v1/drops/{id}`: any of a drop's terms, before it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDrop {
+    pub price: Option<Money>,
+    pub stock: Option<u32>,
+    pub max_per_user: Option<u32>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub hold_seconds: Option<u32>,
+}
+
+impl UpdateDrop {
+    /// The drop as it would be after this update (validated like a new one).
+    pub fn apply(&self, current: &CreateDrop) -> Result<CreateDrop, Problem> {
+        let next = CreateDrop {
+            product_id: current.product_id,
+            price: self.price.clone().unwrap_or_else(|| current.price.clone()),
+            stock: self.stock.unwrap_or(current.stock),
+            max_per_user: self.max_per_user.unwrap_or(current.max_per_user),
+            starts_at: self.starts_at.unwrap_or(current.starts_at),
+            ends_at: self.ends_at.unwrap_or(current.ends_at),
+            hold_seconds: self.hold_seconds.or(current.hold_seconds),
+        };
+        next.validate()?;
+        Ok(next)
+    }
+}
+
+/// `GET /v1/drops?status=`: which list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropListing {
+    Live,
+    Upcoming,
+}
+
+impl DropListing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Upcoming => "upcoming",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Self::Live),
+            "upcoming" => Some(Self::Upcoming),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropStatus {

@@ -15,6 +15,23 @@ pub enum DomainEvent {
         starts_at: DateTime<Utc>,
         ends_at: DateTime<Utc>,
     },
+    /// Its terms changed before it started.
+    DropUpdated {
+        drop_id: Uuid,
+        creator_id: Uuid,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+    },
+    /// It went live (emitted once, at `starts_at`).
+    DropStarted {
+        drop_id: Uuid,
+        creator_id: Uuid,
+    },
+    /// Its window closed (emitted once, at `ends_at`).
+    DropEnded {
+        drop_id: Uuid,
+        creator_id: Uuid,
+    },
     OrderReserved {
         order_id: Uuid,
         drop_id: Uuid,
@@ -68,7 +85,9 @@ impl DomainEvent {
     /// The order this event is about, if it is about one.
     pub fn order_id(&self) -> Option<Uuid> {
         match self {
-            Self::DropCreated { .. } => None,
+            Self::DropCreated { .. } | Self::DropUpdated { .. } | Self::DropStarted { .. } | Self::DropEnded { .. } => {
+                None
+            }
             other => Some(other.aggregate_id()),
         }
     }
@@ -77,6 +96,9 @@ impl DomainEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::DropCreated { .. } => "DropCreated",
+            Self::DropUpdated { .. } => "DropUpdated",
+            Self::DropStarted { .. } => "DropStarted",
+            Self::DropEnded { .. } => "DropEnded",
             Self::OrderReserved { .. } => "OrderReserved",
             Self::OrderConfirmed { .. } => "OrderConfirmed",
             Self::OrderFailed { .. } => "OrderFailed",
@@ -90,7 +112,10 @@ impl DomainEvent {
     /// The entity the event is about; consumers partition and order by it.
     pub fn aggregate_id(&self) -> Uuid {
         match self {
-            Self::DropCreated { drop_id, .. } => *drop_id,
+            Self::DropCreated { drop_id, .. }
+            | Self::DropUpdated { drop_id, .. }
+            | Self::DropStarted { drop_id, .. }
+            | Self::DropEnded { drop_id, .. } => *drop_id,
             Self::OrderReserved { order_id, .. }
             | Self::OrderConfirmed { order_id, .. }
             | Self::OrderFailed { order_id, .. }

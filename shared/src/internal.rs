@@ -147,6 +147,14 @@ pub struct HoldOutcome {
     pub remaining: u32,
 }
 
+/// Body of `POST /internal/v1/purge`: public paths whose cached pages to evict
+/// (`/v1/drops/{id}`, `/v1/drops?status=live`, ...). Evicting twice is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    pub paths: Vec<String>,
+}
+
 /// Body of `POST /internal/v1/orders/{id}/expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,16 +1,24 @@
-//! Products and drops: catalogue writes, drop cards, and the drop's inventory terms
-//! at the edge. A drop is sellable once the edge has its terms; until the edge
-//! acknowledges them, `inventory_synced_at` stays NULL and a background loop retries.
+//! Products and drops: catalogue writes, drop cards and lists (which the edge caches),
+//! and the drop's inventory terms at the edge. A drop is sellable once the edge has
+//! its terms; until the edge acknowledges them, `inventory_synced_at` stays NULL and
+//! a background loop retries.
+//!
+//! - [`schedule`]: emits `DropStarted` / `DropEnded` at the drop's times, once.
+//! - [`purge`]: evicts the edge's cached pages when a drop changes.
+
+pub mod purge;
+pub mod schedule;
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{
-    CreateDrop, CreateProduct, CreatorRef, DropCard, DropStatus, Money, Product, ProductRef, StockLevel,
+    CreateDrop, CreateProduct, CreatorRef, DropCard, DropListing, DropStatus, Money, Page, Product, ProductRef,
+    StockLevel, UpdateDrop,
 };
 use drops_shared::auth::Role;
 use drops_shared::events::DomainEvent;
@@ -23,13 +31,14 @@ use crate::creators::{of_user, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::extract::{Authorized, Sellers, StrictJson};
+use crate::pagination::{self, PageQuery};
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/products", post(create_product))
-        .route("/v1/drops", post(create_drop))
-        .route("/v1/drops/{drop_id}", get(show_drop))
+        .route("/v1/drops", post(create_drop).get(list_drops))
+        .route("/v1/drops/{drop_id}", get(show_drop).patch(update_drop))
 }
 
 #[derive(sqlx::FromRow)]
@@ -195,22 +204,133 @@ async fn create_drop(
     tx.commit().await?;
 
     let drop = load_drop(&state, drop_id).await?;
-    // Usually the edge has the terms before we answer; if not, the sync loop keeps trying.
-    for attempt in 0..3u32 {
-        match sync_inventory(&state, &drop).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(%drop_id, attempt, error = %e, "inventory sync failed; will retry");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-        }
-    }
+    push_terms(&state, &drop).await;
     Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
 }
 
 async fn show_drop(State(state): State<AppState>, Path(drop_id): Path<String>) -> ApiResult<Json<DropCard>> {
     let drop = load_drop(&state, parse_id(&drop_id)?).await?;
     Ok(Json(drop.card(Utc::now())))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropsQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/drops?status=live|upcoming`: live drops by `ends_at` (soonest to close
+/// first), upcoming ones by `starts_at`; ties broken by id so pages never overlap.
+async fn list_drops(
+    State(state): State<AppState>,
+    query: Result<Query<DropsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<DropCard>>> {
+    let Query(q) = query.map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
+    let listing = DropListing::parse(q.status.as_deref().unwrap_or("live"))
+        .ok_or_else(|| ApiError::code(ErrorCode::InvalidRequest, "query `status`: must be `live` or `upcoming`"))?;
+    let page = PageQuery { limit: q.limit, cursor: q.cursor };
+    let limit = page.limit()?;
+    let after = page.after_keyed(listing.as_str())?;
+    let (filter, key) = match listing {
+        DropListing::Live => ("d.starts_at <= now() AND d.ends_at > now()", "d.ends_at"),
+        DropListing::Upcoming => ("d.starts_at > now()", "d.starts_at"),
+    };
+    let rows: Vec<DropRow> = sqlx::query_as(&format!(
+        "{DROP_SELECT} WHERE {filter} AND ($1::timestamptz IS NULL OR ({key}, d.id) > ($1, $2))
+         ORDER BY {key}, d.id LIMIT $3"
+    ))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let now = Utc::now();
+    let more = rows.len() as i64 > limit;
+    let rows: Vec<&DropRow> = rows.iter().take(limit as usize).collect();
+    let next_cursor = match (more, rows.last()) {
+        (true, Some(last)) => {
+            let at = if listing == DropListing::Live { last.ends_at } else { last.starts_at };
+            Some(pagination::encode_keyed(listing.as_str(), at, last.id))
+        }
+        _ => None,
+    };
+    Ok(Json(Page { items: rows.iter().map(|d| d.card(now)).collect(), next_cursor }))
+}
+
+/// `PATCH /v1/drops/{id}`: the creator changes a drop's terms, only before it starts.
+#[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
+async fn update_drop(
+    State(state): State<AppState>,
+    user: Authorized<Sellers>,
+    Path(drop_id): Path<String>,
+    StrictJson(body): StrictJson<UpdateDrop>,
+) -> ApiResult<Json<DropCard>> {
+    let drop_id = parse_id(&drop_id)?;
+    let mut tx = state.db.begin().await?;
+    let current: Option<(Uuid, Uuid, i64, String, i32, i32, DateTime<Utc>, DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT product_id, creator_id, price_amount, currency, stock, max_per_user, starts_at, ends_at, hold_seconds
+         FROM drops WHERE id = $1 FOR UPDATE",
+    )
+    .bind(drop_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (product_id, creator_id, amount, currency, stock, max_per_user, starts_at, ends_at, hold_seconds) =
+        current.ok_or_else(ApiError::not_found)?;
+    if user.0.role == Role::Creator && of_user(&state, user.0.user_id).await? != creator_id {
+        return Err(ApiError::not_found());
+    }
+    if starts_at <= Utc::now() {
+        return Err(ApiError::code(ErrorCode::DropAlreadyStarted, "a drop's terms are fixed once it has started"));
+    }
+    let current = CreateDrop {
+        product_id,
+        price: Money { amount, currency: currency.trim().to_owned() },
+        stock: stock as u32,
+        max_per_user: max_per_user as u32,
+        starts_at,
+        ends_at,
+        hold_seconds: Some(hold_seconds as u32),
+    };
+    let next = body.apply(&current)?;
+    sqlx::query(
+        "UPDATE drops SET price_amount = $2, currency = $3, stock = $4, max_per_user = $5, starts_at = $6,
+                          ends_at = $7, hold_seconds = $8, inventory_synced_at = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(drop_id)
+    .bind(next.price.amount)
+    .bind(&next.price.currency)
+    .bind(next.stock as i32)
+    .bind(next.max_per_user as i32)
+    .bind(next.starts_at)
+    .bind(next.ends_at)
+    .bind(next.hold_seconds.unwrap_or(state.settings.hold_seconds) as i32)
+    .execute(&mut *tx)
+    .await?;
+    events::record(
+        &mut tx,
+        DomainEvent::DropUpdated { drop_id, creator_id, starts_at: next.starts_at, ends_at: next.ends_at },
+    )
+    .await?;
+    tx.commit().await?;
+    let drop = load_drop(&state, drop_id).await?;
+    push_terms(&state, &drop).await;
+    Ok(Json(drop.card(Utc::now())))
+}
+
+/// Gives the edge the drop's terms, retrying briefly; the sync loop keeps at it after.
+async fn push_terms(state: &AppState, drop: &DropRow) {
+    for attempt in 0..3u32 {
+        match sync_inventory(state, drop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(drop_id = %drop.id, attempt, error = %e, "inventory sync failed; will retry");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
 }
 
 async fn sync_inventory(state: &AppState, drop: &DropRow) -> anyhow::Result<()> {

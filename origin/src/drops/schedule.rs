@@ -1,0 +1,57 @@
+//! The drop lifecycle scheduler: emits `DropStarted` when a drop's `starts_at`
+//! passes and `DropEnded` when its `ends_at` does, exactly once each however many
+//! origin instances run it. The claim is a row update in Postgres (`FOR UPDATE SKIP
+//! LOCKED`, then the `*_announced_at` column set in the same transaction as the
+//! event), not a timer in each process.
+
+use std::time::Duration;
+
+use drops_shared::events::DomainEvent;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::events;
+use crate::startup::AppState;
+
+const TICK: Duration = Duration::from_millis(250);
+
+pub async fn run(state: AppState, stop: CancellationToken) {
+    loop {
+        if let Err(e) = announce(&state).await {
+            tracing::warn!(error = %e, "drop scheduler tick failed");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Announces every start and end that is due; returns how many events it wrote.
+pub async fn announce(state: &AppState) -> anyhow::Result<usize> {
+    let mut tx = state.db.begin().await?;
+    let started: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE drops SET started_announced_at = now()
+         WHERE id IN (SELECT id FROM drops WHERE started_announced_at IS NULL AND starts_at <= now()
+                      ORDER BY starts_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, creator_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let ended: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE drops SET ended_announced_at = now()
+         WHERE id IN (SELECT id FROM drops WHERE ended_announced_at IS NULL AND ends_at <= now()
+                      ORDER BY ends_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, creator_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (drop_id, creator_id) in &started {
+        events::record(&mut tx, DomainEvent::DropStarted { drop_id: *drop_id, creator_id: *creator_id }).await?;
+    }
+    for (drop_id, creator_id) in &ended {
+        events::record(&mut tx, DomainEvent::DropEnded { drop_id: *drop_id, creator_id: *creator_id }).await?;
+    }
+    tx.commit().await?;
+    Ok(started.len() + ended.len())
+}
