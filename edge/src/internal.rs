@@ -1,7 +1,7 @@
 //! The routes the origin calls on the edge. Each call must carry a valid signature
 //! made with the origin-to-edge secret; anything else is 401 and changes nothing.
 
-use drops_shared::internal::InternalRoute;
+use drops_shared::internal::{InternalRoute, PurgeRequest};
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{verify_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use worker::{Env, Method, Request};
@@ -44,8 +44,11 @@ pub async fn handle(mut req: Request, env: &Env) -> EdgeResult {
         InternalRoute::Hold { drop_id, reservation_id, action } => {
             raw(Method::Post, format!("{drop_id}/holds/{reservation_id}/{}", action.as_str())).await?
         }
-        // The page cache arrives with the drop pages work; until then nothing is cached.
-        InternalRoute::Purge => return Err(ErrorCode::NotFound.into()),
+        InternalRoute::Purge => {
+            let purge: PurgeRequest = drops_shared::json::from_slice(&body)?;
+            let evicted = crate::pages::purge(env, &url, &purge.paths).await?;
+            return crate::http::json(200, &serde_json::json!({ "evicted": evicted }));
+        }
         InternalRoute::Reservations | InternalRoute::HoldExpired { .. } => return Err(ErrorCode::NotFound.into()),
     })
 }

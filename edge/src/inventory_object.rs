@@ -40,6 +40,8 @@ use crate::outbound::{self, Delivery, Kind};
 
 const BINDING: &str = "DROP_INVENTORY";
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// Above this many buyers the sold-out shortcut at the Worker is not used.
+const MAX_HOLDERS_SHARED: usize = 10_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS terms (
@@ -430,6 +432,18 @@ impl DropInventory {
         self.snapshot()
     }
 
+    /// Who holds units, so the Worker can answer everyone else "sold out" by itself
+    /// (and still send a holder's replay here). `null` when too many to be worth it.
+    fn holders(&self) -> EdgeResult {
+        let inv = self.inventory.borrow();
+        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
+        let holders: Vec<&Uuid> = inv.holders().take(MAX_HOLDERS_SHARED + 1).collect();
+        if holders.len() > MAX_HOLDERS_SHARED {
+            return json(200, &serde_json::Value::Null);
+        }
+        json(200, &holders)
+    }
+
     fn snapshot(&self) -> EdgeResult {
         let inv = self.inventory.borrow();
         let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
@@ -516,6 +530,7 @@ impl DropInventory {
                 self.upsert_terms(drop_id, terms)
             }
             (Method::Get, ["snapshot"]) => self.snapshot(),
+            (Method::Get, ["holders"]) => self.holders(),
             (Method::Post, ["holds", id, action]) => {
                 let id = Uuid::parse_str(id).map_err(|_| ErrorCode::NotFound)?;
                 let action = match *action {

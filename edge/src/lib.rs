@@ -4,6 +4,7 @@
 //! - [`router`]: matches the request line and sends it to one of the modules below.
 //! - [`orders`]: the buy path (`POST /v1/drops/{id}/orders`): token, role, key and
 //!   body checks, then the drop's inventory object decides.
+//! - [`pages`]: drop cards and lists from the Cache API, stale-while-revalidate done here.
 //! - [`inventory_object`]: the `DropInventory` Durable Object, one per drop: **where
 //!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
 //!   idempotency records, and the queue of reservations the origin has not yet
@@ -21,6 +22,7 @@ mod inventory_object;
 mod orders;
 mod origin;
 mod outbound;
+mod pages;
 mod router;
 
 pub use inventory_object::DropInventory;
@@ -28,9 +30,9 @@ pub use inventory_object::DropInventory;
 use worker::{event, Context, Env, Request, Response, Result};
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let request_id = http::request_id(&req);
-    let response = match router::handle(req, &env, &request_id).await {
+    let response = match router::handle(req, &env, &ctx, &request_id).await {
         Ok(resp) => Ok(resp),
         Err(http::EdgeError::Problem(problem)) => http::problem_response(&problem),
         Err(http::EdgeError::Worker(err)) => {

@@ -24,8 +24,67 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     if order.quantity == 0 {
         return Err(Problem::new(ErrorCode::InvalidRequest, Some("field `quantity`: must be at least 1".into())).into());
     }
+    if sold_out::known(drop_id, identity.user_id) {
+        return Err(ErrorCode::SoldOut.into());
+    }
     let command = ReserveCommand { user_id: identity.user_id, idempotency_key: key, quantity: order.quantity };
-    Ok(inventory_object::call(env, drop_id, Method::Post, "reserve", Some(&command)).await?)
+    let mut answer = inventory_object::call(env, drop_id, Method::Post, "reserve", Some(&command)).await?;
+    if answer.status_code() != 409 {
+        return Ok(answer);
+    }
+    let body = answer.bytes().await?;
+    let problem: Option<Problem> = serde_json::from_slice(&body).ok();
+    if problem.as_ref().is_some_and(|p| p.code == ErrorCode::SoldOut.as_str()) {
+        sold_out::learn(env, drop_id).await;
+    }
+    Ok(problem_bytes(409, body)?)
+}
+
+fn problem_bytes(status: u16, body: Vec<u8>) -> worker::Result<worker::Response> {
+    let headers = worker::Headers::new();
+    headers.set("content-type", drops_shared::problem::PROBLEM_CONTENT_TYPE)?;
+    Ok(worker::Response::from_bytes(body)?.with_status(status).with_headers(headers))
+}
+
+/// "Sold out" answered by the Worker, without waking the inventory object: once the
+/// object said a drop is sold out, this isolate answers so itself for a short while
+/// (`SOLD_OUT_MEMO_MS`, so units coming back from a release are seen soon), except
+/// to buyers who hold units, whose request may be a replay only the object can give.
+mod sold_out {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, HashSet};
+
+    use uuid::Uuid;
+    use worker::{Env, Method};
+
+    use crate::http::now_ms;
+    use crate::inventory_object;
+
+    struct Memo {
+        until_ms: i64,
+        holders: HashSet<Uuid>,
+    }
+
+    thread_local! {
+        static MEMOS: RefCell<HashMap<Uuid, Memo>> = RefCell::new(HashMap::new());
+    }
+
+    pub fn known(drop_id: Uuid, user_id: Uuid) -> bool {
+        MEMOS.with(|m| {
+            m.borrow().get(&drop_id).is_some_and(|memo| now_ms() < memo.until_ms && !memo.holders.contains(&user_id))
+        })
+    }
+
+    pub async fn learn(env: &Env, drop_id: Uuid) {
+        let memo_ms = env.var("SOLD_OUT_MEMO_MS").ok().and_then(|v| v.to_string().parse().ok()).unwrap_or(1_000);
+        let holders = async {
+            let mut resp = inventory_object::call::<()>(env, drop_id, Method::Get, "holders", None).await?;
+            resp.json::<Option<HashSet<Uuid>>>().await
+        };
+        if let Ok(Some(holders)) = holders.await {
+            MEMOS.with(|m| m.borrow_mut().insert(drop_id, Memo { until_ms: now_ms() + memo_ms, holders }));
+        }
+    }
 }
 
 pub async fn stock(env: &Env, drop_id: Uuid) -> EdgeResult {

@@ -4,12 +4,12 @@
 
 use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
-use worker::{Env, Method, Request};
+use worker::{Context, Env, Method, Request};
 
 use crate::http::{self, EdgeResult};
-use crate::{internal, orders, origin};
+use crate::{internal, orders, origin, pages};
 
-pub async fn handle(req: Request, env: &Env, request_id: &str) -> EdgeResult {
+pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
     let path = req.path();
     if path.starts_with("/internal/") {
         return internal::handle(req, env).await;
@@ -21,6 +21,8 @@ pub async fn handle(req: Request, env: &Env, request_id: &str) -> EdgeResult {
             orders::create(req, env, drop_id).await
         }
         (Method::Get, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
+        (Method::Get, ["v1", "drops"]) => pages::list(req, env, ctx, request_id).await,
+        (Method::Get, ["v1", "drops", drop_id]) => pages::card(&req, env, ctx, parse_id(drop_id)?).await,
         (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
         (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
         _ => Err(ErrorCode::NotFound.into()),

@@ -144,6 +144,11 @@ impl Inventory {
         self.user_units.get(&user_id).copied().unwrap_or(0)
     }
 
+    /// Buyers who hold or bought units of this drop.
+    pub fn holders(&self) -> impl Iterator<Item = &Uuid> {
+        self.user_units.keys()
+    }
+
     pub fn hold(&self, reservation_id: Uuid) -> Option<&Hold> {
         self.holds.get(&reservation_id)
     }
