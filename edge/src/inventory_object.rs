@@ -125,6 +125,8 @@ pub struct DropInventory {
     in_flight: RefCell<HashSet<(Uuid, String)>>,
     /// The alarm this instance has set, to avoid re-setting it on every request.
     alarm_at: Cell<Option<i64>>,
+    /// Buy attempts decided since this instance loaded.
+    decisions: Cell<u64>,
 }
 
 enum Decision {
@@ -268,6 +270,7 @@ impl DropInventory {
 
     /// The decision, in one synchronous turn.
     fn decide(&self, cmd: &ReserveCommand, now: i64, retry_after_ms: i64) -> EdgeResult<Decision> {
+        self.decisions.set(self.decisions.get() + 1);
         let mut guard = self.inventory.borrow_mut();
         let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
         let drop_id = self.drop_id.get().ok_or(ErrorCode::NotFound)?;
@@ -472,6 +475,7 @@ impl DropInventory {
                 })
                 .collect(),
             unforwarded: outbound::pending(&sql, Kind::Reservation)?,
+            decisions: self.decisions.get(),
         };
         json(200, &snapshot)
     }
@@ -642,6 +646,7 @@ impl worker::DurableObject for DropInventory {
             drop_id: Cell::new(None),
             in_flight: RefCell::new(HashSet::new()),
             alarm_at: Cell::new(None),
+            decisions: Cell::new(0),
         };
         let ready = object.sql().exec(SCHEMA, None).map(|_| ()).and_then(|_| object.load());
         if let Err(e) = ready {

@@ -185,6 +185,9 @@ pub struct InventorySnapshot {
     pub holds: Vec<HoldSnapshot>,
     /// Reservations not yet acknowledged by the origin.
     pub unforwarded: Vec<Uuid>,
+    /// Buy attempts this object has decided since it was last loaded (a measure of
+    /// how much traffic reaches it; the Worker answers most sold-out rushes itself).
+    pub decisions: u64,
 }
 
 #[cfg(test)]

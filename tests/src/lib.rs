@@ -126,6 +126,10 @@ impl Stack {
             reconcile_interval_secs: 0,
             payment_provider: "sandbox".into(),
             stripe_api_key: None,
+            cache_purger: "edge".into(),
+            cloudflare_zone_id: None,
+            cloudflare_api_token: None,
+            public_edge_url: None,
         };
         let mut settings = settings;
         tweak(&mut settings);

@@ -106,3 +106,20 @@ async fn a_payment_committed_before_a_crash_sells_the_hold_once_after_restart() 
     let s = stack.snapshot(drop_id).await;
     assert_eq!((s.sold, s.held, s.remaining), (1, 0, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_origin_down_a_stale_card_is_still_served() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
+    let fresh = client.get(&format!("/v1/drops/{drop_id}"), None).await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    stack.stop_origin().await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await; // past the 2 s freshness
+    let stale = client.get(&format!("/v1/drops/{drop_id}"), None).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.header("x-cache"), Some("STALE"));
+    assert_eq!(stale.json()["id"], drop_id.to_string());
+    stack.start_origin().await;
+}
