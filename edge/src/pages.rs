@@ -8,16 +8,19 @@
 //! - missing or older: fetched, `MISS`;
 //! - the origin failing: a stale entry up to `STALE_IF_ERROR_SECS` old is served.
 //!
-//! Every fetch of one key is coalesced inside the isolate: concurrent misses and
-//! concurrent stale hits share one origin request. A card's stock is patched from the
-//! drop's inventory object at refresh time, so it is at most a few seconds old.
+//! Fetches of one key are coalesced inside the isolate: one request claims the key
+//! and fetches; concurrent stale hits are served the stale page without fetching, and
+//! concurrent misses wait for the claimant's page to land in the cache (a request
+//! may not await I/O another request started: the runtime would cancel it as hung).
+//! Answers that are not pages (404, 400) are remembered for a second, so a flood of
+//! bad ids costs one fetch too. A card's stock is patched from the drop's inventory
+//! object at refresh time, so it is at most a few seconds old.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use drops_shared::api::{DropCard, Page, StockResponse};
-use futures_util::future::{join_all, LocalBoxFuture, Shared};
-use futures_util::FutureExt;
+use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use worker::{Cache, Context, Env, Fetch, Headers, Method, Request, Response};
@@ -49,14 +52,12 @@ impl Policy {
 }
 
 /// What a page is, for fetching and patching.
-#[derive(Clone)]
 enum Kind {
     Card,
     List,
 }
 
 /// A cached page.
-#[derive(Clone)]
 struct Entry {
     body: std::rc::Rc<Vec<u8>>,
     etag: String,
@@ -65,16 +66,74 @@ struct Entry {
 
 /// What a fetch brought back: a page to serve and keep, or an origin answer that
 /// is not a page (404, 400) to pass on as it is.
-#[derive(Clone)]
 enum Fetched {
     Page(Entry),
     Answer(u16, std::rc::Rc<Vec<u8>>),
 }
 
-type Refresh = Shared<LocalBoxFuture<'static, Result<Fetched, String>>>;
+/// The state of a key in this isolate.
+enum Flight {
+    /// A request is fetching it.
+    Running { since_ms: i64 },
+    /// The origin's last answer was not a page; remembered briefly.
+    Answered { status: u16, body: std::rc::Rc<Vec<u8>>, until_ms: i64 },
+}
 
 thread_local! {
-    static IN_FLIGHT: RefCell<HashMap<String, Refresh>> = RefCell::new(HashMap::new());
+    static FLIGHTS: RefCell<HashMap<String, Flight>> = RefCell::new(HashMap::new());
+}
+
+/// A claim older than this is presumed abandoned.
+const CLAIM_TIMEOUT_MS: i64 = 10_000;
+/// How long concurrent misses wait for the claimant's page.
+const WAIT_FOR_PAGE_MS: i64 = 5_000;
+const ANSWER_MEMORY_MS: i64 = 1_000;
+
+/// True when the caller should fetch `key`: nobody else is.
+fn claim(key: &str, now: i64) -> bool {
+    FLIGHTS.with(|f| {
+        let mut f = f.borrow_mut();
+        if let Some(Flight::Running { since_ms }) = f.get(key) {
+            if now - since_ms < CLAIM_TIMEOUT_MS {
+                return false;
+            }
+        }
+        f.insert(key.to_owned(), Flight::Running { since_ms: now });
+        true
+    })
+}
+
+fn running(key: &str) -> bool {
+    FLIGHTS.with(|f| matches!(f.borrow().get(key), Some(Flight::Running { .. })))
+}
+
+fn finish(key: &str, fetched: &Result<Fetched, worker::Error>) {
+    FLIGHTS.with(|f| {
+        let mut f = f.borrow_mut();
+        match fetched {
+            Ok(Fetched::Answer(status, body)) => {
+                let until_ms = now_ms() + ANSWER_MEMORY_MS;
+                f.insert(key.to_owned(), Flight::Answered { status: *status, body: body.clone(), until_ms });
+            }
+            _ => {
+                f.remove(key);
+            }
+        }
+    })
+}
+
+fn remembered(key: &str, now: i64) -> Option<(u16, std::rc::Rc<Vec<u8>>)> {
+    FLIGHTS.with(|f| match f.borrow().get(key) {
+        Some(Flight::Answered { status, body, until_ms }) if now < *until_ms => Some((*status, body.clone())),
+        _ => None,
+    })
+}
+
+/// Fetches `key` as its claimant, and releases the claim.
+async fn fetch_claimed(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
+    let fetched = fetch_and_store(env, key, path, kind).await;
+    finish(key, &fetched);
+    fetched
 }
 
 /// The canonical public path of a list request, or `None` for a query the origin
@@ -141,26 +200,52 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
     let cached = read(&key).await;
     let now = now_ms();
     let if_none_match = header(req, "if-none-match");
+    let inm = if_none_match.as_deref();
     if let Some(entry) = &cached {
         let age = now - entry.stored_at_ms;
         if age < policy.fresh_ms {
-            return respond(entry, "HIT", &policy, if_none_match.as_deref());
+            return respond(entry, "HIT", &policy, inm);
         }
         if age < policy.fresh_ms + policy.grace_ms {
-            let refresh = refresh(env, key.clone(), path.clone(), kind);
-            ctx.wait_until(async move {
-                let _ = refresh.await;
-            });
-            return respond(entry, "STALE", &policy, if_none_match.as_deref());
+            if claim(&key, now) {
+                let (env, key) = (env.clone(), key.clone());
+                ctx.wait_until(async move {
+                    if let Err(e) = fetch_claimed(&env, &key, &path, &kind).await {
+                        worker::console_warn!("background refresh of {key} failed: {e}");
+                    }
+                });
+            }
+            return respond(entry, "STALE", &policy, inm);
         }
     }
-    match refresh(env, key, path, kind).await {
-        Ok(Fetched::Page(entry)) => respond(&entry, "MISS", &policy, if_none_match.as_deref()),
+    if let Some((status, body)) = remembered(&key, now) {
+        return Ok(crate::http::json_bytes(status, body.to_vec())?);
+    }
+    let fetched = if claim(&key, now) {
+        fetch_claimed(env, &key, &path, &kind).await
+    } else {
+        // Someone in this isolate is fetching it: wait for the page to land.
+        loop {
+            worker::Delay::from(std::time::Duration::from_millis(20)).await;
+            let t = now_ms();
+            if let Some(entry) = read(&key).await.filter(|e| t - e.stored_at_ms < policy.fresh_ms) {
+                return respond(&entry, "MISS", &policy, inm);
+            }
+            if let Some((status, body)) = remembered(&key, t) {
+                return Ok(crate::http::json_bytes(status, body.to_vec())?);
+            }
+            if t - now > WAIT_FOR_PAGE_MS || !running(&key) {
+                break Err(worker::Error::RustError("the fetch this request waited for failed".into()));
+            }
+        }
+    };
+    match fetched {
+        Ok(Fetched::Page(entry)) => respond(&entry, "MISS", &policy, inm),
         Ok(Fetched::Answer(status, body)) => Ok(crate::http::json_bytes(status, body.to_vec())?),
         Err(why) => match cached {
             Some(entry) if now - entry.stored_at_ms < policy.fresh_ms + policy.grace_ms + policy.stale_if_error_ms => {
                 worker::console_warn!("serving a stale page, the origin failed: {why}");
-                respond(&entry, "STALE", &policy, if_none_match.as_deref())
+                respond(&entry, "STALE", &policy, inm)
             }
             _ => Err(drops_shared::problem::Problem::new(
                 drops_shared::problem::ErrorCode::Overloaded,
@@ -195,26 +280,7 @@ async fn read(key: &str) -> Option<Entry> {
     Some(Entry { body: std::rc::Rc::new(body), etag, stored_at_ms })
 }
 
-/// The one fetch of `key` in flight in this isolate, started if there is none.
-fn refresh(env: &Env, key: String, path: String, kind: Kind) -> Refresh {
-    IN_FLIGHT.with(|m| {
-        if let Some(running) = m.borrow().get(&key) {
-            return running.clone();
-        }
-        let env = env.clone();
-        let owner = key.clone();
-        let fut: LocalBoxFuture<'static, Result<Fetched, String>> = Box::pin(async move {
-            let result = fetch_and_store(&env, &owner, &path, kind).await.map_err(|e| e.to_string());
-            IN_FLIGHT.with(|m| m.borrow_mut().remove(&owner));
-            result
-        });
-        let shared = fut.shared();
-        m.borrow_mut().insert(key, shared.clone());
-        shared
-    })
-}
-
-async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: Kind) -> worker::Result<Fetched> {
+async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
     let cfg = EdgeConfig::from_env(env).map_err(|_| worker::Error::RustError("edge settings missing".into()))?;
     let mut resp = Fetch::Url(worker::Url::parse(&format!("{}{path}", cfg.origin_url))?).send().await?;
     let status = resp.status_code();

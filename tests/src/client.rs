@@ -283,3 +283,15 @@ impl Client {
         self.post_json(&format!("/v1/orders/{order_id}/cancel"), Some(&buyer.token), json!({})).await
     }
 }
+
+impl Client {
+    /// How many `method route` requests the origin has served (its own counter).
+    pub async fn origin_requests(&self, method: &str, route: &str) -> u64 {
+        let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();
+        let (m, r) = (format!("method=\"{method}\""), format!("route=\"{route}\""));
+        text.lines()
+            .filter(|l| l.starts_with("drops_http_requests_total{") && l.contains(&m) && l.contains(&r))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}

@@ -35,6 +35,26 @@ async fn events_of(db: &sqlx::PgPool, order_id: Uuid, kind: &str) -> i64 {
         .unwrap()
 }
 
+/// Waits until the edge sync has handled every event of this order so far, so drift
+/// injected afterwards is not repaired by an event still on its way.
+async fn wait_synced(db: &sqlx::PgPool, order_id: Uuid) {
+    for _ in 0..200 {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox o WHERE o.aggregate_id = $1 AND NOT EXISTS
+               (SELECT 1 FROM processed_events p WHERE p.consumer = 'edge-sync' AND p.event_id = o.id)",
+        )
+        .bind(order_id)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the edge sync never handled the events of {order_id}");
+}
+
 fn evt() -> String {
     format!("evt_test_{}", Uuid::now_v7().simple())
 }
@@ -189,6 +209,7 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     // (a) A forward the origin lost: the edge holds units for an order Postgres lacks
     // (and no longer means to forward it: it had been acknowledged).
     let lost = client.purchase(drop_id).await;
+    wait_synced(&db, lost.order_id).await;
     for _ in 0..100 {
         if !stack.snapshot(drop_id).await.unforwarded.contains(&lost.order_id) {
             break;
@@ -199,6 +220,7 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     sqlx::query("DELETE FROM orders WHERE id = $1").bind(lost.order_id).execute(&db).await.unwrap();
     // (b) A release that never reached the edge: the order failed, the hold still holds.
     let unreleased = client.purchase(drop_id).await;
+    wait_synced(&db, unreleased.order_id).await;
     sqlx::query("UPDATE orders SET status = 'failed' WHERE id = $1")
         .bind(unreleased.order_id)
         .execute(&db)
@@ -206,6 +228,7 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
         .unwrap();
     // (c) A paid order whose hold was released.
     let paid = client.purchase(drop_id).await;
+    wait_synced(&db, paid.order_id).await;
     sqlx::query("UPDATE orders SET status = 'confirmed' WHERE id = $1").bind(paid.order_id).execute(&db).await.unwrap();
     let order_id = paid.order_id;
     stack
