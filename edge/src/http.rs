@@ -54,7 +54,8 @@ pub fn request_id(req: &Request) -> String {
 }
 
 pub async fn with_request_id(mut resp: Response, request_id: &str) -> worker::Result<Response> {
-    if resp.headers_mut().set(REQUEST_ID_HEADER, request_id).is_ok() {
+    // A WebSocket upgrade passes through untouched: rebuilding it would drop the socket.
+    if resp.status_code() == 101 || resp.headers_mut().set(REQUEST_ID_HEADER, request_id).is_ok() {
         return Ok(resp);
     }
     // Responses that came from fetch() have immutable headers: copy them over.

@@ -56,6 +56,19 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
         None => format!("{}{}", cfg.origin_url, url.path()),
     };
     let headers = Headers::new();
+    if req.headers().get("upgrade")?.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        // A WebSocket (the notification stream): hand the upgrade through as it is;
+        // the origin authenticates it, and the runtime joins the two sockets.
+        for (name, value) in req.headers().entries() {
+            if name != "host" {
+                headers.set(&name, &value)?;
+            }
+        }
+        headers.set(REQUEST_ID_HEADER, request_id)?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get).with_headers(headers);
+        return Ok(Fetch::Request(Request::new_with_init(&target, &init)?).send().await?);
+    }
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(v) = req.headers().get(name)? {
             headers.set(name, &v)?;

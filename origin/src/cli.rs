@@ -156,3 +156,11 @@ pub async fn outbox_replay(settings: Settings, args: &[String]) -> anyhow::Resul
     println!("republished {n} event(s) with seq in {from}..={to}");
     Ok(())
 }
+
+/// Rebuilds every creator's follower set in Redis from the ledger in Postgres.
+pub async fn followers_rebuild(settings: Settings) -> anyhow::Result<()> {
+    let state = crate::AppState::connect(settings).await?;
+    let n = crate::followers::rebuild(&state).await?;
+    println!("follower sets rebuilt: {n} follow(s)");
+    Ok(())
+}

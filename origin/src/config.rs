@@ -9,6 +9,7 @@ pub const DEV_JWT_SECRET: &str = "dev-jwt-secret-change-me";
 pub const DEV_EDGE_TO_ORIGIN_SECRET: &str = "dev-edge-to-origin-secret";
 pub const DEV_ORIGIN_TO_EDGE_SECRET: &str = "dev-origin-to-edge-secret";
 pub const DEV_WEBHOOK_SECRET: &str = "whsec_dev_sandbox_secret";
+pub const DEV_PUSH_CALLBACK_SECRET: &str = "dev-push-callback-secret";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +57,13 @@ pub struct Settings {
     pub cloudflare_api_token: Option<SecretString>,
     /// The public base URL apps reach the edge at (the URLs Cloudflare purges).
     pub public_edge_url: Option<String>,
+    /// `callback` (signed HTTP POST to the subscription endpoint) or `webpush`.
+    pub push_provider: String,
+    /// Signs callback pushes.
+    pub push_callback_secret: SecretString,
+    /// VAPID private key (raw P-256, base64url), for `webpush`.
+    pub vapid_private_key: Option<SecretString>,
+    pub vapid_contact: String,
 }
 
 impl Settings {
@@ -81,6 +89,9 @@ impl Settings {
             .set_default("reconcile_interval_secs", 60)?
             .set_default("payment_provider", "sandbox")?
             .set_default("cache_purger", "edge")?
+            .set_default("push_provider", "callback")?
+            .set_default("push_callback_secret", DEV_PUSH_CALLBACK_SECRET)?
+            .set_default("vapid_contact", "mailto:ops@drops.dev")?
             .add_source(config::Environment::with_prefix("DROPS").try_parsing(true))
             .build()?
             .try_deserialize()?;
@@ -97,6 +108,7 @@ impl Settings {
             ("DROPS_JWT_SECRET", &self.jwt_secret, DEV_JWT_SECRET),
             ("DROPS_EDGE_TO_ORIGIN_SECRET", &self.edge_to_origin_secret, DEV_EDGE_TO_ORIGIN_SECRET),
             ("DROPS_ORIGIN_TO_EDGE_SECRET", &self.origin_to_edge_secret, DEV_ORIGIN_TO_EDGE_SECRET),
+            ("DROPS_PUSH_CALLBACK_SECRET", &self.push_callback_secret, DEV_PUSH_CALLBACK_SECRET),
         ];
         for (name, secret, dev) in secrets {
             let s = secret.expose_secret();
@@ -150,6 +162,10 @@ mod tests {
             cloudflare_zone_id: None,
             cloudflare_api_token: None,
             public_edge_url: None,
+            push_provider: "callback".into(),
+            push_callback_secret: DEV_PUSH_CALLBACK_SECRET.into(),
+            vapid_private_key: None,
+            vapid_contact: "mailto:ops@drops.dev".into(),
         }
     }
 
@@ -162,6 +178,7 @@ mod tests {
         prod.jwt_secret = strong.clone().into();
         prod.edge_to_origin_secret = format!("{strong}e").into();
         prod.origin_to_edge_secret = format!("{strong}o").into();
+        prod.push_callback_secret = format!("{strong}p").into();
         assert!(prod.check().is_err(), "webhook secret is still the dev one");
         prod.webhook_secrets = "whsec_live_1,whsec_live_2".into();
         assert!(prod.check().is_ok());

@@ -69,7 +69,8 @@ async fn show(State(state): State<AppState>, Path(creator_id): Path<String>) -> 
         .fetch_optional(&state.db)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(row.into()))
+    let follower_count = crate::followers::count(&state, id).await?;
+    Ok(Json(Creator { follower_count, ..row.into() }))
 }
 
 /// The creator profile a creator-role caller acts as.

@@ -1,5 +1,5 @@
 //! `drops-origin [serve | migrate | seed | token --role R [--sub UUID] |
-//! reconcile | outbox-replay --from SEQ --to SEQ]`. Settings come from the
+//! reconcile | outbox-replay --from SEQ --to SEQ | followers-rebuild]`. Settings come from the
 //! environment (see README.md); everything else lives in the library.
 
 use drops_origin::config::Settings;

@@ -31,6 +31,10 @@ pub fn webhook(outcome: &'static str) {
     metrics::counter!("drops_webhook_events_total", "outcome" => outcome).increment(1);
 }
 
+pub fn push(outcome: &'static str) {
+    metrics::counter!("drops_push_deliveries_total", "outcome" => outcome).increment(1);
+}
+
 pub fn repair(kind: &'static str) {
     metrics::counter!("drops_reconcile_repairs_total", "repair" => kind).increment(1);
 }

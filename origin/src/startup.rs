@@ -26,7 +26,9 @@ use crate::edge::EdgeClient;
 use crate::error::problem_response;
 use crate::events::bus::{Consumer, Handler};
 use crate::payments::PaymentProvider;
-use crate::{creators, drops, events, health, metrics, orders, payments, reconcile};
+use crate::{
+    creators, drops, events, fanout, followers, health, live, metrics, notifications, orders, payments, push, reconcile,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -36,6 +38,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub edge: EdgeClient,
     pub payments: Arc<dyn PaymentProvider>,
+    pub push: Arc<dyn push::PushProvider>,
+    /// The WebSockets this instance holds.
+    pub live: Arc<live::Live>,
 }
 
 impl AppState {
@@ -51,6 +56,8 @@ impl AppState {
             redis: redis::Client::open(settings.redis_url.expose_secret())?,
             edge: EdgeClient::new(&settings)?,
             payments: payments::provider(&settings)?,
+            push: push::provider(&settings)?,
+            live: Arc::new(live::Live::default()),
             settings: Arc::new(settings),
         })
     }
@@ -96,30 +103,28 @@ impl Application {
             tokio::spawn(drops::inventory_sync_loop(state.clone(), workers.clone())),
             tokio::spawn(events::relay::run(state.clone(), workers.clone())),
         ];
-        let edge_sync = Consumer::new(
-            events::stream_key(&state.settings.redis_prefix),
-            orders::edge_sync::CONSUMER,
-            state.settings.bus_claim_idle_ms,
-        );
-        let handler_state = state.clone();
-        let handler: Handler = Arc::new(move |event| {
-            let state = handler_state.clone();
-            Box::pin(async move { orders::edge_sync::handle(&state, &event).await })
-        });
-        background.push(tokio::spawn(edge_sync.run(state.redis.clone(), state.db.clone(), handler, workers.clone())));
         let purger = drops::purge::purger(&state)?;
-        let purge = Consumer::new(
-            events::stream_key(&state.settings.redis_prefix),
-            drops::purge::CONSUMER,
-            state.settings.bus_claim_idle_ms,
-        );
-        let purge_state = state.clone();
-        let purge_handler: Handler = Arc::new(move |event| {
-            let (state, purger) = (purge_state.clone(), purger.clone());
-            Box::pin(async move { drops::purge::handle(&state, purger.as_ref(), &event).await })
-        });
-        background.push(tokio::spawn(purge.run(state.redis.clone(), state.db.clone(), purge_handler, workers.clone())));
-        background.push(tokio::spawn(drops::schedule::run(state.clone(), workers.clone())));
+        background.extend([
+            consumer(&state, orders::edge_sync::CONSUMER, &workers, |s, e| async move {
+                orders::edge_sync::handle(&s, &e).await
+            }),
+            consumer(&state, drops::purge::CONSUMER, &workers, move |s, e| {
+                let purger = purger.clone();
+                async move { drops::purge::handle(&s, purger.as_ref(), &e).await }
+            }),
+            consumer(&state, followers::CONSUMER, &workers, |s, e| async move { followers::handle(&s, &e).await }),
+            consumer(
+                &state,
+                notifications::CONSUMER,
+                &workers,
+                |s, e| async move { notifications::handle(&s, &e).await },
+            ),
+            consumer(&state, fanout::CONSUMER, &workers, |s, e| async move { fanout::handle(&s, &e).await }),
+            tokio::spawn(drops::schedule::run(state.clone(), workers.clone())),
+            tokio::spawn(fanout::run(state.clone(), workers.clone())),
+            tokio::spawn(push::run(state.clone(), workers.clone())),
+            tokio::spawn(live::run_subscriber(state.clone(), workers.clone())),
+        ]);
         if state.settings.reconcile_interval_secs > 0 {
             background.push(tokio::spawn(reconcile::run(state.clone(), workers.clone())));
         }
@@ -135,11 +140,27 @@ impl Application {
     }
 }
 
+/// Runs one member of consumer group `group` on the event stream, with `handle`.
+fn consumer<F, Fut>(state: &AppState, group: &str, stop: &CancellationToken, handle: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(AppState, drops_shared::events::EventEnvelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let member =
+        Consumer::new(events::stream_key(&state.settings.redis_prefix), group, state.settings.bus_claim_idle_ms);
+    let for_handler = state.clone();
+    let handler: Handler = Arc::new(move |event| Box::pin(handle(for_handler.clone(), event)));
+    tokio::spawn(member.run(state.redis.clone(), state.db.clone(), handler, stop.clone()))
+}
+
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
         .merge(health::router())
         .merge(creators::router())
+        .merge(followers::router())
+        .merge(notifications::router())
+        .merge(push::router())
         .merge(drops::router())
         .merge(orders::router())
         .merge(payments::router())

@@ -196,6 +196,29 @@ impl CreateProduct {
     }
 }
 
+/// An item of `GET /v1/creators/{id}/followers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Follower {
+    pub user_id: Uuid,
+    pub followed_at: DateTime<Utc>,
+}
+
+/// An item of `GET /v1/me/following`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Following {
+    pub creator_id: Uuid,
+    pub name: String,
+    pub followed_at: DateTime<Utc>,
+}
+
+/// `GET /v1/creators/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatorProfile {
+    pub id: Uuid,
+    pub name: String,
+    pub follower_count: u64,
+}
+
 /// Largest stock one drop may have; see DESIGN.md on sharding larger drops.
 pub const MAX_DROP_STOCK: u32 = 1_000_000;
 

@@ -32,6 +32,12 @@ pub enum DomainEvent {
         drop_id: Uuid,
         creator_id: Uuid,
     },
+    /// Someone followed or unfollowed a creator (the ledger in Postgres says which).
+    FollowChanged {
+        creator_id: Uuid,
+        user_id: Uuid,
+        following: bool,
+    },
     OrderReserved {
         order_id: Uuid,
         drop_id: Uuid,
@@ -99,6 +105,7 @@ impl DomainEvent {
             Self::DropUpdated { .. } => "DropUpdated",
             Self::DropStarted { .. } => "DropStarted",
             Self::DropEnded { .. } => "DropEnded",
+            Self::FollowChanged { .. } => "FollowChanged",
             Self::OrderReserved { .. } => "OrderReserved",
             Self::OrderConfirmed { .. } => "OrderConfirmed",
             Self::OrderFailed { .. } => "OrderFailed",
@@ -116,6 +123,7 @@ impl DomainEvent {
             | Self::DropUpdated { drop_id, .. }
             | Self::DropStarted { drop_id, .. }
             | Self::DropEnded { drop_id, .. } => *drop_id,
+            Self::FollowChanged { creator_id, .. } => *creator_id,
             Self::OrderReserved { order_id, .. }
             | Self::OrderConfirmed { order_id, .. }
             | Self::OrderFailed { order_id, .. }

@@ -27,6 +27,8 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 pub const EDGE_TO_ORIGIN_SECRET: &str = "test-edge-to-origin-secret-0123456789abcdef";
 pub const ORIGIN_TO_EDGE_SECRET: &str = "test-origin-to-edge-secret-0123456789abcdef";
 pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+/// Signs the callback pushes the tests receive.
+pub const PUSH_SECRET: &str = "test-push-callback-secret";
 /// A second webhook secret, as during a rotation: both must be accepted.
 pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_old_secret";
 
@@ -130,6 +132,10 @@ impl Stack {
             cloudflare_zone_id: None,
             cloudflare_api_token: None,
             public_edge_url: None,
+            push_provider: "callback".into(),
+            push_callback_secret: SecretString::from(PUSH_SECRET),
+            vapid_private_key: None,
+            vapid_contact: "mailto:tests@drops.dev".into(),
         };
         let mut settings = settings;
         tweak(&mut settings);

@@ -1,0 +1,287 @@
+//! Follows. Postgres keeps the durable ledger (`follows`); Redis serves the graph: a
+//! sorted set per creator, scored by the follow time in microseconds, so counts are
+//! `ZCARD` and pages are score ranges. A follow or unfollow writes Redis inside its
+//! Postgres transaction, under the row lock, so racing writes of one (creator, user)
+//! land in order; the `FollowChanged` consumer then re-applies the ledger's state,
+//! and `drops-origin followers-rebuild` rebuilds every set from Postgres.
+//!
+//! Pages are keyset-paged on (followed_at, user id), newest first: follows that land
+//! while someone pages appear before the cursor, never as duplicates, and no row that
+//! existed when paging began is skipped.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use drops_shared::api::{Follower, Following, Page};
+use drops_shared::events::{DomainEvent, EventEnvelope};
+use drops_shared::problem::ErrorCode;
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+use crate::creators::parse_id;
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::extract::AuthUser;
+use crate::pagination::PageQuery;
+use crate::startup::AppState;
+
+pub const CONSUMER: &str = "followers";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/creators/{creator_id}/follow", put(follow).delete(unfollow))
+        .route("/v1/creators/{creator_id}/followers", get(followers))
+        .route("/v1/me/following", get(following))
+}
+
+pub fn set_key(prefix: &str, creator_id: Uuid) -> String {
+    format!("{prefix}:followers:{creator_id}")
+}
+
+async fn creator_exists(state: &AppState, creator_id: Uuid) -> ApiResult<()> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM creators WHERE id = $1").bind(creator_id).fetch_optional(&state.db).await?;
+    found.map(|_| ()).ok_or_else(ApiError::not_found)
+}
+
+async fn redis(state: &AppState) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    state.redis.get_multiplexed_async_connection().await
+}
+
+/// Writes one follow's state to the creator's set (best effort: the consumer and
+/// the rebuild command repair what a failure here leaves).
+async fn mirror(state: &AppState, creator_id: Uuid, user_id: Uuid, followed_at: Option<DateTime<Utc>>) {
+    let key = set_key(&state.settings.redis_prefix, creator_id);
+    let written: redis::RedisResult<()> = async {
+        let mut conn = redis(state).await?;
+        match followed_at {
+            Some(at) => conn.zadd::<_, _, _, ()>(&key, user_id.to_string(), at.timestamp_micros()).await,
+            None => conn.zrem::<_, _, ()>(&key, user_id.to_string()).await,
+        }
+    }
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(%creator_id, error = %e, "follower set not updated; the consumer will");
+    }
+}
+
+async fn follow(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(creator_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let creator_id = parse_id(&creator_id)?;
+    creator_exists(&state, creator_id).await?;
+    let user_id = user.0.user_id;
+    let mut tx = state.db.begin().await?;
+    let followed_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "INSERT INTO follows (creator_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING followed_at",
+    )
+    .bind(creator_id)
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(at) = followed_at {
+        events::record(&mut tx, DomainEvent::FollowChanged { creator_id, user_id, following: true }).await?;
+        mirror(&state, creator_id, user_id, Some(at)).await;
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unfollow(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(creator_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let creator_id = parse_id(&creator_id)?;
+    creator_exists(&state, creator_id).await?;
+    let user_id = user.0.user_id;
+    let mut tx = state.db.begin().await?;
+    let removed = sqlx::query("DELETE FROM follows WHERE creator_id = $1 AND user_id = $2")
+        .bind(creator_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    if removed.rows_affected() == 1 {
+        events::record(&mut tx, DomainEvent::FollowChanged { creator_id, user_id, following: false }).await?;
+        mirror(&state, creator_id, user_id, None).await;
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The consumer: the set follows the ledger, whatever order the events come in.
+pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+    let DomainEvent::FollowChanged { creator_id, user_id, .. } = event.event else { return Ok(()) };
+    let at: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT followed_at FROM follows WHERE creator_id = $1 AND user_id = $2")
+            .bind(creator_id)
+            .bind(user_id)
+            .fetch_optional(&state.db)
+            .await?;
+    let key = set_key(&state.settings.redis_prefix, creator_id);
+    let mut conn = redis(state).await?;
+    match at {
+        Some(at) => conn.zadd::<_, _, _, ()>(&key, user_id.to_string(), at.timestamp_micros()).await?,
+        None => conn.zrem::<_, _, ()>(&key, user_id.to_string()).await?,
+    }
+    Ok(())
+}
+
+/// How many follow a creator: the set's size, or the ledger's count without Redis.
+pub async fn count(state: &AppState, creator_id: Uuid) -> ApiResult<u64> {
+    let key = set_key(&state.settings.redis_prefix, creator_id);
+    let from_set: redis::RedisResult<u64> = async { redis(state).await?.zcard(&key).await }.await;
+    match from_set {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "follower count from Postgres");
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM follows WHERE creator_id = $1")
+                .bind(creator_id)
+                .fetch_one(&state.db)
+                .await?;
+            Ok(n as u64)
+        }
+    }
+}
+
+fn encode_cursor(list: &str, micros: i64, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{list}:{micros}:{id}"))
+}
+
+fn decode_cursor(list: &str, cursor: &str) -> ApiResult<(i64, Uuid)> {
+    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?).map_err(|_| bad())?;
+    let rest = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+    let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
+    Ok((micros.parse().map_err(|_| bad())?, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+fn page_query(q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<PageQuery> {
+    q.map(|Query(p)| p).map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))
+}
+
+/// `GET /v1/creators/{id}/followers`: newest first, from the creator's set.
+async fn followers(
+    State(state): State<AppState>,
+    Path(creator_id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<Follower>>> {
+    let creator_id = parse_id(&creator_id)?;
+    creator_exists(&state, creator_id).await?;
+    let page = page_query(query)?;
+    let limit = page.limit()? as usize;
+    let list = format!("followers-{creator_id}");
+    let after = page.cursor.as_deref().map(|c| decode_cursor(&list, c)).transpose()?;
+    let key = set_key(&state.settings.redis_prefix, creator_id);
+    // Equal scores are possible: over-fetch and drop those at or before the cursor.
+    let max = after.map(|(m, _)| m.to_string()).unwrap_or_else(|| "+inf".into());
+    let rows: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(&max)
+        .arg("-inf")
+        .arg("BYSCORE")
+        .arg("REV")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit + 1 + 64)
+        .arg("WITHSCORES")
+        .query_async(&mut redis(&state).await.map_err(anyhow::Error::from)?)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut items: Vec<(i64, Uuid)> = rows
+        .into_iter()
+        .filter_map(|(member, score)| Some((score as i64, Uuid::parse_str(&member).ok()?)))
+        .filter(|(score, id)| match after {
+            Some((m, last)) => *score < m || (*score == m && *id < last),
+            None => true,
+        })
+        .collect();
+    items.sort_by(|a, b| b.cmp(a));
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = if more { items.last().map(|(m, id)| encode_cursor(&list, *m, *id)) } else { None };
+    let items = items
+        .into_iter()
+        .map(|(m, id)| Follower { user_id: id, followed_at: DateTime::from_timestamp_micros(m).unwrap_or_default() })
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// `GET /v1/me/following`: the creators the caller follows, newest first.
+async fn following(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<Following>>> {
+    let page = page_query(query)?;
+    let limit = page.limit()?;
+    let after = page.cursor.as_deref().map(|c| decode_cursor("following", c)).transpose()?;
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT f.creator_id, c.name, f.followed_at FROM follows f JOIN creators c ON c.id = f.creator_id
+         WHERE f.user_id = $1 AND ($2::timestamptz IS NULL OR (f.followed_at, f.creator_id) < ($2, $3))
+         ORDER BY f.followed_at DESC, f.creator_id DESC LIMIT $4",
+    )
+    .bind(user.0.user_id)
+    .bind(after.and_then(|(m, _)| DateTime::from_timestamp_micros(m)))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Following> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|(creator_id, name, followed_at)| Following { creator_id, name, followed_at })
+        .collect();
+    let next_cursor = if more {
+        items.last().map(|f| encode_cursor("following", f.followed_at.timestamp_micros(), f.creator_id))
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Rebuilds every creator's set from the ledger; returns how many follows it wrote.
+pub async fn rebuild(state: &AppState) -> anyhow::Result<u64> {
+    let mut conn = redis(state).await?;
+    let creators: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM creators").fetch_all(&state.db).await?;
+    let mut total = 0;
+    for creator_id in creators {
+        let key = set_key(&state.settings.redis_prefix, creator_id);
+        let fresh = format!("{key}:rebuild");
+        let _: () = conn.del(&fresh).await?;
+        let mut after: Option<(DateTime<Utc>, Uuid)> = None;
+        loop {
+            let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT user_id, followed_at FROM follows WHERE creator_id = $1
+                   AND ($2::timestamptz IS NULL OR (followed_at, user_id) > ($2, $3))
+                 ORDER BY followed_at, user_id LIMIT 10000",
+            )
+            .bind(creator_id)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .fetch_all(&state.db)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some((last.1, last.0));
+            let members: Vec<(i64, String)> =
+                rows.iter().map(|(u, at)| (at.timestamp_micros(), u.to_string())).collect();
+            let _: () = conn.zadd_multiple(&fresh, &members).await?;
+            total += rows.len() as u64;
+        }
+        // Swap in whole, so readers never see a half-built set.
+        let exists: bool = conn.exists(&fresh).await?;
+        if exists {
+            let _: () = conn.rename(&fresh, &key).await?;
+        } else {
+            let _: () = conn.del(&key).await?;
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,143 @@
+//! Notifications. Persistent kinds (`order_confirmed`, `order_failed`,
+//! `order_expired`) are stored, listed and marked read; the ephemeral `drop_live` is
+//! only delivered (see [`crate::fanout`]). Either goes over the user's socket when
+//! they are online and by push when they are not. The `notifications` consumer
+//! makes them from order events, once per (event, user).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use drops_shared::events::{DomainEvent, EventEnvelope};
+use drops_shared::problem::ErrorCode;
+use serde::Serialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::creators::parse_id;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::AuthUser;
+use crate::live::{self, LiveMessage};
+use crate::pagination::{self, PageQuery};
+use crate::push;
+use crate::startup::AppState;
+
+pub const CONSUMER: &str = "notifications";
+const LIST: &str = "notifications";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/notifications", get(list))
+        .route("/v1/notifications/read-all", post(read_all))
+        .route("/v1/notifications/stream", get(live::stream))
+        .route("/v1/notifications/{id}/read", post(read_one))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Notification {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct NotificationPage {
+    items: Vec<Notification>,
+    next_cursor: Option<String>,
+    unread_count: i64,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<NotificationPage>> {
+    let Query(page) = query.map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
+    let limit = page.limit()?;
+    let after = page.after(LIST)?;
+    let rows: Vec<Notification> = sqlx::query_as(
+        "SELECT id, kind, payload, created_at, read_at FROM notifications
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(user.0.user_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let unread_count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL")
+            .bind(user.0.user_id)
+            .fetch_one(&state.db)
+            .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Notification> = rows.into_iter().take(limit as usize).collect();
+    let next_cursor = if more { items.last().map(|n| pagination::encode(LIST, n.id)) } else { None };
+    Ok(Json(NotificationPage { items, next_cursor, unread_count }))
+}
+
+/// Someone else's notification is "not found".
+async fn read_one(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id = parse_id(&id)?;
+    let found =
+        sqlx::query("UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user.0.user_id)
+            .execute(&state.db)
+            .await?;
+    if found.rows_affected() == 0 {
+        return Err(ApiError::not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn read_all(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+    sqlx::query("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL")
+        .bind(user.0.user_id)
+        .execute(&state.db)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The persistent notification an event means, if any: (user, kind, payload).
+fn notification_for(event: &DomainEvent) -> Option<(Uuid, &'static str, Value)> {
+    match event {
+        DomainEvent::OrderConfirmed { order_id, drop_id, user_id, .. } => {
+            Some((*user_id, "order_confirmed", json!({"order_id": order_id, "drop_id": drop_id})))
+        }
+        DomainEvent::OrderFailed { order_id, drop_id, user_id, reason, .. } => {
+            Some((*user_id, "order_failed", json!({"order_id": order_id, "drop_id": drop_id, "reason": reason})))
+        }
+        DomainEvent::OrderExpired { order_id, drop_id, user_id, .. } => {
+            Some((*user_id, "order_expired", json!({"order_id": order_id, "drop_id": drop_id})))
+        }
+        _ => None,
+    }
+}
+
+/// The consumer: store, then deliver live or queue a push.
+pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+    let Some((user_id, kind, payload)) = notification_for(&event.event) else { return Ok(()) };
+    let mut tx = state.db.begin().await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO notifications (id, user_id, kind, payload, event_id) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (event_id, user_id) DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(kind)
+    .bind(&payload)
+    .bind(event.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else { return Ok(()) }; // made already: a redelivery
+    let message = LiveMessage { kind: kind.to_owned(), payload, id: Some(id) };
+    let online = live::send(state, &[user_id], &message).await.unwrap_or_default();
+    if online.is_empty() {
+        push::enqueue(&mut tx, event.id, &[user_id], &serde_json::to_value(&message)?).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Push to users who are not online: their subscription (`PUT /v1/me/push-subscription`,
+//! a Web Push subscription as browsers give it), a durable queue of deliveries
+//! (`push_deliveries`, one per event and user) retried with backoff, and the provider
+//! behind a trait: Web Push (RFC 8030 with VAPID, payload encrypted per RFC 8291) or a
+//! plain signed HTTP callback, for tests and for operators with their own gateway.
+//! A provider answering 404 or 410 means the subscription is gone: it is dropped.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::put;
+use axum::Router;
+use base64ct::{Base64UrlUnpadded, Encoding};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{AuthUser, StrictJson};
+use crate::startup::AppState;
+use drops_shared::problem::ErrorCode;
+
+const MAX_ATTEMPTS: i32 = 8;
+const BATCH: i64 = 200;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionKeys {
+    pub p256dh: String,
+    pub auth: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub endpoint: String,
+    pub keys: SubscriptionKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// 404 / 410: the subscription no longer exists.
+    Gone,
+    Retry(String),
+}
+
+#[async_trait]
+pub trait PushProvider: Send + Sync {
+    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome;
+}
+
+fn outcome_of(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        404 | 410 => Outcome::Gone,
+        other => Outcome::Retry(format!("push service answered {other}")),
+    }
+}
+
+/// POSTs the JSON payload to the subscription's endpoint, signed like a payment
+/// webhook (`x-drops-signature: t=…,v1=…` over `"<t>.<body>"`).
+pub struct CallbackPush {
+    http: reqwest::Client,
+    secret: String,
+}
+
+impl CallbackPush {
+    pub fn new(secret: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl PushProvider for CallbackPush {
+    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
+        let signature =
+            drops_shared::signing::stripe_signature(self.secret.as_bytes(), Utc::now().timestamp(), payload);
+        match self
+            .http
+            .post(&subscription.endpoint)
+            .header("content-type", "application/json")
+            .header("x-drops-signature", signature)
+            .body(payload.to_vec())
+            .send()
+            .await
+        {
+            Ok(resp) => outcome_of(resp.status().as_u16()),
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+}
+
+/// Web Push: the payload encrypted to the browser's keys, VAPID-signed.
+pub struct WebPush {
+    http: reqwest::Client,
+    vapid: web_push_native::jwt_simple::algorithms::ES256KeyPair,
+    contact: String,
+}
+
+impl WebPush {
+    /// `vapid_private_key`: the raw P-256 private key, base64url.
+    pub fn new(vapid_private_key: &str, contact: &str) -> anyhow::Result<Self> {
+        let raw = Base64UrlUnpadded::decode_vec(vapid_private_key.trim())
+            .map_err(|_| anyhow::anyhow!("the VAPID key is not base64url"))?;
+        let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::from_bytes(&raw)
+            .map_err(|e| anyhow::anyhow!("bad VAPID key: {e}"))?;
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            vapid,
+            contact: contact.to_owned(),
+        })
+    }
+
+    /// The HTTP request RFC 8030/8291 call for: encrypted body, VAPID authorization.
+    pub fn request(&self, subscription: &Subscription, payload: &[u8]) -> anyhow::Result<http::Request<Vec<u8>>> {
+        let key = Base64UrlUnpadded::decode_vec(&subscription.keys.p256dh)
+            .map_err(|_| anyhow::anyhow!("p256dh is not base64url"))?;
+        let auth = Base64UrlUnpadded::decode_vec(&subscription.keys.auth)
+            .map_err(|_| anyhow::anyhow!("auth is not base64url"))?;
+        anyhow::ensure!(auth.len() == 16, "auth must be 16 bytes");
+        let builder = web_push_native::WebPushBuilder::new(
+            subscription.endpoint.parse()?,
+            web_push_native::p256::PublicKey::from_sec1_bytes(&key)?,
+            web_push_native::Auth::clone_from_slice(&auth),
+        )
+        .with_valid_duration(Duration::from_secs(3600))
+        .with_vapid(&self.vapid, &self.contact);
+        builder.build(payload.to_vec()).map_err(|e| anyhow::anyhow!("web push: {e}"))
+    }
+}
+
+#[async_trait]
+impl PushProvider for WebPush {
+    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
+        let request = match self.request(subscription, payload) {
+            Ok(r) => r,
+            Err(e) => return Outcome::unusable(e),
+        };
+        let (parts, body) = request.into_parts();
+        let mut req = self.http.post(parts.uri.to_string()).body(body);
+        for (name, value) in &parts.headers {
+            req = req.header(name.as_str(), value.as_bytes());
+        }
+        match req.send().await {
+            Ok(resp) => outcome_of(resp.status().as_u16()),
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+}
+
+impl Outcome {
+    /// A subscription we cannot even encrypt to is as good as gone.
+    fn unusable(why: anyhow::Error) -> Self {
+        tracing::warn!(error = %why, "unusable push subscription dropped");
+        Self::Gone
+    }
+}
+
+pub fn provider(settings: &crate::config::Settings) -> anyhow::Result<std::sync::Arc<dyn PushProvider>> {
+    use secrecy::ExposeSecret;
+    Ok(match (settings.push_provider.as_str(), &settings.vapid_private_key) {
+        ("webpush", Some(key)) => std::sync::Arc::new(WebPush::new(key.expose_secret(), &settings.vapid_contact)?),
+        ("webpush", None) => anyhow::bail!("DROPS_PUSH_PROVIDER=webpush needs DROPS_VAPID_PRIVATE_KEY"),
+        ("callback", _) => std::sync::Arc::new(CallbackPush::new(settings.push_callback_secret.expose_secret())?),
+        (other, _) => anyhow::bail!("unknown push provider `{other}`"),
+    })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/me/push-subscription", put(subscribe).delete(unsubscribe))
+}
+
+async fn subscribe(
+    State(state): State<AppState>,
+    user: AuthUser,
+    StrictJson(sub): StrictJson<Subscription>,
+) -> ApiResult<StatusCode> {
+    let url = reqwest::Url::parse(&sub.endpoint)
+        .map_err(|_| ApiError::code(ErrorCode::InvalidRequest, "field `endpoint`: not a URL"))?;
+    if !matches!(url.scheme(), "https" | "http") || sub.endpoint.len() > 2048 {
+        return Err(ApiError::code(ErrorCode::InvalidRequest, "field `endpoint`: must be an http(s) URL"));
+    }
+    if sub.keys.p256dh.len() > 256 || sub.keys.auth.len() > 64 {
+        return Err(ApiError::code(ErrorCode::InvalidRequest, "field `keys`: too long"));
+    }
+    sqlx::query(
+        "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE SET endpoint = $2, p256dh = $3, auth = $4, created_at = now()",
+    )
+    .bind(user.0.user_id)
+    .bind(&sub.endpoint)
+    .bind(&sub.keys.p256dh)
+    .bind(&sub.keys.auth)
+    .execute(&state.db)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unsubscribe(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1").bind(user.0.user_id).execute(&state.db).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queues a push of `payload` to each of `users` who has a subscription (once per event).
+pub async fn enqueue(
+    conn: &mut sqlx::PgConnection,
+    event_id: Uuid,
+    users: &[Uuid],
+    payload: &serde_json::Value,
+) -> sqlx::Result<u64> {
+    let queued = sqlx::query(
+        "INSERT INTO push_deliveries (id, user_id, event_id, payload)
+         SELECT gen_random_uuid(), s.user_id, $1, $3 FROM push_subscriptions s WHERE s.user_id = ANY($2)
+         ON CONFLICT (event_id, user_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(users)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(queued.rows_affected())
+}
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: Uuid,
+    user_id: Uuid,
+    payload: serde_json::Value,
+    attempts: i32,
+    endpoint: Option<String>,
+    p256dh: Option<String>,
+    auth: Option<String>,
+}
+
+/// Sends due deliveries until stopped.
+pub async fn run(state: AppState, stop: CancellationToken) {
+    loop {
+        let sent = send_due(&state).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "push round failed");
+            0
+        });
+        let pause = if sent as i64 == BATCH { Duration::ZERO } else { Duration::from_millis(200) };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+pub async fn send_due(state: &AppState) -> anyhow::Result<usize> {
+    let mut tx = state.db.begin().await?;
+    let due: Vec<Due> = sqlx::query_as(
+        "SELECT d.id, d.user_id, d.payload, d.attempts, s.endpoint, s.p256dh, s.auth
+         FROM push_deliveries d LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
+         WHERE d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let n = due.len();
+    let sends = due.into_iter().map(|d| async move {
+        let outcome = match (&d.endpoint, &d.p256dh, &d.auth) {
+            (Some(endpoint), Some(p256dh), Some(auth)) => {
+                let sub = Subscription {
+                    endpoint: endpoint.clone(),
+                    keys: SubscriptionKeys { p256dh: p256dh.clone(), auth: auth.clone() },
+                };
+                state.push.send(&sub, d.payload.to_string().as_bytes()).await
+            }
+            _ => Outcome::Gone, // unsubscribed since
+        };
+        (d, outcome)
+    });
+    for (d, outcome) in futures::future::join_all(sends).await {
+        match outcome {
+            Outcome::Delivered => {
+                crate::metrics::push("delivered");
+                sqlx::query("DELETE FROM push_deliveries WHERE id = $1").bind(d.id).execute(&mut *tx).await?;
+            }
+            Outcome::Gone => {
+                crate::metrics::push("gone");
+                sqlx::query("DELETE FROM push_deliveries WHERE id = $1").bind(d.id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1")
+                    .bind(d.user_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Outcome::Retry(why) if d.attempts + 1 >= MAX_ATTEMPTS => {
+                crate::metrics::push("dropped");
+                tracing::warn!(user_id = %d.user_id, %why, "push dropped after retries");
+                sqlx::query("DELETE FROM push_deliveries WHERE id = $1").bind(d.id).execute(&mut *tx).await?;
+            }
+            Outcome::Retry(_) => {
+                crate::metrics::push("retried");
+                let backoff = 2i64.pow(d.attempts as u32 + 1).min(600);
+                sqlx::query(
+                    "UPDATE push_deliveries SET attempts = attempts + 1,
+                            next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
+                )
+                .bind(d.id)
+                .bind(backoff as f64)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_push_request_is_encrypted_and_vapid_signed() {
+        use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
+        let ua_secret =
+            web_push_native::p256::SecretKey::random(&mut web_push_native::p256::elliptic_curve::rand_core::OsRng);
+        let ua_public = ua_secret.public_key();
+        let auth = [7u8; 16];
+        let sub = Subscription {
+            endpoint: "https://push.example.net/send/abc".into(),
+            keys: SubscriptionKeys {
+                p256dh: Base64UrlUnpadded::encode_string(ua_public.to_encoded_point(false).as_bytes()),
+                auth: Base64UrlUnpadded::encode_string(&auth),
+            },
+        };
+        let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::generate();
+        let key = Base64UrlUnpadded::encode_string(&vapid.to_bytes());
+        let push = WebPush::new(&key, "mailto:ops@drops.dev").unwrap();
+        let req = push.request(&sub, br#"{"kind":"drop_live"}"#).unwrap();
+        assert_eq!(req.uri(), "https://push.example.net/send/abc");
+        assert_eq!(req.headers()["content-encoding"], "aes128gcm");
+        assert!(req.headers()["authorization"].to_str().unwrap().starts_with("vapid t="));
+        let plain =
+            web_push_native::decrypt(req.body().clone(), &ua_secret, &web_push_native::Auth::clone_from_slice(&auth))
+                .unwrap();
+        assert_eq!(plain, br#"{"kind":"drop_live"}"#);
+    }
+
+    #[test]
+    fn provider_statuses() {
+        assert_eq!(outcome_of(201), Outcome::Delivered);
+        assert_eq!(outcome_of(410), Outcome::Gone);
+        assert_eq!(outcome_of(404), Outcome::Gone);
+        assert!(matches!(outcome_of(503), Outcome::Retry(_)));
+    }
+}
