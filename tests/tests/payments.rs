@@ -127,7 +127,8 @@ async fn the_order_ends_as_its_payment_did_whatever_the_delivery_order() {
 async fn failure_cancel_and_expiry_each_return_the_units_once() {
     let stack = Stack::get();
     let client = stack.client();
-    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(2), ..DropSpec::live(4, 1) }).await;
+    // Long enough for the other three to act first even on a loaded machine.
+    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(8), ..DropSpec::live(4, 1) }).await;
     let failed = client.purchase(drop_id).await;
     let cancelled = client.purchase(drop_id).await;
     let walked_away = client.purchase(drop_id).await;
@@ -368,7 +369,9 @@ async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
     let stack = Stack::get();
     let client = stack.client();
     let total = 100u32;
-    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(4), ..DropSpec::live(total, 1) }).await;
+    // Holds long enough that every paying, failing or cancelling buyer acts in time on
+    // a loaded machine; the ones who walk away see theirs run out.
+    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(12), ..DropSpec::live(total, 1) }).await;
     let buyers: Vec<_> = (0..300).map(|_| drops_tests::Buyer::new()).collect();
     let keys: Vec<String> = buyers.iter().map(|b| format!("mixed-{}", b.id)).collect();
     let answers = join_all(buyers.iter().zip(&keys).map(|(b, k)| client.buy(b, drop_id, k, 1))).await;
@@ -387,8 +390,9 @@ async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
     // Every webhook twice, all shuffled together.
     let mut webhooks = Vec::new();
     let mut cancels = Vec::new();
-    for (buyer, order_id, fate) in &plan {
-        let order = client.wait_order(buyer, *order_id, 30, |v| v["payment"].is_object()).await;
+    let orders =
+        join_all(plan.iter().map(|(b, id, _)| client.wait_order(b, *id, 30, |v| v["payment"].is_object()))).await;
+    for ((buyer, order_id, fate), order) in plan.iter().zip(orders) {
         let p = Purchase {
             buyer: buyer.clone(),
             order_id: *order_id,
