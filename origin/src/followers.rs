@@ -1,9 +1,9 @@
 //! Follows. Postgres keeps the durable ledger (`follows`); Redis serves the graph: a
 //! sorted set per creator, scored by the follow time in microseconds, so counts are
-//! `ZCARD` and pages are score ranges. A follow or unfollow writes Redis inside its
-//! Postgres transaction, under the row lock, so racing writes of one (creator, user)
-//! land in order; the `FollowChanged` consumer then re-applies the ledger's state,
-//! and `drops-origin followers-rebuild` rebuilds every set from Postgres.
+//! `ZCARD` and pages are score ranges. A follow or unfollow writes Redis right after
+//! its Postgres commit; the `FollowChanged` consumer then re-applies the ledger's
+//! state as it is when the event is handled, so the set converges whatever order
+//! writes land in; `drops-origin followers-rebuild` rebuilds every set from Postgres.
 //!
 //! Pages are keyset-paged on (followed_at, user id), newest first: follows that land
 //! while someone pages appear before the cursor, never as duplicates, and no row that
@@ -85,11 +85,13 @@ async fn follow(
     .bind(user_id)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(at) = followed_at {
+    if followed_at.is_some() {
         events::record(&mut tx, DomainEvent::FollowChanged { creator_id, user_id, following: true }).await?;
-        mirror(&state, creator_id, user_id, Some(at)).await;
     }
     tx.commit().await?;
+    if let Some(at) = followed_at {
+        mirror(&state, creator_id, user_id, Some(at)).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -109,9 +111,11 @@ async fn unfollow(
         .await?;
     if removed.rows_affected() == 1 {
         events::record(&mut tx, DomainEvent::FollowChanged { creator_id, user_id, following: false }).await?;
-        mirror(&state, creator_id, user_id, None).await;
     }
     tx.commit().await?;
+    if removed.rows_affected() == 1 {
+        mirror(&state, creator_id, user_id, None).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
