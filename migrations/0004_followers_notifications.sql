@@ -34,12 +34,19 @@ CREATE TABLE push_subscriptions (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- What a push says, once per event (a fan-out sends one message to a million people).
+CREATE TABLE push_messages (
+    event_id    uuid PRIMARY KEY,
+    payload     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Push deliveries, queued durably and retried with backoff; one per (event, user).
 CREATE TABLE push_deliveries (
-    id               uuid PRIMARY KEY,
+    -- A sequence, not a random id: a fan-out appends a million rows at once.
+    id               bigserial PRIMARY KEY,
     user_id          uuid NOT NULL,
-    event_id         uuid NOT NULL,
-    payload          jsonb NOT NULL,
+    event_id         uuid NOT NULL REFERENCES push_messages (event_id),
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -47,17 +54,21 @@ CREATE TABLE push_deliveries (
 );
 CREATE INDEX push_deliveries_due ON push_deliveries (next_attempt_at);
 
--- Fan-out of one event to a creator's followers, done in resumable chunks.
+-- Fan-out of one event to a creator's followers: the follower list is split into
+-- shards by user id so several runners share a big audience; each shard is walked in
+-- resumable chunks (its cursor moves in the chunk's transaction).
 CREATE TABLE fanout_jobs (
-    event_id      uuid PRIMARY KEY,
+    event_id      uuid NOT NULL,
+    shard         smallint NOT NULL,
     creator_id    uuid NOT NULL,
     drop_id       uuid NOT NULL,
-    -- Keyset position in the follower list: (followed_at, user_id) of the last one done.
-    after_at      timestamptz,
+    lo            uuid NOT NULL,
+    hi            uuid,
     after_user    uuid,
     delivered     bigint NOT NULL DEFAULT 0,
     queued_push   bigint NOT NULL DEFAULT 0,
     started_at    timestamptz NOT NULL DEFAULT now(),
-    finished_at   timestamptz
+    finished_at   timestamptz,
+    PRIMARY KEY (event_id, shard)
 );
 CREATE INDEX fanout_jobs_open ON fanout_jobs (started_at) WHERE finished_at IS NULL;

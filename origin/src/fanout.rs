@@ -1,14 +1,15 @@
 //! "Drop is live!" to every follower of its creator. The `fanout` consumer only
-//! opens a job per `DropStarted` (once per event: the job's key is the event id), so
-//! a creator with millions of followers never holds up other events. Job runners walk
-//! the followers in keyset chunks, each chunk in one transaction that also moves the
-//! job's cursor: online followers get the message over their socket (one publish per
-//! origin instance for the whole chunk), the others a queued push (once per event and
-//! follower). A runner that dies resumes from the last committed chunk.
+//! opens the job of a `DropStarted` (once per event: the job's key is the event id),
+//! so a creator with millions of followers never holds up other events. The job is
+//! split into shards by follower id; runners (several per origin instance, any
+//! number of instances) each take a shard and walk it in keyset chunks, each chunk in
+//! one transaction that also moves the shard's cursor: online followers get the
+//! message over their socket (one publish per origin instance for the whole chunk),
+//! the others a queued push (once per event and follower). A runner that dies leaves
+//! its shard to the next one, from the last committed chunk.
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -19,16 +20,39 @@ use crate::push;
 use crate::startup::AppState;
 
 pub const CONSUMER: &str = "fanout";
-const CHUNK: i64 = 5_000;
+const CHUNK: i64 = 10_000;
+/// Shards of a job, by the first byte of the follower id.
+const SHARDS: u8 = 8;
+/// Runners per origin instance.
+pub const RUNNERS: usize = 4;
+
+fn shard_bound(shard: u8) -> Option<Uuid> {
+    let first = u16::from(shard) * 256 / u16::from(SHARDS);
+    (first < 256).then(|| {
+        let mut bytes = [0u8; 16];
+        bytes[0] = first as u8;
+        Uuid::from_bytes(bytes)
+    })
+}
 
 pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::DropStarted { drop_id, creator_id } = event.event else { return Ok(()) };
-    sqlx::query("INSERT INTO fanout_jobs (event_id, creator_id, drop_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+    let mut tx = state.db.begin().await?;
+    for shard in 0..SHARDS {
+        sqlx::query(
+            "INSERT INTO fanout_jobs (event_id, shard, creator_id, drop_id, lo, hi) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING",
+        )
         .bind(event.id)
+        .bind(i16::from(shard))
         .bind(creator_id)
         .bind(drop_id)
-        .execute(&state.db)
+        .bind(shard_bound(shard).unwrap_or_default())
+        .bind(shard_bound(shard + 1))
+        .execute(&mut *tx)
         .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -52,9 +76,11 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 #[derive(sqlx::FromRow)]
 struct Job {
     event_id: Uuid,
+    shard: i16,
     creator_id: Uuid,
     drop_id: Uuid,
-    after_at: Option<DateTime<Utc>>,
+    lo: Uuid,
+    hi: Option<Uuid>,
     after_user: Option<Uuid>,
 }
 
@@ -63,24 +89,24 @@ pub async fn run_chunk(state: &AppState) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut tx = state.db.begin().await?;
     let job: Option<Job> = sqlx::query_as(
-        "SELECT event_id, creator_id, drop_id, after_at, after_user FROM fanout_jobs
-         WHERE finished_at IS NULL ORDER BY started_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "SELECT event_id, shard, creator_id, drop_id, lo, hi, after_user FROM fanout_jobs
+         WHERE finished_at IS NULL ORDER BY started_at, shard LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else { return Ok(false) };
-    let followers: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT user_id, followed_at FROM follows WHERE creator_id = $1
-           AND ($2::timestamptz IS NULL OR (followed_at, user_id) > ($2, $3))
-         ORDER BY followed_at, user_id LIMIT $4",
+    let users: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT user_id FROM follows WHERE creator_id = $1 AND user_id >= $2 AND ($3::uuid IS NULL OR user_id < $3)
+           AND ($4::uuid IS NULL OR user_id > $4)
+         ORDER BY user_id LIMIT $5",
     )
     .bind(job.creator_id)
-    .bind(job.after_at)
+    .bind(job.lo)
+    .bind(job.hi)
     .bind(job.after_user)
     .bind(CHUNK)
     .fetch_all(&mut *tx)
     .await?;
-    let users: Vec<Uuid> = followers.iter().map(|(u, _)| *u).collect();
     let creator_name: String =
         sqlx::query_scalar("SELECT name FROM creators WHERE id = $1").bind(job.creator_id).fetch_one(&mut *tx).await?;
     let message = LiveMessage {
@@ -92,17 +118,16 @@ pub async fn run_chunk(state: &AppState) -> anyhow::Result<bool> {
     let online: std::collections::HashSet<Uuid> = online.into_iter().collect();
     let offline: Vec<Uuid> = users.iter().copied().filter(|u| !online.contains(u)).collect();
     let queued = push::enqueue(&mut tx, job.event_id, &offline, &serde_json::to_value(&message)?).await?;
-    let last = followers.last();
-    let done = (followers.len() as i64) < CHUNK;
+    let done = (users.len() as i64) < CHUNK;
     sqlx::query(
-        "UPDATE fanout_jobs SET after_at = COALESCE($2, after_at), after_user = COALESCE($3, after_user),
+        "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user),
                 delivered = delivered + $4, queued_push = queued_push + $5,
                 finished_at = CASE WHEN $6 THEN clock_timestamp() ELSE NULL END
-         WHERE event_id = $1",
+         WHERE event_id = $1 AND shard = $2",
     )
     .bind(job.event_id)
-    .bind(last.map(|l| l.1))
-    .bind(last.map(|l| l.0))
+    .bind(job.shard)
+    .bind(users.last())
     .bind(online.len() as i64)
     .bind(queued as i64)
     .bind(done)

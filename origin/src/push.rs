@@ -215,14 +215,18 @@ pub async fn enqueue(
     users: &[Uuid],
     payload: &serde_json::Value,
 ) -> sqlx::Result<u64> {
+    sqlx::query("INSERT INTO push_messages (event_id, payload) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(event_id)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
     let queued = sqlx::query(
-        "INSERT INTO push_deliveries (id, user_id, event_id, payload)
-         SELECT gen_random_uuid(), s.user_id, $1, $3 FROM push_subscriptions s WHERE s.user_id = ANY($2)
+        "INSERT INTO push_deliveries (user_id, event_id)
+         SELECT s.user_id, $1 FROM push_subscriptions s WHERE s.user_id = ANY($2)
          ON CONFLICT (event_id, user_id) DO NOTHING",
     )
     .bind(event_id)
     .bind(users)
-    .bind(payload)
     .execute(conn)
     .await?;
     Ok(queued.rows_affected())
@@ -230,7 +234,7 @@ pub async fn enqueue(
 
 #[derive(sqlx::FromRow)]
 struct Due {
-    id: Uuid,
+    id: i64,
     user_id: Uuid,
     payload: serde_json::Value,
     attempts: i32,
@@ -257,8 +261,9 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 pub async fn send_due(state: &AppState) -> anyhow::Result<usize> {
     let mut tx = state.db.begin().await?;
     let due: Vec<Due> = sqlx::query_as(
-        "SELECT d.id, d.user_id, d.payload, d.attempts, s.endpoint, s.p256dh, s.auth
-         FROM push_deliveries d LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
+        "SELECT d.id, d.user_id, m.payload, d.attempts, s.endpoint, s.p256dh, s.auth
+         FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
+         LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
          WHERE d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
     )
     .bind(BATCH)

@@ -121,10 +121,12 @@ impl Application {
             ),
             consumer(&state, fanout::CONSUMER, &workers, |s, e| async move { fanout::handle(&s, &e).await }),
             tokio::spawn(drops::schedule::run(state.clone(), workers.clone())),
-            tokio::spawn(fanout::run(state.clone(), workers.clone())),
             tokio::spawn(push::run(state.clone(), workers.clone())),
             tokio::spawn(live::run_subscriber(state.clone(), workers.clone())),
         ]);
+        for _ in 0..fanout::RUNNERS {
+            background.push(tokio::spawn(fanout::run(state.clone(), workers.clone())));
+        }
         if state.settings.reconcile_interval_secs > 0 {
             background.push(tokio::spawn(reconcile::run(state.clone(), workers.clone())));
         }

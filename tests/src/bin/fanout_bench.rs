@@ -36,7 +36,8 @@ async fn main() {
     let c = client.post_json("/v1/creators", Some(&admin), json!({"name": "Megastar", "user_id": user})).await;
     let creator_id = Uuid::parse_str(c.json()["id"].as_str().unwrap()).unwrap();
     let creator_token = token(user, Role::Creator);
-    let p = client.post_json("/v1/products", Some(&creator_token), json!({"title": "Tour tee", "description": ""})).await;
+    let p =
+        client.post_json("/v1/products", Some(&creator_token), json!({"title": "Tour tee", "description": ""})).await;
     let product = p.json()["id"].as_str().unwrap().to_owned();
 
     let seeding = Instant::now();
@@ -49,12 +50,13 @@ async fn main() {
     .execute(&db)
     .await
     .expect("seed follows");
-    let online: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM follows WHERE creator_id = $1 ORDER BY random() LIMIT $2")
-        .bind(creator_id)
-        .bind(followers / 100)
-        .fetch_all(&db)
-        .await
-        .expect("online sample");
+    let online: Vec<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM follows WHERE creator_id = $1 ORDER BY random() LIMIT $2")
+            .bind(creator_id)
+            .bind(followers / 100)
+            .fetch_all(&db)
+            .await
+            .expect("online sample");
     sqlx::query(
         "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth)
          SELECT user_id, 'http://127.0.0.1:1/push', 'k', 'a' FROM follows WHERE creator_id = $1 AND NOT (user_id = ANY($2))",
@@ -71,13 +73,21 @@ async fn main() {
             for chunk in online.chunks(5_000) {
                 let mut pipe = redis::pipe();
                 for u in chunk {
-                    pipe.cmd("SET").arg(format!("{}:presence:{u}", s.settings.redis_prefix)).arg(&s.live.instance).arg("EX").arg(600).ignore();
+                    pipe.cmd("SET")
+                        .arg(format!("{}:presence:{u}", s.settings.redis_prefix))
+                        .arg(&s.live.instance)
+                        .arg("EX")
+                        .arg(600)
+                        .ignore();
                 }
                 pipe.query_async::<()>(&mut conn).await.unwrap();
             }
         })
         .await;
-    println!("seeded {followers} followers ({online_n} online, the rest with push subscriptions) in {:.1}s", seeding.elapsed().as_secs_f64());
+    println!(
+        "seeded {followers} followers ({online_n} online, the rest with push subscriptions) in {:.1}s",
+        seeding.elapsed().as_secs_f64()
+    );
 
     let starts_at = Utc::now() + chrono::Duration::seconds(2);
     let body = json!({"product_id": product, "price": {"amount": 3000, "currency": "EUR"}, "stock": 100, "max_per_user": 1,
@@ -87,8 +97,10 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(600);
     let (delivered, queued, took): (i64, i64, f64) = loop {
         let row: Option<(i64, i64, Option<f64>)> = sqlx::query_as(
-            "SELECT j.delivered, j.queued_push, EXTRACT(EPOCH FROM j.finished_at - o.created_at)::float8
-             FROM fanout_jobs j JOIN outbox o ON o.id = j.event_id WHERE j.drop_id = $1",
+            "SELECT sum(j.delivered)::bigint, sum(j.queued_push)::bigint,
+                    CASE WHEN bool_and(j.finished_at IS NOT NULL)
+                         THEN EXTRACT(EPOCH FROM max(j.finished_at) - min(o.created_at))::float8 END
+             FROM fanout_jobs j JOIN outbox o ON o.id = j.event_id WHERE j.drop_id = $1 HAVING count(*) > 0",
         )
         .bind(drop_id)
         .fetch_optional(&db)
