@@ -46,7 +46,7 @@ CREATE TABLE push_deliveries (
     -- A sequence, not a random id: a fan-out appends a million rows at once.
     id               bigserial PRIMARY KEY,
     user_id          uuid NOT NULL,
-    event_id         uuid NOT NULL REFERENCES push_messages (event_id),
+    event_id         uuid NOT NULL,
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now(),
