@@ -6,6 +6,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$HOME/.cargo/bin/wasm-bindgen}"
 export ESBUILD_BIN="${ESBUILD_BIN:-$root/node_modules/.bin/esbuild}"
-if command -v wasm-opt >/dev/null 2>&1; then export WASM_OPT_BIN="$(command -v wasm-opt)"; fi
 cd "$root/edge"
 exec worker-build --release

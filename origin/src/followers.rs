@@ -69,13 +69,19 @@ async fn mirror(state: &AppState, creator_id: Uuid, user_id: Uuid, followed_at: 
     }
 }
 
+/// The creator a follow route names, once it is known to exist.
+async fn followed(state: &AppState, raw: &str) -> ApiResult<Uuid> {
+    let creator_id = parse_id(raw)?;
+    creator_exists(state, creator_id).await?;
+    Ok(creator_id)
+}
+
 async fn follow(
     State(state): State<AppState>,
     user: AuthUser,
     Path(creator_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let creator_id = parse_id(&creator_id)?;
-    creator_exists(&state, creator_id).await?;
+    let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
     let followed_at: Option<DateTime<Utc>> = sqlx::query_scalar(
@@ -100,8 +106,7 @@ async fn unfollow(
     user: AuthUser,
     Path(creator_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let creator_id = parse_id(&creator_id)?;
-    creator_exists(&state, creator_id).await?;
+    let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
     let removed = sqlx::query("DELETE FROM follows WHERE creator_id = $1 AND user_id = $2")
@@ -176,8 +181,7 @@ async fn followers(
     Path(creator_id): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Page<Follower>>> {
-    let creator_id = parse_id(&creator_id)?;
-    creator_exists(&state, creator_id).await?;
+    let creator_id = followed(&state, &creator_id).await?;
     let page = page_query(query)?;
     let limit = page.limit()? as usize;
     let list = format!("followers-{creator_id}");

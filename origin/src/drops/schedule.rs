@@ -30,22 +30,8 @@ pub async fn run(state: AppState, stop: CancellationToken) {
 /// Announces every start and end that is due; returns how many events it wrote.
 pub async fn announce(state: &AppState) -> anyhow::Result<usize> {
     let mut tx = state.db.begin().await?;
-    let started: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "UPDATE drops SET started_announced_at = now()
-         WHERE id IN (SELECT id FROM drops WHERE started_announced_at IS NULL AND starts_at <= now()
-                      ORDER BY starts_at LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, creator_id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let ended: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "UPDATE drops SET ended_announced_at = now()
-         WHERE id IN (SELECT id FROM drops WHERE ended_announced_at IS NULL AND ends_at <= now()
-                      ORDER BY ends_at LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, creator_id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let started = claim_due(&mut tx, "started_announced_at", "starts_at").await?;
+    let ended = claim_due(&mut tx, "ended_announced_at", "ends_at").await?;
     for (drop_id, creator_id) in &started {
         events::record(&mut tx, DomainEvent::DropStarted { drop_id: *drop_id, creator_id: *creator_id }).await?;
     }
@@ -54,4 +40,17 @@ pub async fn announce(state: &AppState) -> anyhow::Result<usize> {
     }
     tx.commit().await?;
     Ok(started.len() + ended.len())
+}
+
+/// Marks the drops whose `moment` has passed and whose `announced` is still NULL,
+/// skipping rows another scheduler holds; returns (drop, creator) of each claimed.
+async fn claim_due(tx: &mut sqlx::PgConnection, announced: &str, moment: &str) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query_as(&format!(
+        "UPDATE drops SET {announced} = now()
+         WHERE id IN (SELECT id FROM drops WHERE {announced} IS NULL AND {moment} <= now()
+                      ORDER BY {moment} LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, creator_id"
+    ))
+    .fetch_all(tx)
+    .await
 }
