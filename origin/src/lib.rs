@@ -13,7 +13,7 @@
 //!   [`push`]: subscriptions and the push queue; [`fanout`]: "drop is live" to followers.
 //! - [`reconcile`]: compares the edge's inventories with Postgres and repairs drift.
 //!
-//! Plumbing: [`metrics`], [`startup`] (building and running the app), [`config`], [`telemetry`],
+//! Plumbing: [`openapi`] (the API document), [`metrics`], [`startup`] (building and running the app), [`config`], [`telemetry`],
 //! [`error`] (the one error type, rendered as problem+json), [`extract`] (auth, strict
 //! JSON and signed-body extractors), [`edge`] (signed calls to the edge), [`cli`].
 
@@ -31,6 +31,7 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod notifications;
+pub mod openapi;
 pub mod orders;
 pub mod pagination;
 pub mod payments;

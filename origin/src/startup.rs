@@ -163,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .merge(followers::router())
         .merge(notifications::router())
         .merge(push::router())
+        .merge(crate::openapi::router())
         .merge(drops::router())
         .merge(orders::router())
         .merge(payments::router())

@@ -10,6 +10,7 @@ use crate::problem::{ErrorCode, Problem};
 /// Money as integer minor units and an ISO 4217 code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     pub amount: i64,
     pub currency: String,
@@ -39,6 +40,7 @@ fn invalid(detail: String) -> Problem {
 
 /// `{"items": [...], "next_cursor": ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -51,6 +53,7 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateOrderRequest {
     pub quantity: u32,
 }
@@ -68,6 +71,7 @@ pub fn validate_idempotency_key(key: &str) -> Result<(), Problem> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrderStatus {
     Reserved,
     Confirmed,
@@ -101,6 +105,7 @@ impl OrderStatus {
 
 /// How the buyer pays: a provider reference and where to go to pay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentHandle {
     pub provider: String,
     pub reference: String,
@@ -109,6 +114,7 @@ pub struct PaymentHandle {
 
 /// The 201 body of `POST /v1/drops/{id}/orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderCreated {
     pub order_id: Uuid,
     pub drop_id: Uuid,
@@ -121,6 +127,7 @@ pub struct OrderCreated {
 
 /// `GET /v1/orders/{id}` and the items of `GET /v1/orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Order {
     pub order_id: Uuid,
     pub drop_id: Uuid,
@@ -139,12 +146,14 @@ pub struct Order {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateCreator {
     pub name: String,
     pub user_id: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Creator {
     pub id: Uuid,
     pub name: String,
@@ -155,6 +164,7 @@ pub struct Creator {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateProduct {
     pub title: String,
     pub description: String,
@@ -166,6 +176,7 @@ pub struct CreateProduct {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Product {
     pub id: Uuid,
     pub creator_id: Uuid,
@@ -198,6 +209,7 @@ impl CreateProduct {
 
 /// An item of `GET /v1/creators/{id}/followers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Follower {
     pub user_id: Uuid,
     pub followed_at: DateTime<Utc>,
@@ -205,6 +217,7 @@ pub struct Follower {
 
 /// An item of `GET /v1/me/following`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Following {
     pub creator_id: Uuid,
     pub name: String,
@@ -213,6 +226,7 @@ pub struct Following {
 
 /// `GET /v1/creators/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatorProfile {
     pub id: Uuid,
     pub name: String,
@@ -224,6 +238,7 @@ pub const MAX_DROP_STOCK: u32 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDrop {
     pub product_id: Uuid,
     pub price: Money,
@@ -265,6 +280,7 @@ impl CreateDrop {
 /// `PATCH /v1/drops/{id}`: any of a drop's terms, before it starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateDrop {
     pub price: Option<Money>,
     pub stock: Option<u32>,
@@ -294,6 +310,7 @@ impl UpdateDrop {
 /// `GET /v1/drops?status=`: which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DropListing {
     Live,
     Upcoming,
@@ -318,6 +335,7 @@ impl DropListing {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DropStatus {
     Upcoming,
     Live,
@@ -341,12 +359,14 @@ impl DropStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatorRef {
     pub id: Uuid,
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductRef {
     pub id: Uuid,
     pub title: String,
@@ -355,12 +375,14 @@ pub struct ProductRef {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevel {
     pub total: u32,
     pub remaining: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DropCard {
     pub id: Uuid,
     pub status: DropStatus,
@@ -375,6 +397,7 @@ pub struct DropCard {
 
 /// `GET /v1/drops/{id}/stock`, answered by the inventory object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockResponse {
     pub total: u32,
     pub remaining: u32,
