@@ -72,8 +72,11 @@ pub async fn with_request_id(mut resp: Response, request_id: &str) -> worker::Re
 pub fn problem_response(problem: &Problem) -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", PROBLEM_CONTENT_TYPE)?;
-    if problem.status == 429 || problem.status == 503 {
-        headers.set("retry-after", "1")?;
+    match problem.status {
+        // The buyer limiter counts in 10-second windows.
+        429 => headers.set("retry-after", "10")?,
+        503 => headers.set("retry-after", "1")?,
+        _ => {}
     }
     Ok(Response::from_bytes(problem.to_json().into_bytes())?.with_status(problem.status).with_headers(headers))
 }

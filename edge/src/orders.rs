@@ -17,6 +17,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     let cfg = EdgeConfig::from_env(env)?;
     let identity = verify_bearer(header(&req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), now_utc())?;
     identity.require(&[Role::Buyer])?;
+    rate_limit(env, identity.user_id).await?;
     let key = header(&req, "idempotency-key").ok_or(ErrorCode::IdempotencyKeyMissing)?;
     validate_idempotency_key(&key)?;
     let body = read_body(&mut req).await?;
@@ -84,6 +85,20 @@ mod sold_out {
         if let Ok(Some(holders)) = holders.await {
             MEMOS.with(|m| m.borrow_mut().insert(drop_id, Memo { until_ms: now_ms() + memo_ms, holders }));
         }
+    }
+}
+
+/// One buyer may not hammer the buy path: 429 with `Retry-After` past the binding's
+/// limit. Without the binding (a misconfigured deploy) buying still works.
+async fn rate_limit(env: &Env, user_id: Uuid) -> EdgeResult<()> {
+    let Ok(limiter) = env.rate_limiter("BUYER_LIMITER") else { return Ok(()) };
+    match limiter.limit(user_id.to_string()).await {
+        Ok(outcome) if !outcome.success => Err(Problem::new(
+            ErrorCode::RateLimited,
+            Some("too many buy attempts from this account; retry in a few seconds".into()),
+        )
+        .into()),
+        _ => Ok(()),
     }
 }
 

@@ -311,3 +311,19 @@ async fn buyer_reads_their_orders_newest_first() {
     let others = client.get("/v1/orders", Some(&Buyer::new().token)).await.json();
     assert_eq!(others["items"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_buyer_hammering_the_buy_path_is_rate_limited_alone() {
+    let client = Stack::get().client();
+    let drop_id = client.create_drop(DropSpec { starts_in: Duration::hours(1), ..DropSpec::live(5, 1) }).await;
+    let hammer = Buyer::new();
+    let keys: Vec<String> = (0..90).map(|n| format!("hammer-key-{n:04}")).collect();
+    let answers = join_all(keys.iter().map(|k| client.buy(&hammer, drop_id, k, 1))).await;
+    let limited: Vec<_> = answers.iter().filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS).collect();
+    assert!(!limited.is_empty(), "90 attempts in a burst were all let through");
+    assert!(limited.iter().all(|a| a.code() == "rate_limited" && a.header("retry-after").is_some()));
+    assert!(answers.iter().all(|a| a.status == StatusCode::TOO_MANY_REQUESTS || a.code() == "drop_not_started"));
+    // Someone else is not held back by it.
+    let other = client.buy(&Buyer::new(), drop_id, "someone-else-1", 1).await;
+    assert_eq!(other.code(), "drop_not_started");
+}
