@@ -32,11 +32,12 @@ use futures_util::future::{join_all, select, Either};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
-use worker::{durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage, SqlStorageValue, State};
+use worker::{durable_object, Delay, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
 use crate::config::EdgeConfig;
 use crate::http::{json, json_bytes, new_id, now_ms, problem_response, EdgeError, EdgeResult};
 use crate::outbound::{self, Delivery, Kind};
+use crate::sqlite::{int, text, MinRow};
 
 const BINDING: &str = "DROP_INVENTORY";
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -162,11 +163,6 @@ struct KeyRow {
     key: String,
 }
 
-#[derive(Deserialize)]
-struct MinRow {
-    t: Option<f64>,
-}
-
 fn state_name(s: HoldState) -> &'static str {
     match s {
         HoldState::Held => "held",
@@ -181,14 +177,6 @@ fn parse_state(s: &str) -> HoldState {
         "released" => HoldState::Released,
         _ => HoldState::Held,
     }
-}
-
-fn text(v: impl ToString) -> SqlStorageValue {
-    SqlStorageValue::String(v.to_string())
-}
-
-fn int(v: i64) -> SqlStorageValue {
-    SqlStorageValue::Integer(v)
 }
 
 fn key_reused() -> Problem {

@@ -24,6 +24,7 @@ mod origin;
 mod outbound;
 mod pages;
 mod router;
+mod sqlite;
 
 pub use inventory_object::DropInventory;
 

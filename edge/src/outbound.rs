@@ -12,6 +12,7 @@ use worker::{SqlStorage, SqlStorageValue};
 
 use crate::config::EdgeConfig;
 use crate::origin;
+use crate::sqlite::{text, MinRow};
 
 /// Messages delivered per alarm run, and at once.
 const BATCH: i64 = 100;
@@ -55,15 +56,6 @@ struct Row {
     kind: String,
     body: String,
     attempts: f64,
-}
-
-#[derive(Deserialize)]
-struct MinRow {
-    t: Option<f64>,
-}
-
-fn text(v: impl ToString) -> SqlStorageValue {
-    SqlStorageValue::String(v.to_string())
 }
 
 fn json_err(e: serde_json::Error) -> worker::Error {

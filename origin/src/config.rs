@@ -127,25 +127,18 @@ impl Settings {
         Ok(())
     }
 
-    pub fn webhook_secret_list(&self) -> Vec<String> {
-        self.webhook_secrets.expose_secret().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dev() -> Settings {
+    /// The development defaults (what `load` gives with no `DROPS_*` set, but for
+    /// the database and Redis URLs and the ports): a base for tests to change.
+    pub fn development() -> Settings {
         Settings {
             environment: Environment::Development,
             host: "127.0.0.1".into(),
-            port: 0,
-            public_url: String::new(),
-            edge_url: String::new(),
-            database_url: "postgres://x".into(),
-            database_max_connections: 1,
-            redis_url: "redis://x".into(),
+            port: 8080,
+            public_url: "http://127.0.0.1:8080".into(),
+            edge_url: "http://127.0.0.1:8787".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/drops_dev".into(),
+            database_max_connections: 20,
+            redis_url: "redis://127.0.0.1:6379".into(),
             jwt_secret: DEV_JWT_SECRET.into(),
             edge_to_origin_secret: DEV_EDGE_TO_ORIGIN_SECRET.into(),
             origin_to_edge_secret: DEV_ORIGIN_TO_EDGE_SECRET.into(),
@@ -169,10 +162,19 @@ mod tests {
         }
     }
 
+    pub fn webhook_secret_list(&self) -> Vec<String> {
+        self.webhook_secrets.expose_secret().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     #[test]
     fn production_refuses_dev_secrets() {
-        assert!(dev().check().is_ok());
-        let mut prod = Settings { environment: Environment::Production, ..dev() };
+        assert!(Settings::development().check().is_ok());
+        let mut prod = Settings { environment: Environment::Production, ..Settings::development() };
         assert!(prod.check().is_err());
         let strong = "s".repeat(40);
         prod.jwt_secret = strong.clone().into();
@@ -186,7 +188,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let printed = format!("{:?}", dev());
+        let printed = format!("{:?}", Settings::development());
         assert!(!printed.contains(DEV_JWT_SECRET));
     }
 }

@@ -52,19 +52,25 @@ async fn redis(state: &AppState) -> redis::RedisResult<redis::aio::MultiplexedCo
     state.redis.get_multiplexed_async_connection().await
 }
 
-/// Writes one follow's state to the creator's set (best effort: the consumer and
-/// the rebuild command repair what a failure here leaves).
-async fn mirror(state: &AppState, creator_id: Uuid, user_id: Uuid, followed_at: Option<DateTime<Utc>>) {
+/// Writes one follow's state to the creator's set: in it since `followed_at`, or out.
+async fn write_set(
+    state: &AppState,
+    creator_id: Uuid,
+    user_id: Uuid,
+    followed_at: Option<DateTime<Utc>>,
+) -> redis::RedisResult<()> {
     let key = set_key(&state.settings.redis_prefix, creator_id);
-    let written: redis::RedisResult<()> = async {
-        let mut conn = redis(state).await?;
-        match followed_at {
-            Some(at) => conn.zadd::<_, _, _, ()>(&key, user_id.to_string(), at.timestamp_micros()).await,
-            None => conn.zrem::<_, _, ()>(&key, user_id.to_string()).await,
-        }
+    let mut conn = redis(state).await?;
+    match followed_at {
+        Some(at) => conn.zadd(&key, user_id.to_string(), at.timestamp_micros()).await,
+        None => conn.zrem(&key, user_id.to_string()).await,
     }
-    .await;
-    if let Err(e) = written {
+}
+
+/// [`write_set`] on the request path: best effort, since the consumer and the
+/// rebuild command repair what a failure here leaves.
+async fn mirror(state: &AppState, creator_id: Uuid, user_id: Uuid, followed_at: Option<DateTime<Utc>>) {
+    if let Err(e) = write_set(state, creator_id, user_id, followed_at).await {
         tracing::warn!(%creator_id, error = %e, "follower set not updated; the consumer will");
     }
 }
@@ -133,13 +139,7 @@ pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<(
             .bind(user_id)
             .fetch_optional(&state.db)
             .await?;
-    let key = set_key(&state.settings.redis_prefix, creator_id);
-    let mut conn = redis(state).await?;
-    match at {
-        Some(at) => conn.zadd::<_, _, _, ()>(&key, user_id.to_string(), at.timestamp_micros()).await?,
-        None => conn.zrem::<_, _, ()>(&key, user_id.to_string()).await?,
-    }
-    Ok(())
+    Ok(write_set(state, creator_id, user_id, at).await?)
 }
 
 /// How many follow a creator: the set's size, or the ledger's count without Redis.

@@ -105,13 +105,9 @@ impl Stack {
         };
         let edge_port = free_port();
         let settings = Settings {
-            environment: drops_origin::config::Environment::Development,
-            host: "127.0.0.1".into(),
             port: 0,
-            public_url: String::new(),
             edge_url: format!("http://127.0.0.1:{edge_port}"),
             database_url: SecretString::from(database_url.clone()),
-            database_max_connections: 20,
             redis_url: SecretString::from(
                 std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             ),
@@ -119,31 +115,20 @@ impl Stack {
             edge_to_origin_secret: SecretString::from(EDGE_TO_ORIGIN_SECRET),
             origin_to_edge_secret: SecretString::from(ORIGIN_TO_EDGE_SECRET),
             webhook_secrets: SecretString::from(format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}")),
-            hold_seconds: 600,
-            log_format: "pretty".into(),
             redis_prefix: format!("drops-test-{}", uuid::Uuid::new_v4().simple()),
             relay_interval_ms: 50,
             bus_claim_idle_ms: 1_000,
             // Tests run reconciliation themselves, with no grace period.
             reconcile_interval_secs: 0,
-            payment_provider: "sandbox".into(),
-            stripe_api_key: None,
-            cache_purger: "edge".into(),
-            cloudflare_zone_id: None,
-            cloudflare_api_token: None,
-            public_edge_url: None,
-            push_provider: "callback".into(),
             push_callback_secret: SecretString::from(PUSH_SECRET),
-            vapid_private_key: None,
-            vapid_contact: "mailto:tests@drops.dev".into(),
+            ..Settings::development()
         };
         let mut settings = settings;
         tweak(&mut settings);
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
-        let mut settings = Settings { port: origin_port, public_url: origin_url.clone(), ..settings };
-        settings.public_url = origin_url.clone();
+        let settings = Settings { port: origin_port, public_url: origin_url.clone(), ..settings };
 
         let stack = Stack {
             edge_url: format!("http://127.0.0.1:{edge_port}"),
