@@ -35,7 +35,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     }
     let body = answer.bytes().await?;
     let problem: Option<Problem> = serde_json::from_slice(&body).ok();
-    if problem.as_ref().is_some_and(|p| p.code == ErrorCode::SoldOut.as_str()) {
+    if problem.as_ref().is_some_and(|p| p.code == ErrorCode::SoldOut) {
         sold_out::learn(env, drop_id).await;
     }
     Ok(problem_bytes(409, body)?)

@@ -153,7 +153,7 @@ async fn post(cfg: &EdgeConfig, route: InternalRoute, body: &[u8]) -> Delivery {
             return Ok(Delivery::Acknowledged(ack));
         }
         let problem: Option<Problem> = resp.json().await.ok();
-        if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused.as_str()) {
+        if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused) {
             return Ok(Delivery::KeyReused);
         }
         Ok(Delivery::Failed(format!("origin answered {status}")))

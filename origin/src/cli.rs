@@ -1,13 +1,84 @@
-//! The origin's commands besides `serve`: migrations, demo data, demo tokens, and
-//! the signal that stops a running server.
+//! The origin's command line (`drops-origin --help`): serving, and the one-off
+//! commands an operator runs with the same settings (from the environment, see
+//! README.md): migrations, demo data, demo tokens, reconciliation, outbox replay,
+//! rebuilding derived stores.
 
 use chrono::{Duration, Utc};
+use clap::{Parser, Subcommand};
 use drops_shared::auth::{mint, Identity, Role};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::startup::{connect_db, MIGRATOR};
+use crate::startup::{App, Application};
+use crate::state::{connect_db, Core, MIGRATOR};
+use crate::{events, followers, users};
+
+#[derive(Debug, Parser)]
+#[command(name = "drops-origin", version, about = "The drops origin: orders, payments, catalogue, events.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and run the background workers (the default).
+    Serve,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Write the demo data (idempotent): an admin, a creator, a product, a live and an upcoming drop.
+    Seed,
+    /// Print a signed bearer token for development.
+    Token {
+        /// buyer, creator or admin.
+        #[arg(long, default_value = "buyer", value_parser = parse_role)]
+        role: Role,
+        /// The user id (default: the demo user of that role).
+        #[arg(long)]
+        sub: Option<Uuid>,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
+    /// Run one reconciliation pass over every active drop and print the repairs.
+    Reconcile,
+    /// Publish a range of the outbox to the event stream again.
+    OutboxReplay {
+        /// First outbox sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        /// Last outbox sequence number (default: the end).
+        #[arg(long, default_value_t = i64::MAX)]
+        to: i64,
+    },
+    /// Rebuild every creator's follower set in Redis from Postgres.
+    FollowersRebuild,
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    raw.parse().map_err(|_| format!("`{raw}` is not a role (buyer, creator or admin)"))
+}
+
+/// Runs the command `cli` names.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            tracing::info!(port = app.port(), "origin listening");
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => migrate(&settings).await,
+        Command::Seed => seed(&settings).await,
+        Command::Token { role, sub, days } => {
+            println!("{}", token(&settings, role, sub, days));
+            Ok(())
+        }
+        Command::Reconcile => reconcile(settings).await,
+        Command::OutboxReplay { from, to } => outbox_replay(settings, from, to).await,
+        Command::FollowersRebuild => followers_rebuild(settings).await,
+    }
+}
 
 /// Fixed ids of the demo data, so that seeding twice changes nothing and the
 /// README's curl lines keep working.
@@ -51,12 +122,8 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     let db = connect_db(settings).await?;
     MIGRATOR.run(&db).await?;
     let mut tx = db.begin().await?;
-    for (id, role) in [(demo::ADMIN, "admin"), (demo::CREATOR_USER, "creator"), (demo::BUYER, "buyer")] {
-        sqlx::query("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-            .bind(id)
-            .bind(role)
-            .execute(&mut *tx)
-            .await?;
+    for (id, role) in [(demo::ADMIN, Role::Admin), (demo::CREATOR_USER, Role::Creator), (demo::BUYER, Role::Buyer)] {
+        users::ensure(&mut *tx, id, role).await?;
     }
     sqlx::query("INSERT INTO creators (id, user_id, name) VALUES ($1, $2, 'Nova Studio') ON CONFLICT (id) DO NOTHING")
         .bind(demo::CREATOR)
@@ -89,7 +156,7 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
         .bind(stock)
         .bind(starts_at)
         .bind(ends_at)
-        .bind(settings.hold_seconds as i32)
+        .bind(settings.orders.hold_seconds as i32)
         .execute(&mut *tx)
         .await?;
     }
@@ -98,39 +165,24 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `token --role buyer|creator|admin [--sub UUID] [--days N]`: prints a signed token.
-pub fn token(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
-    let mut role = Role::Buyer;
-    let mut sub = None;
-    let mut days = 30;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--role" => role = serde_json::from_value(serde_json::Value::String(value.clone()))?,
-            "--sub" => sub = Some(Uuid::parse_str(value)?),
-            "--days" => days = value.parse()?,
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    let user_id = sub.unwrap_or_else(|| match role {
+/// A signed development token for `role` (the demo user of that role unless `sub`).
+pub fn token(settings: &Settings, role: Role, sub: Option<Uuid>, days: i64) -> String {
+    let user_id = sub.unwrap_or(match role {
         Role::Admin => demo::ADMIN,
         Role::Creator => demo::CREATOR_USER,
         Role::Buyer => demo::BUYER,
     });
-    let token = mint(
+    mint(
         Identity { user_id, role },
-        settings.jwt_secret.expose_secret().as_bytes(),
+        settings.auth.jwt_secret.expose_secret().as_bytes(),
         Utc::now() + Duration::days(days),
-    );
-    println!("{token}");
-    Ok(())
+    )
 }
 
 /// Runs reconciliation once over every active drop and prints the repairs.
 pub async fn reconcile(settings: Settings) -> anyhow::Result<()> {
-    let state = crate::AppState::connect(settings).await?;
-    let repairs = crate::reconcile::run_once(&state, std::time::Duration::from_secs(30)).await?;
+    let app = App::connect(settings).await?;
+    let repairs = app.reconcile(std::time::Duration::from_secs(30)).await?;
     for r in &repairs {
         println!("{} drop={} order={:?}: {}", r.repair, r.drop_id, r.order_id, r.reason);
     }
@@ -138,29 +190,18 @@ pub async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `outbox-replay --from SEQ --to SEQ`: publishes that range of the outbox again.
-pub async fn outbox_replay(settings: Settings, args: &[String]) -> anyhow::Result<()> {
-    let (mut from, mut to) = (None, None);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value: i64 = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?.parse()?;
-        match flag.as_str() {
-            "--from" => from = Some(value),
-            "--to" => to = Some(value),
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    let (from, to) = (from.unwrap_or(1), to.unwrap_or(i64::MAX));
-    let state = crate::AppState::connect(settings).await?;
-    let n = crate::events::relay::replay(&state, from, to).await?;
+/// Publishes the outbox rows with `from <= seq <= to` again.
+pub async fn outbox_replay(settings: Settings, from: i64, to: i64) -> anyhow::Result<()> {
+    let core = Core::connect(settings).await?;
+    let n = events::relay::replay(&core, from, to).await?;
     println!("republished {n} event(s) with seq in {from}..={to}");
     Ok(())
 }
 
 /// Rebuilds every creator's follower set in Redis from the ledger in Postgres.
 pub async fn followers_rebuild(settings: Settings) -> anyhow::Result<()> {
-    let state = crate::AppState::connect(settings).await?;
-    let n = crate::followers::rebuild(&state).await?;
+    let core = Core::connect(settings).await?;
+    let n = followers::rebuild(&core).await?;
     println!("follower sets rebuilt: {n} follow(s)");
     Ok(())
 }

@@ -1,6 +1,11 @@
-//! Settings, layered: built-in development defaults, then `DROPS_*` environment
-//! variables. Secrets are `SecretString`s: they never reach a log or a Debug print.
-//! In production the origin refuses to start while any secret is a development default.
+//! Settings. The origin reads flat `DROPS_*` environment variables (README.md lists
+//! them) into [`EnvSettings`], whose `Default` is the one place defaults are
+//! written, and turns them into the nested, typed [`Settings`] the code uses: one
+//! section per concern, and each provider choice (payments, cache purger, push) an
+//! enum that carries its own secrets. The conversion validates in every environment
+//! (a Stripe provider without a key does not start anywhere); production also
+//! refuses development secrets and short ones. Secrets are `SecretString`s: they
+//! never reach a log or a Debug print.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -11,6 +16,10 @@ pub const DEV_ORIGIN_TO_EDGE_SECRET: &str = "dev-origin-to-edge-secret";
 pub const DEV_WEBHOOK_SECRET: &str = "whsec_dev_sandbox_secret";
 pub const DEV_PUSH_CALLBACK_SECRET: &str = "dev-push-callback-secret";
 
+/// Where Stripe's API lives; a setting so tests can point it at a local double.
+pub const STRIPE_API: &str = "https://api.stripe.com";
+pub const CLOUDFLARE_API: &str = "https://api.cloudflare.com";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
@@ -18,119 +27,154 @@ pub enum Environment {
     Production,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub environment: Environment,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub edge: EdgeSettings,
+    pub auth: AuthSettings,
+    pub orders: OrderSettings,
+    pub events: EventSettings,
+    pub payments: PaymentSettings,
+    pub cache_purger: CachePurger,
+    pub push: PushProvider,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     /// Base URL buyers reach the origin at (checkout links point here).
     pub public_url: String,
-    /// Base URL of the edge, for signed calls from the origin.
-    pub edge_url: String,
-    pub database_url: SecretString,
-    pub database_max_connections: u32,
-    pub redis_url: SecretString,
-    pub jwt_secret: SecretString,
-    pub edge_to_origin_secret: SecretString,
-    pub origin_to_edge_secret: SecretString,
-    /// Comma-separated: several during a rotation, any may have signed a webhook.
-    pub webhook_secrets: SecretString,
-    /// How long a hold lasts before its units return to stock.
-    pub hold_seconds: u32,
-    /// `pretty` for humans, `json` for log pipelines.
-    pub log_format: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: SecretString,
     /// Prefix of every Redis key (streams, sets), so environments can share a server.
-    pub redis_prefix: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Base URL of the edge, for signed calls from the origin.
+    pub url: String,
+    /// Verifies calls from the edge.
+    pub edge_to_origin_secret: SecretString,
+    /// Signs calls to the edge.
+    pub origin_to_edge_secret: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// HS256 key of bearer tokens (the edge holds the same).
+    pub jwt_secret: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderSettings {
+    /// How long a hold lasts before its units return to stock (a drop may set its own).
+    pub hold_seconds: u32,
+    /// How often reconciliation compares the edge's inventories with Postgres (0: never).
+    pub reconcile_interval_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventSettings {
     /// How often the outbox relay looks for new events.
     pub relay_interval_ms: u64,
     /// How long an event may sit unacknowledged with a consumer before another takes it.
     pub bus_claim_idle_ms: u64,
-    /// How often reconciliation compares the edge's inventories with Postgres (0: never).
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    /// Any of these may have signed a webhook (several during a rotation).
+    pub webhook_secrets: Vec<SecretString>,
+    pub provider: PaymentProvider,
+}
+
+#[derive(Debug, Clone)]
+pub enum PaymentProvider {
+    /// The provider simulated inside the origin (development and tests).
+    Sandbox,
+    Stripe { api_key: SecretString, api_base: String },
+}
+
+#[derive(Debug, Clone)]
+pub enum CachePurger {
+    /// The edge's own signed purge route (what `wrangler dev` runs).
+    Edge,
+    /// Cloudflare's purge-by-URL API, for a zone in production.
+    Cloudflare { zone_id: String, api_token: SecretString, public_edge_url: String, api_base: String },
+}
+
+#[derive(Debug, Clone)]
+pub enum PushProvider {
+    /// A signed HTTP POST to the subscription's endpoint.
+    Callback { secret: SecretString },
+    /// Web Push (RFC 8030 + VAPID, RFC 8291 encryption).
+    WebPush { vapid_private_key: SecretString, contact: String },
+}
+
+/// The environment as the origin reads it: `DROPS_<FIELD>` for each field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EnvSettings {
+    pub environment: Environment,
+    pub host: String,
+    pub port: u16,
+    pub public_url: String,
+    pub edge_url: String,
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    pub redis_url: SecretString,
+    pub redis_prefix: String,
+    pub jwt_secret: SecretString,
+    pub edge_to_origin_secret: SecretString,
+    pub origin_to_edge_secret: SecretString,
+    /// Comma-separated.
+    pub webhook_secrets: SecretString,
+    pub hold_seconds: u32,
+    pub log_format: LogFormat,
+    pub relay_interval_ms: u64,
+    pub bus_claim_idle_ms: u64,
     pub reconcile_interval_secs: u64,
-    /// `sandbox` (default) or `stripe`.
+    /// `sandbox` or `stripe`.
     pub payment_provider: String,
-    /// Stripe secret key, for `payment_provider = stripe`.
     pub stripe_api_key: Option<SecretString>,
-    /// How cached pages are evicted: `edge` (its signed purge route) or `cloudflare`.
+    pub stripe_api_base: String,
+    /// `edge` or `cloudflare`.
     pub cache_purger: String,
     pub cloudflare_zone_id: Option<String>,
     pub cloudflare_api_token: Option<SecretString>,
-    /// The public base URL apps reach the edge at (the URLs Cloudflare purges).
     pub public_edge_url: Option<String>,
-    /// `callback` (signed HTTP POST to the subscription endpoint) or `webpush`.
+    /// `callback` or `webpush`.
     pub push_provider: String,
-    /// Signs callback pushes.
     pub push_callback_secret: SecretString,
-    /// VAPID private key (raw P-256, base64url), for `webpush`.
     pub vapid_private_key: Option<SecretString>,
     pub vapid_contact: String,
 }
 
-impl Settings {
-    pub fn load() -> anyhow::Result<Self> {
-        let settings: Settings = config::Config::builder()
-            .set_default("environment", "development")?
-            .set_default("host", "127.0.0.1")?
-            .set_default("port", 8080)?
-            .set_default("public_url", "http://127.0.0.1:8080")?
-            .set_default("edge_url", "http://127.0.0.1:8787")?
-            .set_default("database_url", "postgres://postgres@127.0.0.1:5432/drops_dev")?
-            .set_default("database_max_connections", 20)?
-            .set_default("redis_url", "redis://127.0.0.1:6379")?
-            .set_default("jwt_secret", DEV_JWT_SECRET)?
-            .set_default("edge_to_origin_secret", DEV_EDGE_TO_ORIGIN_SECRET)?
-            .set_default("origin_to_edge_secret", DEV_ORIGIN_TO_EDGE_SECRET)?
-            .set_default("webhook_secrets", DEV_WEBHOOK_SECRET)?
-            .set_default("hold_seconds", 600)?
-            .set_default("log_format", "pretty")?
-            .set_default("redis_prefix", "drops")?
-            .set_default("relay_interval_ms", 100)?
-            .set_default("bus_claim_idle_ms", 30_000)?
-            .set_default("reconcile_interval_secs", 60)?
-            .set_default("payment_provider", "sandbox")?
-            .set_default("cache_purger", "edge")?
-            .set_default("push_provider", "callback")?
-            .set_default("push_callback_secret", DEV_PUSH_CALLBACK_SECRET)?
-            .set_default("vapid_contact", "mailto:ops@drops.dev")?
-            .add_source(config::Environment::with_prefix("DROPS").try_parsing(true))
-            .build()?
-            .try_deserialize()?;
-        settings.check()?;
-        Ok(settings)
-    }
-
-    /// Refuses development secrets (and weak ones) in production.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.environment != Environment::Production {
-            return Ok(());
-        }
-        let secrets = [
-            ("DROPS_JWT_SECRET", &self.jwt_secret, DEV_JWT_SECRET),
-            ("DROPS_EDGE_TO_ORIGIN_SECRET", &self.edge_to_origin_secret, DEV_EDGE_TO_ORIGIN_SECRET),
-            ("DROPS_ORIGIN_TO_EDGE_SECRET", &self.origin_to_edge_secret, DEV_ORIGIN_TO_EDGE_SECRET),
-            ("DROPS_PUSH_CALLBACK_SECRET", &self.push_callback_secret, DEV_PUSH_CALLBACK_SECRET),
-        ];
-        for (name, secret, dev) in secrets {
-            let s = secret.expose_secret();
-            if s == dev || s.len() < 32 {
-                anyhow::bail!(
-                    "{name} is a development default or shorter than 32 bytes; refusing to start in production"
-                );
-            }
-        }
-        if self.payment_provider == "stripe" && self.stripe_api_key.is_none() {
-            anyhow::bail!("DROPS_PAYMENT_PROVIDER=stripe needs DROPS_STRIPE_API_KEY");
-        }
-        if self.webhook_secret_list().iter().any(|s| s == DEV_WEBHOOK_SECRET || s.is_empty()) {
-            anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
-        }
-        Ok(())
-    }
-
-    /// The development defaults (what `load` gives with no `DROPS_*` set, but for
-    /// the database and Redis URLs and the ports): a base for tests to change.
-    pub fn development() -> Settings {
-        Settings {
+impl Default for EnvSettings {
+    fn default() -> Self {
+        Self {
             environment: Environment::Development,
             host: "127.0.0.1".into(),
             port: 8080,
@@ -139,18 +183,19 @@ impl Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/drops_dev".into(),
             database_max_connections: 20,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "drops".into(),
             jwt_secret: DEV_JWT_SECRET.into(),
             edge_to_origin_secret: DEV_EDGE_TO_ORIGIN_SECRET.into(),
             origin_to_edge_secret: DEV_ORIGIN_TO_EDGE_SECRET.into(),
             webhook_secrets: DEV_WEBHOOK_SECRET.into(),
             hold_seconds: 600,
-            log_format: "pretty".into(),
-            redis_prefix: "drops".into(),
+            log_format: LogFormat::Pretty,
             relay_interval_ms: 100,
             bus_claim_idle_ms: 30_000,
             reconcile_interval_secs: 60,
             payment_provider: "sandbox".into(),
             stripe_api_key: None,
+            stripe_api_base: STRIPE_API.into(),
             cache_purger: "edge".into(),
             cloudflare_zone_id: None,
             cloudflare_api_token: None,
@@ -161,9 +206,137 @@ impl Settings {
             vapid_contact: "mailto:ops@drops.dev".into(),
         }
     }
+}
 
-    pub fn webhook_secret_list(&self) -> Vec<String> {
-        self.webhook_secrets.expose_secret().split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+fn present(value: Option<SecretString>, name: &str, needed_by: &str) -> anyhow::Result<SecretString> {
+    value
+        .filter(|s| !s.expose_secret().trim().is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{needed_by} needs {name}"))
+}
+
+impl EnvSettings {
+    /// Reads `DROPS_*` over the defaults.
+    pub fn from_process_env() -> anyhow::Result<Self> {
+        Ok(config::Config::builder()
+            .add_source(config::Environment::with_prefix("DROPS").try_parsing(true))
+            .build()?
+            .try_deserialize()?)
+    }
+
+    /// The typed settings, or why these values cannot run.
+    pub fn into_settings(self) -> anyhow::Result<Settings> {
+        let payment_provider = match self.payment_provider.as_str() {
+            "sandbox" => PaymentProvider::Sandbox,
+            "stripe" => PaymentProvider::Stripe {
+                api_key: present(self.stripe_api_key, "DROPS_STRIPE_API_KEY", "DROPS_PAYMENT_PROVIDER=stripe")?,
+                api_base: self.stripe_api_base.trim_end_matches('/').to_owned(),
+            },
+            other => anyhow::bail!("DROPS_PAYMENT_PROVIDER: unknown provider `{other}` (sandbox or stripe)"),
+        };
+        let cache_purger = match self.cache_purger.as_str() {
+            "edge" => CachePurger::Edge,
+            "cloudflare" => {
+                let needed = "DROPS_CACHE_PURGER=cloudflare";
+                let plain = |v: Option<String>, name: &str| {
+                    v.filter(|s| !s.trim().is_empty()).ok_or_else(|| anyhow::anyhow!("{needed} needs {name}"))
+                };
+                CachePurger::Cloudflare {
+                    zone_id: plain(self.cloudflare_zone_id, "DROPS_CLOUDFLARE_ZONE_ID")?,
+                    api_token: present(self.cloudflare_api_token, "DROPS_CLOUDFLARE_API_TOKEN", needed)?,
+                    public_edge_url: plain(self.public_edge_url, "DROPS_PUBLIC_EDGE_URL")?
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    api_base: CLOUDFLARE_API.into(),
+                }
+            }
+            other => anyhow::bail!("DROPS_CACHE_PURGER: unknown purger `{other}` (edge or cloudflare)"),
+        };
+        let push = match self.push_provider.as_str() {
+            "callback" => PushProvider::Callback { secret: self.push_callback_secret },
+            "webpush" => PushProvider::WebPush {
+                vapid_private_key: present(self.vapid_private_key, "DROPS_VAPID_PRIVATE_KEY", "DROPS_PUSH_PROVIDER=webpush")?,
+                contact: self.vapid_contact,
+            },
+            other => anyhow::bail!("DROPS_PUSH_PROVIDER: unknown provider `{other}` (callback or webpush)"),
+        };
+        let webhook_secrets: Vec<SecretString> = self
+            .webhook_secrets
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+            .collect();
+        anyhow::ensure!(!webhook_secrets.is_empty(), "DROPS_WEBHOOK_SECRETS: at least one secret is needed");
+        let settings = Settings {
+            environment: self.environment,
+            server: ServerSettings {
+                host: self.host,
+                port: self.port,
+                public_url: self.public_url.trim_end_matches('/').to_owned(),
+            },
+            database: DatabaseSettings { url: self.database_url, max_connections: self.database_max_connections },
+            redis: RedisSettings { url: self.redis_url, prefix: self.redis_prefix },
+            edge: EdgeSettings {
+                url: self.edge_url.trim_end_matches('/').to_owned(),
+                edge_to_origin_secret: self.edge_to_origin_secret,
+                origin_to_edge_secret: self.origin_to_edge_secret,
+            },
+            auth: AuthSettings { jwt_secret: self.jwt_secret },
+            orders: OrderSettings {
+                hold_seconds: self.hold_seconds,
+                reconcile_interval_secs: self.reconcile_interval_secs,
+            },
+            events: EventSettings {
+                relay_interval_ms: self.relay_interval_ms,
+                bus_claim_idle_ms: self.bus_claim_idle_ms,
+            },
+            payments: PaymentSettings { webhook_secrets, provider: payment_provider },
+            cache_purger,
+            push,
+            log_format: self.log_format,
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    /// The settings of this process's environment.
+    pub fn load() -> anyhow::Result<Self> {
+        EnvSettings::from_process_env()?.into_settings()
+    }
+
+    /// The development defaults: a base for tests to change.
+    pub fn development() -> Settings {
+        EnvSettings::default().into_settings().expect("the development defaults are valid")
+    }
+
+    /// Refuses development secrets (and weak ones) in production.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        let mut secrets = vec![
+            ("DROPS_JWT_SECRET", &self.auth.jwt_secret, DEV_JWT_SECRET),
+            ("DROPS_EDGE_TO_ORIGIN_SECRET", &self.edge.edge_to_origin_secret, DEV_EDGE_TO_ORIGIN_SECRET),
+            ("DROPS_ORIGIN_TO_EDGE_SECRET", &self.edge.origin_to_edge_secret, DEV_ORIGIN_TO_EDGE_SECRET),
+        ];
+        if let PushProvider::Callback { secret } = &self.push {
+            secrets.push(("DROPS_PUSH_CALLBACK_SECRET", secret, DEV_PUSH_CALLBACK_SECRET));
+        }
+        for (name, secret, dev) in secrets {
+            let s = secret.expose_secret();
+            if s == dev || s.len() < 32 {
+                anyhow::bail!(
+                    "{name} is a development default or shorter than 32 bytes; refusing to start in production"
+                );
+            }
+        }
+        if self.payments.webhook_secrets.iter().any(|s| s.expose_secret() == DEV_WEBHOOK_SECRET) {
+            anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
+        }
+        Ok(())
     }
 }
 
@@ -171,24 +344,49 @@ impl Settings {
 mod tests {
     use super::*;
 
+    fn production() -> EnvSettings {
+        let strong = "s".repeat(40);
+        EnvSettings {
+            environment: Environment::Production,
+            jwt_secret: strong.clone().into(),
+            edge_to_origin_secret: format!("{strong}e").into(),
+            origin_to_edge_secret: format!("{strong}o").into(),
+            push_callback_secret: format!("{strong}p").into(),
+            webhook_secrets: "whsec_live_1, whsec_live_2".into(),
+            ..EnvSettings::default()
+        }
+    }
+
     #[test]
     fn production_refuses_dev_secrets() {
         assert!(Settings::development().check().is_ok());
-        let mut prod = Settings { environment: Environment::Production, ..Settings::development() };
-        assert!(prod.check().is_err());
-        let strong = "s".repeat(40);
-        prod.jwt_secret = strong.clone().into();
-        prod.edge_to_origin_secret = format!("{strong}e").into();
-        prod.origin_to_edge_secret = format!("{strong}o").into();
-        prod.push_callback_secret = format!("{strong}p").into();
-        assert!(prod.check().is_err(), "webhook secret is still the dev one");
-        prod.webhook_secrets = "whsec_live_1,whsec_live_2".into();
-        assert!(prod.check().is_ok());
+        let dev_in_prod = EnvSettings { environment: Environment::Production, ..EnvSettings::default() };
+        assert!(dev_in_prod.into_settings().is_err());
+        let prod = production().into_settings().unwrap();
+        assert_eq!(prod.payments.webhook_secrets.len(), 2, "comma-separated, trimmed");
+        let dev_webhook = EnvSettings { webhook_secrets: DEV_WEBHOOK_SECRET.into(), ..production() };
+        assert!(dev_webhook.into_settings().is_err(), "webhook secret is still the dev one");
+    }
+
+    #[test]
+    fn providers_carry_their_secrets_and_are_checked_everywhere() {
+        let stripe = EnvSettings { payment_provider: "stripe".into(), ..EnvSettings::default() };
+        let err = stripe.clone().into_settings().unwrap_err().to_string();
+        assert!(err.contains("DROPS_STRIPE_API_KEY"), "{err}");
+        let with_key = EnvSettings { stripe_api_key: Some("sk_test_x".into()), ..stripe };
+        assert!(matches!(with_key.into_settings().unwrap().payments.provider, PaymentProvider::Stripe { .. }));
+        let cloudflare = EnvSettings { cache_purger: "cloudflare".into(), ..EnvSettings::default() };
+        assert!(cloudflare.into_settings().unwrap_err().to_string().contains("DROPS_CLOUDFLARE_ZONE_ID"));
+        let webpush = EnvSettings { push_provider: "webpush".into(), ..EnvSettings::default() };
+        assert!(webpush.into_settings().unwrap_err().to_string().contains("DROPS_VAPID_PRIVATE_KEY"));
+        let unknown = EnvSettings { payment_provider: "paypal".into(), ..EnvSettings::default() };
+        assert!(unknown.into_settings().is_err());
     }
 
     #[test]
     fn secrets_do_not_show_in_debug() {
         let printed = format!("{:?}", Settings::development());
         assert!(!printed.contains(DEV_JWT_SECRET));
+        assert!(!printed.contains(DEV_WEBHOOK_SECRET));
     }
 }

@@ -1,9 +1,14 @@
-//! Signed calls from the origin to the edge's internal routes.
+//! Signed calls from the origin to the edge's internal endpoints, typed by their
+//! definitions in `drops_shared::internal`.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use drops_shared::internal::{InternalRoute, InventoryTerms};
+use drops_shared::internal::{
+    Body, Empty, Endpoint, GetInventory, HoldAction, HoldOutcome, InventorySnapshot, InventoryTerms, MoveHold, Purge,
+    PurgeRequest, PutTerms,
+};
+use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -17,22 +22,48 @@ pub struct EdgeClient {
     secret: SecretString,
 }
 
+/// How a call went wrong: the edge refused it with a problem, or it did not
+/// get an answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the edge answered {status}: {problem:?}")]
+    Refused { status: u16, problem: Option<Problem> },
+    #[error(transparent)]
+    Transport(#[from] anyhow::Error),
+}
+
+impl CallError {
+    fn code(&self) -> Option<(u16, ErrorCode)> {
+        match self {
+            Self::Refused { status, problem } => problem.as_ref().map(|p| (*status, p.code)),
+            Self::Transport(_) => None,
+        }
+    }
+}
+
+impl From<reqwest::Error> for CallError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Transport(e.into())
+    }
+}
+
 impl EdgeClient {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
-            base_url: settings.edge_url.trim_end_matches('/').to_owned(),
-            secret: settings.origin_to_edge_secret.clone(),
+            base_url: settings.edge.url.clone(),
+            secret: settings.edge.origin_to_edge_secret.clone(),
         })
     }
 
-    /// Sends a signed internal call; the answer is returned whatever its status.
-    async fn send(&self, route: InternalRoute, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
+    /// Calls endpoint `E` at the edge, signed; a non-2xx answer is [`CallError::Refused`].
+    pub async fn call<E: Endpoint>(&self, route: &E, body: &E::Request) -> Result<E::Response, CallError> {
         let path = route.path();
+        let body = body.to_bytes();
         let now = Utc::now().timestamp();
-        let signature = sign_internal(self.secret.expose_secret().as_bytes(), route.method(), &path, now, &body);
-        let method = reqwest::Method::from_bytes(route.method().as_bytes())?;
-        Ok(self
+        let signature = sign_internal(self.secret.expose_secret().as_bytes(), E::METHOD.as_str(), &path, now, &body);
+        let method = reqwest::Method::from_bytes(E::METHOD.as_str().as_bytes()).map_err(anyhow::Error::from)?;
+        let resp = self
             .http
             .request(method, format!("{}{path}", self.base_url))
             .header("content-type", "application/json")
@@ -40,24 +71,46 @@ impl EdgeClient {
             .header(SIGNATURE_HEADER, signature)
             .body(body)
             .send()
-            .await?)
-    }
-
-    /// Like [`Self::send`], but a non-2xx answer is an error.
-    async fn call(&self, route: InternalRoute, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
-        let resp = self.send(route, body).await?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            anyhow::bail!("edge answered {status} on {}: {text}", route.path());
+            .await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let problem = serde_json::from_slice::<Problem>(&bytes).ok();
+            return Err(CallError::Refused { status: status.as_u16(), problem });
         }
-        Ok(resp)
+        E::Response::from_bytes(&bytes)
+            .map_err(|p| CallError::Transport(anyhow::anyhow!("unreadable answer on {path}: {:?}", p.detail)))
     }
 
     /// Creates or updates a drop's inventory at the edge.
-    pub async fn upsert_inventory(&self, drop_id: Uuid, terms: &InventoryTerms) -> anyhow::Result<()> {
-        self.call(InternalRoute::UpsertInventory { drop_id }, serde_json::to_vec(terms)?).await?;
-        Ok(())
+    pub async fn put_terms(&self, drop_id: Uuid, terms: &InventoryTerms) -> Result<InventorySnapshot, CallError> {
+        self.call(&PutTerms { drop_id }, terms).await
+    }
+
+    /// The full inventory of a drop, for reconciliation; `None` when the edge has none.
+    pub async fn snapshot(&self, drop_id: Uuid) -> anyhow::Result<Option<InventorySnapshot>> {
+        match self.call(&GetInventory { drop_id }, &Empty).await {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(CallError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn move_hold(&self, drop_id: Uuid, reservation_id: Uuid, action: HoldAction) -> anyhow::Result<HoldMove> {
+        match self.call(&MoveHold { drop_id, reservation_id, action }, &Empty).await {
+            Ok(outcome) => Ok(HoldMove::Now(outcome)),
+            Err(e) => match e.code() {
+                Some((404, _)) => Ok(HoldMove::Unknown),
+                Some((409, ErrorCode::SoldOut)) => Ok(HoldMove::SoldOut),
+                Some((409, ErrorCode::PurchaseLimitReached)) => Ok(HoldMove::LimitReached),
+                _ => Err(anyhow::anyhow!("moving hold {reservation_id} ({}): {e}", action.as_str())),
+            },
+        }
+    }
+
+    /// Evicts cached pages at the edge; returns how many were cached.
+    pub async fn purge(&self, paths: &[String]) -> anyhow::Result<usize> {
+        Ok(self.call(&Purge, &PurgeRequest { paths: paths.to_vec() }).await?.evicted)
     }
 }
 
@@ -66,54 +119,11 @@ impl EdgeClient {
 pub enum HoldMove {
     /// The hold's state after the call (unchanged when it was already there, or
     /// when a sell found it released).
-    Now(drops_shared::internal::HoldOutcome),
+    Now(HoldOutcome),
     /// `reinstate`: the units are gone.
     SoldOut,
     /// `reinstate`: the buyer would exceed the drop's per-user limit.
     LimitReached,
     /// The edge has no such hold.
     Unknown,
-}
-
-impl EdgeClient {
-    pub async fn move_hold(
-        &self,
-        drop_id: Uuid,
-        reservation_id: Uuid,
-        action: drops_shared::internal::HoldAction,
-    ) -> anyhow::Result<HoldMove> {
-        let route = InternalRoute::Hold { drop_id, reservation_id, action };
-        let resp = self.send(route, Vec::new()).await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if status.is_success() {
-            return Ok(HoldMove::Now(serde_json::from_slice(&bytes)?));
-        }
-        let code = serde_json::from_slice::<drops_shared::problem::Problem>(&bytes).map(|p| p.code).unwrap_or_default();
-        match (status.as_u16(), code.as_str()) {
-            (404, _) => Ok(HoldMove::Unknown),
-            (409, "sold_out") => Ok(HoldMove::SoldOut),
-            (409, "purchase_limit_reached") => Ok(HoldMove::LimitReached),
-            _ => anyhow::bail!("edge answered {status} moving hold {reservation_id}: {code}"),
-        }
-    }
-
-    /// The full inventory of a drop, for reconciliation.
-    pub async fn snapshot(&self, drop_id: Uuid) -> anyhow::Result<Option<drops_shared::internal::InventorySnapshot>> {
-        let resp = self.send(InternalRoute::InventorySnapshot { drop_id }, Vec::new()).await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        anyhow::ensure!(resp.status().is_success(), "edge answered {} for the snapshot of {drop_id}", resp.status());
-        Ok(Some(resp.json().await?))
-    }
-}
-
-impl EdgeClient {
-    /// Evicts cached pages at the edge.
-    pub async fn purge(&self, paths: &[String]) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(&drops_shared::internal::PurgeRequest { paths: paths.to_vec() })?;
-        self.call(InternalRoute::Purge, body).await?;
-        Ok(())
-    }
 }

@@ -1,32 +1,42 @@
-//! Request extractors. Their order in a handler's arguments is the order of the
-//! checks API.md fixes: the token and role first, then the body.
+//! Request extractors, usable with any area's state that holds a [`Core`]. Their
+//! order in a handler's arguments is the order of the checks API.md fixes: the
+//! token and role first, then the body.
+
+use std::marker::PhantomData;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
+use axum::routing::MethodFilter;
 use chrono::Utc;
 use drops_shared::auth::{verify_bearer, Identity, Role};
+use drops_shared::internal::{Body, Endpoint, Method};
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{verify_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use drops_shared::MAX_BODY_BYTES;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::state::Core;
 use crate::users;
 
 /// A caller with a valid bearer token; the user row exists once this is extracted.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser(pub Identity);
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser
+where
+    Core: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let core = Core::from_ref(state);
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let identity = verify_bearer(header, state.settings.jwt_secret.expose_secret().as_bytes(), Utc::now())?;
-        users::ensure(&state.db, identity.user_id, identity.role).await?;
+        let identity = verify_bearer(header, core.settings.auth.jwt_secret.expose_secret().as_bytes(), Utc::now())?;
+        users::ensure(&core.db, identity.user_id, identity.role).await?;
         Ok(AuthUser(identity))
     }
 }
@@ -48,19 +58,22 @@ impl Roles for Sellers {
 }
 
 /// A caller whose token is valid and whose role `R` admits.
-pub struct Authorized<R: Roles>(pub Identity, std::marker::PhantomData<R>);
+pub struct Authorized<R: Roles>(pub Identity, PhantomData<R>);
 
-impl<R: Roles> FromRequestParts<AppState> for Authorized<R> {
+impl<S: Send + Sync, R: Roles> FromRequestParts<S> for Authorized<R>
+where
+    Core: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let AuthUser(identity) = AuthUser::from_request_parts(parts, state).await?;
         identity.require(R::ALLOWED)?;
-        Ok(Authorized(identity, std::marker::PhantomData))
+        Ok(Authorized(identity, PhantomData))
     }
 }
 
-async fn bounded_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+async fn bounded_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(
@@ -77,30 +90,53 @@ async fn bounded_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError
 /// A JSON body decoded strictly: unknown fields and wrong types are a 400 naming the field.
 pub struct StrictJson<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = bounded_bytes(req, state).await?;
         Ok(StrictJson(drops_shared::json::from_slice(&bytes)?))
     }
 }
 
-/// The body of an internal call from the edge, after its signature checked out.
-pub struct SignedBody(pub Bytes);
+/// A query string decoded strictly; a bad one is a 400 naming what is wrong.
+pub struct StrictQuery<T>(pub T);
 
-impl FromRequest<AppState> for SignedBody {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
+        Ok(StrictQuery(value))
+    }
+}
+
+/// A call from the edge on internal endpoint `E`, once its signature checked out:
+/// the route (with its path parameters) and the decoded body.
+pub struct Signed<E: Endpoint> {
+    pub route: E,
+    pub body: E::Request,
+}
+
+impl<S: Send + Sync, E: Endpoint> FromRequest<S> for Signed<E>
+where
+    Core: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let core = Core::from_ref(state);
         let method = req.method().as_str().to_owned();
         let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let route = E::matches(&method, req.uri().path()).ok_or_else(ApiError::not_found)?;
         let headers = req.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
         let bytes = bounded_bytes(req, state).await?;
         verify_internal(
-            state.settings.edge_to_origin_secret.expose_secret().as_bytes(),
+            core.settings.edge.edge_to_origin_secret.expose_secret().as_bytes(),
             &method,
             &path,
             timestamp.as_deref(),
@@ -112,12 +148,22 @@ impl FromRequest<AppState> for SignedBody {
             tracing::warn!(%path, error = %e, "refused an internal call");
             ApiError::code(ErrorCode::Unauthorized, "internal call refused")
         })?;
-        Ok(SignedBody(bytes))
+        Ok(Signed { route, body: E::Request::from_bytes(&bytes)? })
     }
 }
 
-impl SignedBody {
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        Ok(drops_shared::json::from_slice(&self.0)?)
+/// What the handler of internal endpoint `E` answers.
+pub type Answer<E> = ApiResult<axum::Json<<E as Endpoint>::Response>>;
+
+/// The method filter of internal endpoint `E`, for routing it on `E::PATH`.
+pub fn method_of<E: Endpoint>() -> MethodFilter {
+    match E::METHOD {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
     }
+}
+
+/// A path id that is not a UUID names nothing that exists: 404.
+pub fn path_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
 }

@@ -10,21 +10,24 @@ use drops_shared::problem::{ErrorCode, Problem};
 use serde_json::{json, Value};
 
 use crate::error::ApiResult;
-use crate::startup::AppState;
+use crate::state::Core;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) })).route("/readyz", get(ready))
+pub fn router(core: Core) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .with_state(core)
 }
 
-async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+async fn ready(State(core): State<Core>) -> ApiResult<Json<Value>> {
     let unavailable = |what: &str| Problem::new(ErrorCode::Overloaded, Some(format!("{what} is not answering")));
     let check = Duration::from_secs(2);
-    let db = tokio::time::timeout(check, sqlx::query("SELECT 1").execute(&state.db)).await;
+    let db = tokio::time::timeout(check, sqlx::query("SELECT 1").execute(&core.db)).await;
     if !matches!(db, Ok(Ok(_))) {
         return Err(unavailable("postgres").into());
     }
     let redis = tokio::time::timeout(check, async {
-        let mut conn = state.redis.get_multiplexed_async_connection().await?;
+        let mut conn = core.redis.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     })
     .await;

@@ -1,44 +1,48 @@
-//! The drops origin: the relational truth behind the edge.
+//! The drops origin: the relational truth behind the edge. A modular monolith: one
+//! module per business area, each owning its tables and its routes, so it could be
+//! split into services along its event boundaries.
 //!
-//! Layout, one module per business area, each with its own router:
-//! - [`drops`]: products and drops (catalogue writes, drop cards) and pushing each
-//!   drop's inventory terms to the edge.
-//! - [`creators`]: creator profiles.
-//! - [`followers`]: follows: the ledger in Postgres, the graph in Redis.
-//! - [`orders`]: taking reservations from the edge (`/internal/v1/reservations`) and
-//!   the buyer's order reads.
-//! - [`payments`]: the provider trait, the sandbox and Stripe providers, the webhook.
-//! - [`events`]: the transactional outbox, its relay to Redis Streams, consumer groups.
-//! - [`notifications`]: stored notifications; [`live`]: sockets and presence;
-//!   [`push`]: subscriptions and the push queue; [`fanout`]: "drop is live" to followers.
-//! - [`reconcile`]: compares the edge's inventories with Postgres and repairs drift.
+//! Areas, each depending only on those listed before it:
+//! - [`payments`]: providers (sandbox, Stripe), the payment webhook, payment rows, refunds.
+//! - [`orders`]: reservations from the edge, the buyer's orders, the order lifecycle,
+//!   edge sync, reconciliation.
+//! - [`catalogue`]: creators, products, drops, each drop's terms at the edge, the
+//!   lifecycle scheduler, cache purge.
+//! - [`notifications`]: the inbox, live sockets and presence, push.
+//! - [`followers`]: follows and the fan-out of "drop is live".
 //!
-//! Plumbing: [`openapi`] (the API document), [`metrics`], [`startup`] (building and running the app), [`config`], [`telemetry`],
-//! [`error`] (the one error type, rendered as problem+json), [`extract`] (auth, strict
-//! JSON and signed-body extractors), [`edge`] (signed calls to the edge), [`cli`].
+//! Where a lower area needs something from a higher one it names a trait and
+//! `startup` plugs the higher area's implementation in (the payment webhook
+//! settling an order, a creator's follower count).
+//!
+//! Plumbing every area stands on: [`state`] (the [`state::Core`] every area state
+//! holds), [`config`], [`error`] (the one error type, rendered as problem+json),
+//! [`extract`] (auth, strict JSON and query, signed internal calls), [`paging`],
+//! [`events`] (outbox, relay, consumer groups), [`edge`] (signed calls to the
+//! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
+//! [`telemetry`], [`health`], [`openapi`].
+//!
+//! Only [`startup`] (routers and background workers) and [`cli`] see every area.
 
+pub mod catalogue;
 pub mod cli;
 pub mod config;
-pub mod creators;
-pub mod drops;
 pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
-pub mod fanout;
 pub mod followers;
 pub mod health;
-pub mod live;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
 pub mod orders;
-pub mod pagination;
+pub mod paging;
 pub mod payments;
-pub mod push;
-pub mod reconcile;
 pub mod startup;
+pub mod state;
+pub mod tasks;
 pub mod telemetry;
 pub mod users;
 
-pub use startup::{AppState, Application};
+pub use startup::{App, Application};

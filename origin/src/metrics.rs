@@ -1,6 +1,7 @@
-//! `GET /metrics` in Prometheus text. Counters are kept as things happen; the
-//! gauges (orders by state, outbox lag, consumer lag) are read at scrape time from
-//! Postgres and Redis, so they are true even after a restart.
+//! `GET /metrics` in Prometheus text. Counters are kept as things happen (each area
+//! counts its own with the `metrics` macros); gauges are read at scrape time by the
+//! areas that own the data (orders by state, outbox and consumer lag), so they are
+//! true even after a restart.
 
 use std::sync::OnceLock;
 
@@ -9,11 +10,15 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::startup::AppState;
+use crate::state::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Sets gauges from the data an area owns, when `/metrics` is scraped.
+pub type GaugeSource = fn(&Core) -> BoxFuture<'_, anyhow::Result<()>>;
 
 /// The process-wide recorder (installed once, however many apps a test process builds).
 pub fn handle() -> PrometheusHandle {
@@ -25,18 +30,6 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-pub fn webhook(outcome: &'static str) {
-    metrics::counter!("drops_webhook_events_total", "outcome" => outcome).increment(1);
-}
-
-pub fn push(outcome: &'static str) {
-    metrics::counter!("drops_push_deliveries_total", "outcome" => outcome).increment(1);
-}
-
-pub fn repair(kind: &'static str) {
-    metrics::counter!("drops_reconcile_repairs_total", "repair" => kind).increment(1);
 }
 
 /// Counts every request by route template (`/v1/drops/{drop_id}`, not the id),
@@ -53,42 +46,21 @@ pub async fn count_requests(req: axum::extract::Request, next: axum::middleware:
     resp
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+#[derive(Clone)]
+struct Scrape {
+    core: Core,
+    gauges: &'static [GaugeSource],
 }
 
-async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
-    if let Err(e) = refresh_gauges(&state).await {
-        tracing::warn!(error = %e, "metrics gauges could not be read");
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle().render())
+pub fn router(core: Core, gauges: &'static [GaugeSource]) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(Scrape { core, gauges })
 }
 
-async fn refresh_gauges(state: &AppState) -> anyhow::Result<()> {
-    let by_state: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status").fetch_all(&state.db).await?;
-    for status in ["reserved", "confirmed", "failed", "cancelled", "expired"] {
-        let n = by_state.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
-        metrics::gauge!("drops_orders", "state" => status).set(n as f64);
-    }
-    let (unpublished, oldest): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(&state.db)
-    .await?;
-    metrics::gauge!("drops_outbox_unpublished").set(unpublished as f64);
-    metrics::gauge!("drops_outbox_lag_seconds").set(oldest.unwrap_or(0.0));
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
-    let stream = crate::events::stream_key(&state.settings.redis_prefix);
-    let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-        redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await;
-    if let Ok(groups) = groups {
-        for g in groups.groups {
-            metrics::gauge!("drops_consumer_pending", "group" => g.name.clone()).set(g.pending as f64);
-            if let Some(lag) = g.lag {
-                metrics::gauge!("drops_consumer_lag", "group" => g.name).set(lag as f64);
-            }
+async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
+    for source in scrape.gauges {
+        if let Err(e) = source(&scrape.core).await {
+            tracing::warn!(error = %e, "metrics gauges could not be read");
         }
     }
-    Ok(())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle().render())
 }

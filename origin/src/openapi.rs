@@ -11,7 +11,6 @@ use drops_shared::problem::Problem;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::startup::AppState;
 
 #[derive(ToSchema)]
 struct NotificationItem {
@@ -188,7 +187,7 @@ fn payment_webhook_doc() {}
 )]
 pub struct ApiDoc;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router {
     Router::new().route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
 }
 

@@ -1,5 +1,8 @@
-//! Building and running the origin. `Application::build` binds its listener first
-//! (port 0 in tests gives a free port), so callers learn the port before serving.
+//! Building and running the origin: the one place that sees every area. It builds
+//! each area's state, plugs the areas' implementations into the traits lower areas
+//! name, merges the areas' routers, and lists the background workers.
+//! `Application::build` binds its listener first (port 0 in tests gives a free
+//! port), so callers learn the port before serving.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,164 +13,81 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use axum::Router;
+use drops_shared::events::EventEnvelope;
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::{MAX_BODY_BYTES, REQUEST_ID_HEADER};
-use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::catalogue::purge::Purger;
+use crate::catalogue::CatalogueState;
 use crate::config::Settings;
-use crate::edge::EdgeClient;
 use crate::error::problem_response;
 use crate::events::bus::{Consumer, Handler};
-use crate::payments::PaymentProvider;
-use crate::{
-    creators, drops, events, fanout, followers, health, live, metrics, notifications, orders, payments, push, reconcile,
-};
+use crate::metrics::GaugeSource;
+use crate::notifications::NotificationsState;
+use crate::orders::OrdersState;
+use crate::payments::{Payments, PaymentsState};
+use crate::state::{Core, LazyRedis};
+use crate::tasks::{Next, Workers};
+use crate::{catalogue, events, followers, health, metrics, notifications, openapi, orders, payments};
 
-/// What every handler can reach.
+/// Every area's state, built once.
 #[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub redis: redis::Client,
-    pub settings: Arc<Settings>,
-    pub edge: EdgeClient,
-    pub payments: Arc<dyn PaymentProvider>,
-    pub push: Arc<dyn push::PushProvider>,
-    /// The WebSockets this instance holds.
-    pub live: Arc<live::Live>,
+pub struct App {
+    pub core: Core,
+    pub payments: Payments,
+    pub notifications: NotificationsState,
+    pub purger: Arc<dyn Purger>,
 }
 
-impl AppState {
-    /// Connects to Postgres (applying pending migrations) and prepares the clients
-    /// for Redis, the edge and the payment provider. Used by the server and by the
-    /// one-off commands.
+impl App {
+    /// Connects (see [`Core::connect`]) and builds every area's state.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        metrics::handle();
-        let db = connect_db(&settings).await?;
-        MIGRATOR.run(&db).await?;
-        Ok(AppState {
-            db,
-            redis: redis::Client::open(settings.redis_url.expose_secret())?,
-            edge: EdgeClient::new(&settings)?,
-            payments: payments::provider(&settings)?,
-            push: push::provider(&settings)?,
-            live: Arc::new(live::Live::default()),
-            settings: Arc::new(settings),
+        let core = Core::connect(settings).await?;
+        Ok(App {
+            payments: Payments::new(&core.settings, Arc::new(orders::lifecycle::Settlement))?,
+            notifications: NotificationsState::new(core.clone())?,
+            purger: catalogue::purge::purger(&core)?,
+            core,
         })
     }
-}
 
-pub struct Application {
-    listener: TcpListener,
-    state: AppState,
-}
-
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(settings.database_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(settings.database_url.expose_secret())
-        .await?)
-}
-
-impl Application {
-    /// Connects, migrates (see [`AppState::connect`]) and binds the listener.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((settings.host.as_str(), settings.port)).await?;
-        let state = AppState::connect(settings).await?;
-        Ok(Self { listener, state })
+    pub fn orders(&self) -> OrdersState {
+        OrdersState { core: self.core.clone(), payments: self.payments.clone() }
     }
 
-    pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    pub fn catalogue(&self) -> CatalogueState {
+        CatalogueState { core: self.core.clone(), followers: Arc::new(followers::Counts) }
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
+    fn payments_state(&self) -> PaymentsState {
+        PaymentsState { core: self.core.clone(), payments: self.payments.clone() }
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests and stops
-    /// the background workers.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let workers = CancellationToken::new();
-        let state = self.state.clone();
-        let mut background = vec![
-            tokio::spawn(drops::inventory_sync_loop(state.clone(), workers.clone())),
-            tokio::spawn(events::relay::run(state.clone(), workers.clone())),
-        ];
-        let purger = drops::purge::purger(&state)?;
-        background.extend([
-            consumer(&state, orders::edge_sync::CONSUMER, &workers, |s, e| async move {
-                orders::edge_sync::handle(&s, &e).await
-            }),
-            consumer(&state, drops::purge::CONSUMER, &workers, move |s, e| {
-                let purger = purger.clone();
-                async move { drops::purge::handle(&s, purger.as_ref(), &e).await }
-            }),
-            consumer(&state, followers::CONSUMER, &workers, |s, e| async move { followers::handle(&s, &e).await }),
-            consumer(
-                &state,
-                notifications::CONSUMER,
-                &workers,
-                |s, e| async move { notifications::handle(&s, &e).await },
-            ),
-            consumer(&state, fanout::CONSUMER, &workers, |s, e| async move { fanout::handle(&s, &e).await }),
-            tokio::spawn(drops::schedule::run(state.clone(), workers.clone())),
-            tokio::spawn(push::run(state.clone(), workers.clone())),
-            tokio::spawn(live::run_subscriber(state.clone(), workers.clone())),
-        ]);
-        for _ in 0..fanout::RUNNERS {
-            background.push(tokio::spawn(fanout::run(state.clone(), workers.clone())));
-        }
-        if state.settings.reconcile_interval_secs > 0 {
-            background.push(tokio::spawn(reconcile::run(state.clone(), workers.clone())));
-        }
-        let app = router(self.state);
-        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
-        workers.cancel();
-        for task in background {
-            let _ = task.await;
-        }
-        Ok(served?)
+    /// One reconciliation pass over every drop the catalogue says is active.
+    pub async fn reconcile(&self, grace: Duration) -> anyhow::Result<Vec<orders::reconcile::Repair>> {
+        let drops = catalogue::reconcilable_drops(&self.core.db).await?;
+        orders::reconcile::run_once(&self.orders(), &drops, grace).await
     }
 }
 
-/// Runs one member of consumer group `group` on the event stream, with `handle`.
-fn consumer<F, Fut>(state: &AppState, group: &str, stop: &CancellationToken, handle: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(AppState, drops_shared::events::EventEnvelope) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let member =
-        Consumer::new(events::stream_key(&state.settings.redis_prefix), group, state.settings.bus_claim_idle_ms);
-    let for_handler = state.clone();
-    let handler: Handler = Arc::new(move |event| Box::pin(handle(for_handler.clone(), event)));
-    tokio::spawn(member.run(state.redis.clone(), state.db.clone(), handler, stop.clone()))
-}
+/// Gauges read at scrape time, from the areas that own the data.
+const GAUGES: &[GaugeSource] = &[orders::gauges, events::gauges];
 
-pub fn router(state: AppState) -> Router {
+pub fn router(app: &App) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
-        .merge(health::router())
-        .merge(creators::router())
-        .merge(followers::router())
-        .merge(notifications::router())
-        .merge(push::router())
-        .merge(crate::openapi::router())
-        .merge(drops::router())
-        .merge(orders::router())
-        .merge(payments::router())
-        .merge(metrics::router())
+        .merge(health::router(app.core.clone()))
+        .merge(openapi::router())
+        .merge(metrics::router(app.core.clone(), GAUGES))
+        .merge(catalogue::router(app.catalogue()))
+        .merge(followers::router(app.core.clone()))
+        .merge(notifications::router(app.notifications.clone()))
+        .merge(orders::router(app.orders()))
+        .merge(payments::router(app.payments_state()))
         .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
         .method_not_allowed_fallback(|| async {
             problem_response(
@@ -183,5 +103,126 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(state)
+}
+
+/// Runs one member of consumer group `group` on the event stream.
+fn consumer<F, Fut>(app: &App, workers: &Workers, group: &str, handle: F)
+where
+    F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let settings = &app.core.settings;
+    let stream = events::stream_key(&settings.redis.prefix);
+    let member = Consumer::new(stream, group, settings.events.bus_claim_idle_ms);
+    let handler: Handler = Arc::new(move |event| Box::pin(handle(event)));
+    member.spawn(workers, app.core.redis.clone(), app.core.db.clone(), handler);
+}
+
+/// Every background worker of an origin instance.
+pub fn spawn_workers(app: &App, workers: &Workers) {
+    let core = app.core.clone();
+    let settings = &core.settings;
+
+    let c = core.clone();
+    workers.every("inventory terms sync", Duration::from_secs(1), move || {
+        let c = c.clone();
+        async move { catalogue::terms::sync_round(&c).await }
+    });
+    let (c, redis) = (core.clone(), LazyRedis::default());
+    workers.every("outbox relay", Duration::from_millis(settings.events.relay_interval_ms.max(10)), move || {
+        let (c, redis) = (c.clone(), redis.clone());
+        async move { events::relay::round(&c, &redis).await }
+    });
+    let c = core.clone();
+    workers.every("drop scheduler", catalogue::schedule::TICK, move || {
+        let c = c.clone();
+        async move { catalogue::schedule::announce(&c).await.map(|_| Next::Later) }
+    });
+
+    let orders = app.orders();
+    consumer(app, workers, orders::edge_sync::CONSUMER, move |e| {
+        let orders = orders.clone();
+        async move { orders::edge_sync::handle(&orders, &e).await }
+    });
+    let (c, purger) = (core.clone(), app.purger.clone());
+    consumer(app, workers, catalogue::purge::CONSUMER, move |e| {
+        let (c, purger) = (c.clone(), purger.clone());
+        async move { catalogue::purge::handle(&c, purger.as_ref(), &e).await }
+    });
+    let c = core.clone();
+    consumer(app, workers, followers::CONSUMER, move |e| {
+        let c = c.clone();
+        async move { followers::handle(&c, &e).await }
+    });
+    let c = core.clone();
+    consumer(app, workers, notifications::inbox::CONSUMER, move |e| {
+        let c = c.clone();
+        async move { notifications::inbox::handle(&c, &e).await }
+    });
+    let c = core.clone();
+    consumer(app, workers, followers::fanout::CONSUMER, move |e| {
+        let c = c.clone();
+        async move { followers::fanout::handle(&c, &e).await }
+    });
+
+    for _ in 0..followers::fanout::RUNNERS {
+        let c = core.clone();
+        workers.every("fan-out runner", followers::fanout::IDLE, move || {
+            let c = c.clone();
+            async move { followers::fanout::round(&c).await }
+        });
+    }
+    let n = app.notifications.clone();
+    workers.every("push sender", notifications::push::IDLE, move || {
+        let n = n.clone();
+        async move { notifications::push::round(&n).await }
+    });
+    let n = app.notifications.clone();
+    workers.every("live subscriber", Duration::from_secs(1), move || {
+        let n = n.clone();
+        async move { notifications::live::subscribe(&n).await.map(|_| Next::Later) }
+    });
+    if settings.orders.reconcile_interval_secs > 0 {
+        let app = app.clone();
+        let period = Duration::from_secs(settings.orders.reconcile_interval_secs);
+        workers.every("reconciliation", period, move || {
+            let app = app.clone();
+            async move { app.reconcile(Duration::from_secs(30)).await.map(|_| Next::Later) }
+        });
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    app: App,
+}
+
+impl Application {
+    /// Connects, migrates (see [`Core::connect`]) and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
+        let app = App::connect(settings).await?;
+        Ok(Self { listener, app })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests and stops
+    /// the background workers.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let workers = Workers::new();
+        spawn_workers(&self.app, &workers);
+        let routes = router(&self.app);
+        let served = axum::serve(self.listener, routes.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        workers.shutdown().await;
+        Ok(served?)
+    }
 }

@@ -2,10 +2,13 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::Settings;
+use crate::config::{LogFormat, Settings};
 
 pub fn init(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = fmt().with_env_filter(filter).with_target(false);
-    let _ = if settings.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
 }

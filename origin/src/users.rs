@@ -1,13 +1,15 @@
-//! Users exist from the first valid token that names them.
+//! Users exist from the first valid token that names them (or from the first
+//! reservation the edge hands over for them). Any area may make sure of one, in its
+//! own transaction.
 
 use drops_shared::auth::Role;
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
-pub async fn ensure(db: &PgPool, user_id: Uuid, role: Role) -> sqlx::Result<()> {
+pub async fn ensure(db: impl PgExecutor<'_>, user_id: Uuid, role: Role) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
         .bind(user_id)
-        .bind(role.as_str())
+        .bind(role)
         .execute(db)
         .await?;
     Ok(())

@@ -69,9 +69,24 @@ pub fn validate_idempotency_key(key: &str) -> Result<(), Problem> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored as text in `orders.status` (the `sqlx` feature maps it).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text", rename_all = "snake_case"))]
 pub enum OrderStatus {
     Reserved,
     Confirmed,
@@ -82,24 +97,7 @@ pub enum OrderStatus {
 
 impl OrderStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Confirmed => "confirmed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "reserved" => Self::Reserved,
-            "confirmed" => Self::Confirmed,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            "expired" => Self::Expired,
-            _ => return None,
-        })
+        self.into()
     }
 }
 
@@ -308,8 +306,9 @@ impl UpdateDrop {
 }
 
 /// `GET /v1/drops?status=`: which list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DropListing {
     Live,
@@ -318,18 +317,7 @@ pub enum DropListing {
 
 impl DropListing {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Upcoming => "upcoming",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "live" => Some(Self::Live),
-            "upcoming" => Some(Self::Upcoming),
-            _ => None,
-        }
+        self.into()
     }
 }
 

@@ -10,8 +10,11 @@ use uuid::Uuid;
 
 use crate::problem::{ErrorCode, Problem};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored as text in `users.role` (the `sqlx` feature maps it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text", rename_all = "snake_case"))]
 pub enum Role {
     Buyer,
     Creator,
@@ -20,11 +23,7 @@ pub enum Role {
 
 impl Role {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Buyer => "buyer",
-            Self::Creator => "creator",
-            Self::Admin => "admin",
-        }
+        self.into()
     }
 }
 

@@ -1,14 +1,305 @@
-//! The internal routes between the edge and the origin, as one typed table that
-//! both sides use to build and to match paths, so a mismatch is a compile error
-//! rather than a 404 in production. Every call on them is signed (see [`crate::signing`]).
+//! The internal routes between the edge and the origin, each defined once as an
+//! [`Endpoint`]: its method, its path template, the body it takes and the body it
+//! answers. The origin routes on the template, both sides' clients build paths and
+//! bodies from the same definition, and the edge matches requests against it, so a
+//! renamed route or a changed body is a compile error rather than a 404 in
+//! production. Every call on them is signed (see [`crate::signing`]).
+//!
+//! | endpoint | served by | method, path |
+//! | --- | --- | --- |
+//! | [`TakeReservation`] | origin | `POST /internal/v1/reservations` |
+//! | [`ReportExpiry`] | origin | `POST /internal/v1/orders/{order_id}/expired` |
+//! | [`PutTerms`] | edge | `POST /internal/v1/drops/{drop_id}/inventory` |
+//! | [`GetInventory`] | edge | `GET /internal/v1/drops/{drop_id}/inventory` |
+//! | [`MoveHold`] | edge | `POST /internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}` |
+//! | [`Purge`] | edge | `POST /internal/v1/purge` |
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::{Money, PaymentHandle};
+use crate::api::{Money, OrderStatus, PaymentHandle};
+use crate::problem::Problem;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// A body an internal route carries: JSON, or nothing at all (a `GET`, or a `POST`
+/// whose path says everything).
+pub trait Body: Sized + Send + 'static {
+    fn to_bytes(&self) -> Vec<u8>;
+    /// Strict: unknown fields and wrong types are a 400 naming the field.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, Problem>;
+}
+
+/// No body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Empty;
+
+impl Body for Empty {
+    fn to_bytes(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn from_bytes(_: &[u8]) -> Result<Self, Problem> {
+        Ok(Empty)
+    }
+}
+
+macro_rules! json_bodies {
+    ($($t:ty),* $(,)?) => {$(
+        impl Body for $t {
+            fn to_bytes(&self) -> Vec<u8> {
+                serde_json::to_vec(self).unwrap_or_default()
+            }
+
+            fn from_bytes(bytes: &[u8]) -> Result<Self, Problem> {
+                crate::json::from_slice(bytes)
+            }
+        }
+    )*};
+}
+
+json_bodies!(
+    ReservationHandoff,
+    ReservationAck,
+    HoldExpiry,
+    ExpiryAck,
+    InventoryTerms,
+    InventorySnapshot,
+    HoldOutcome,
+    PurgeRequest,
+    PurgeAck
+);
+
+/// One internal route. `Self` is the route with its path parameters.
+pub trait Endpoint: Sized + Send + Sync + 'static {
+    const METHOD: Method;
+    /// The path, `{name}` for each parameter (axum's syntax: the origin routes on it).
+    const PATH: &'static str;
+    type Request: Body;
+    type Response: Body + Serialize;
+
+    /// The path parameters by name, as `PATH` names them.
+    fn params(&self) -> Vec<(&'static str, String)>;
+    /// The route named by a matched path, or `None` when a parameter does not parse.
+    fn from_params(params: &Params<'_>) -> Option<Self>;
+
+    fn path(&self) -> String {
+        let params = self.params();
+        Self::PATH
+            .split('/')
+            .map(|segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default(),
+                None => segment.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// This endpoint, if `method` and `path` are a request for it.
+    fn matches(method: &str, path: &str) -> Option<Self> {
+        if method != Self::METHOD.as_str() {
+            return None;
+        }
+        Self::from_params(&Params::of(Self::PATH, path)?)
+    }
+}
+
+/// The parameters of a path that matched a template.
+pub struct Params<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Params<'a> {
+    /// Matches `path` against `template` segment by segment.
+    pub fn of(template: &'a str, path: &'a str) -> Option<Self> {
+        let (template, path): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+        if template.len() != path.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (t, p) in template.into_iter().zip(path) {
+            match t.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => params.push((name, p)),
+                None if t == p => {}
+                None => return None,
+            }
+        }
+        Some(Params(params))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    pub fn id(&self, name: &str) -> Option<Uuid> {
+        Uuid::parse_str(self.get(name)?).ok()
+    }
+}
+
+/// origin: the edge hands over a reservation its inventory object granted
+/// (idempotent on the reservation id, which is the order id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeReservation;
+
+impl Endpoint for TakeReservation {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/internal/v1/reservations";
+    type Request = ReservationHandoff;
+    type Response = ReservationAck;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    fn from_params(_: &Params<'_>) -> Option<Self> {
+        Some(Self)
+    }
+}
+
+/// origin: the edge let a hold run out unpaid; its units are back in stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportExpiry {
+    pub order_id: Uuid,
+}
+
+impl Endpoint for ReportExpiry {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/internal/v1/orders/{order_id}/expired";
+    type Request = HoldExpiry;
+    type Response = ExpiryAck;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![("order_id", self.order_id.to_string())]
+    }
+
+    fn from_params(p: &Params<'_>) -> Option<Self> {
+        Some(Self { order_id: p.id("order_id")? })
+    }
+}
+
+/// edge: the origin creates or updates a drop's inventory; answers the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutTerms {
+    pub drop_id: Uuid,
+}
+
+impl Endpoint for PutTerms {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/internal/v1/drops/{drop_id}/inventory";
+    type Request = InventoryTerms;
+    type Response = InventorySnapshot;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![("drop_id", self.drop_id.to_string())]
+    }
+
+    fn from_params(p: &Params<'_>) -> Option<Self> {
+        Some(Self { drop_id: p.id("drop_id")? })
+    }
+}
+
+/// edge: the full inventory of a drop, for reconciliation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetInventory {
+    pub drop_id: Uuid,
+}
+
+impl Endpoint for GetInventory {
+    const METHOD: Method = Method::Get;
+    const PATH: &'static str = PutTerms::PATH;
+    type Request = Empty;
+    type Response = InventorySnapshot;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![("drop_id", self.drop_id.to_string())]
+    }
+
+    fn from_params(p: &Params<'_>) -> Option<Self> {
+        Some(Self { drop_id: p.id("drop_id")? })
+    }
+}
+
+/// edge: sell a hold, return its units, or take released units again (idempotent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveHold {
+    pub drop_id: Uuid,
+    pub reservation_id: Uuid,
+    pub action: HoldAction,
+}
+
+impl Endpoint for MoveHold {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}";
+    type Request = Empty;
+    type Response = HoldOutcome;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("drop_id", self.drop_id.to_string()),
+            ("reservation_id", self.reservation_id.to_string()),
+            ("action", self.action.as_str().to_owned()),
+        ]
+    }
+
+    fn from_params(p: &Params<'_>) -> Option<Self> {
+        Some(Self {
+            drop_id: p.id("drop_id")?,
+            reservation_id: p.id("reservation_id")?,
+            action: p.get("action")?.parse().ok()?,
+        })
+    }
+}
+
+/// edge: evict cached pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge;
+
+impl Endpoint for Purge {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/internal/v1/purge";
+    type Request = PurgeRequest;
+    type Response = PurgeAck;
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    fn from_params(_: &Params<'_>) -> Option<Self> {
+        Some(Self)
+    }
+}
+
+/// The routes the edge serves, matched from a request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeRoute {
+    PutTerms(PutTerms),
+    GetInventory(GetInventory),
+    MoveHold(MoveHold),
+    Purge(Purge),
+}
+
+impl EdgeRoute {
+    pub fn parse(method: &str, path: &str) -> Option<Self> {
+        None.or_else(|| PutTerms::matches(method, path).map(Self::PutTerms))
+            .or_else(|| GetInventory::matches(method, path).map(Self::GetInventory))
+            .or_else(|| MoveHold::matches(method, path).map(Self::MoveHold))
+            .or_else(|| Purge::matches(method, path).map(Self::Purge))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum HoldAction {
     Sell,
     Release,
@@ -19,81 +310,12 @@ pub enum HoldAction {
 
 impl HoldAction {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sell => "sell",
-            Self::Release => "release",
-            Self::Reinstate => "reinstate",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InternalRoute {
-    /// origin: the edge hands over a reservation (idempotent on its id).
-    Reservations,
-    /// edge: the origin creates or updates a drop's inventory.
-    UpsertInventory { drop_id: Uuid },
-    /// edge: full inventory snapshot, for reconciliation.
-    InventorySnapshot { drop_id: Uuid },
-    /// edge: mark a hold sold or return its units (idempotent).
-    Hold { drop_id: Uuid, reservation_id: Uuid, action: HoldAction },
-    /// edge: evict cached pages.
-    Purge,
-    /// origin: the edge let a hold run out unpaid; its units are back in stock.
-    HoldExpired { order_id: Uuid },
-}
-
-impl InternalRoute {
-    pub fn method(&self) -> &'static str {
-        match self {
-            Self::InventorySnapshot { .. } => "GET",
-            _ => "POST",
-        }
-    }
-
-    pub fn path(&self) -> String {
-        match self {
-            Self::Reservations => "/internal/v1/reservations".into(),
-            Self::UpsertInventory { drop_id } | Self::InventorySnapshot { drop_id } => {
-                format!("/internal/v1/drops/{drop_id}/inventory")
-            }
-            Self::Hold { drop_id, reservation_id, action } => {
-                format!("/internal/v1/drops/{drop_id}/holds/{reservation_id}/{}", action.as_str())
-            }
-            Self::Purge => "/internal/v1/purge".into(),
-            Self::HoldExpired { order_id } => format!("/internal/v1/orders/{order_id}/expired"),
-        }
-    }
-
-    /// Matches a request line; `None` for anything that is not an internal route.
-    pub fn parse(method: &str, path: &str) -> Option<Self> {
-        let rest = path.strip_prefix("/internal/v1/")?;
-        let segments: Vec<&str> = rest.split('/').collect();
-        let id = |s: &str| Uuid::parse_str(s).ok();
-        let route = match (method, segments.as_slice()) {
-            ("POST", ["reservations"]) => Self::Reservations,
-            ("POST", ["purge"]) => Self::Purge,
-            ("POST", ["orders", o, "expired"]) => Self::HoldExpired { order_id: id(o)? },
-            ("POST", ["drops", d, "inventory"]) => Self::UpsertInventory { drop_id: id(d)? },
-            ("GET", ["drops", d, "inventory"]) => Self::InventorySnapshot { drop_id: id(d)? },
-            ("POST", ["drops", d, "holds", r, action]) => Self::Hold {
-                drop_id: id(d)?,
-                reservation_id: id(r)?,
-                action: match *action {
-                    "sell" => HoldAction::Sell,
-                    "release" => HoldAction::Release,
-                    "reinstate" => HoldAction::Reinstate,
-                    _ => return None,
-                },
-            },
-            _ => return None,
-        };
-        Some(route)
-    }
-}
-
-/// Body of `POST /internal/v1/reservations`: a hold the inventory object granted.
-/// The reservation id is the order id the buyer was given.
+/// Body of [`TakeReservation`]: a hold the inventory object granted. The
+/// reservation id is the order id the buyer was given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationHandoff {
@@ -114,7 +336,7 @@ pub struct ReservationAck {
     pub payment: Option<PaymentHandle>,
 }
 
-/// Body of `POST /internal/v1/drops/{id}/inventory`: the terms a drop sells on.
+/// Body of [`PutTerms`]: the terms a drop sells on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryTerms {
@@ -127,17 +349,25 @@ pub struct InventoryTerms {
     pub hold_seconds: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored as text in the inventory object's `holds.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum HoldState {
     Held,
     Sold,
     Released,
 }
 
-/// Answer of the sell/release/reinstate routes: the hold's state after the call.
-/// A sell of a released hold (or a release of a sold one) changes nothing and
-/// answers the state the hold is in, so the caller can decide what follows.
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Answer of [`MoveHold`]: the hold's state after the call. A sell of a released
+/// hold (or a release of a sold one) changes nothing and answers the state the
+/// hold is in, so the caller can decide what follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldOutcome {
     pub reservation_id: Uuid,
@@ -147,20 +377,32 @@ pub struct HoldOutcome {
     pub remaining: u32,
 }
 
-/// Body of `POST /internal/v1/purge`: public paths whose cached pages to evict
-/// (`/v1/drops/{id}`, `/v1/drops?status=live`, ...). Evicting twice is harmless.
+/// Body of [`Purge`]: public paths whose cached pages to evict (see
+/// [`crate::api::paths`]). Evicting twice is harmless.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     pub paths: Vec<String>,
 }
 
-/// Body of `POST /internal/v1/orders/{id}/expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeAck {
+    pub evicted: usize,
+}
+
+/// Body of [`ReportExpiry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HoldExpiry {
     pub drop_id: Uuid,
     pub expired_at: DateTime<Utc>,
+}
+
+/// Answer of [`ReportExpiry`]: the order's state once the notice is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryAck {
+    pub order_id: Uuid,
+    pub status: OrderStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +416,7 @@ pub struct HoldSnapshot {
     pub idempotency_key: Option<String>,
 }
 
-/// `GET /internal/v1/drops/{id}/inventory`.
+/// Answer of [`GetInventory`] and [`PutTerms`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventorySnapshot {
     pub drop_id: Uuid,
@@ -194,30 +436,51 @@ pub struct InventorySnapshot {
 mod tests {
     use super::*;
 
+    fn round_trip<E: Endpoint + PartialEq + std::fmt::Debug>(route: E) {
+        assert_eq!(E::matches(E::METHOD.as_str(), &route.path()), Some(route));
+    }
+
     #[test]
     fn every_route_parses_back_from_its_own_path() {
         let d = Uuid::from_u128(1);
         let r = Uuid::from_u128(2);
-        for route in [
-            InternalRoute::Reservations,
-            InternalRoute::UpsertInventory { drop_id: d },
-            InternalRoute::InventorySnapshot { drop_id: d },
-            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Sell },
-            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Release },
-            InternalRoute::Hold { drop_id: d, reservation_id: r, action: HoldAction::Reinstate },
-            InternalRoute::Purge,
-            InternalRoute::HoldExpired { order_id: r },
-        ] {
-            assert_eq!(InternalRoute::parse(route.method(), &route.path()), Some(route));
+        round_trip(TakeReservation);
+        round_trip(ReportExpiry { order_id: r });
+        round_trip(PutTerms { drop_id: d });
+        round_trip(GetInventory { drop_id: d });
+        for action in [HoldAction::Sell, HoldAction::Release, HoldAction::Reinstate] {
+            round_trip(MoveHold { drop_id: d, reservation_id: r, action });
         }
+        round_trip(Purge);
+        assert_eq!(
+            MoveHold { drop_id: d, reservation_id: r, action: HoldAction::Reinstate }.path(),
+            format!("/internal/v1/drops/{d}/holds/{r}/reinstate")
+        );
     }
 
     #[test]
-    fn rejects_other_paths() {
-        assert_eq!(InternalRoute::parse("GET", "/internal/v1/reservations"), None);
-        assert_eq!(InternalRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"), None);
-        assert_eq!(InternalRoute::parse("POST", "/v1/drops"), None);
+    fn the_edge_matches_its_routes_and_nothing_else() {
         let d = Uuid::from_u128(1);
-        assert_eq!(InternalRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")), None);
+        assert_eq!(
+            EdgeRoute::parse("GET", &format!("/internal/v1/drops/{d}/inventory")),
+            Some(EdgeRoute::GetInventory(GetInventory { drop_id: d }))
+        );
+        assert_eq!(
+            EdgeRoute::parse("POST", &format!("/internal/v1/drops/{d}/inventory")),
+            Some(EdgeRoute::PutTerms(PutTerms { drop_id: d }))
+        );
+        assert_eq!(EdgeRoute::parse("GET", "/internal/v1/reservations"), None);
+        assert_eq!(EdgeRoute::parse("POST", "/internal/v1/reservations"), None, "the origin serves that one");
+        assert_eq!(EdgeRoute::parse("POST", "/internal/v1/drops/not-a-uuid/inventory"), None);
+        assert_eq!(EdgeRoute::parse("POST", "/v1/drops"), None);
+        assert_eq!(EdgeRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/steal")), None);
+        assert_eq!(EdgeRoute::parse("POST", &format!("/internal/v1/drops/{d}/holds/{d}/sell/x")), None);
+    }
+
+    #[test]
+    fn empty_bodies_stay_empty_and_json_bodies_are_strict() {
+        assert!(Empty.to_bytes().is_empty());
+        let err = PurgeRequest::from_bytes(br#"{"paths":[],"extra":1}"#).unwrap_err();
+        assert_eq!(err.status, 400);
     }
 }

@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn names_the_field_of_wrong_type() {
         let err = from_slice::<CreateOrderRequest>(br#"{"quantity":"1"}"#).unwrap_err();
-        assert_eq!(err.code, "invalid_request");
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
         assert!(err.detail.unwrap().contains("quantity"));
     }
 

@@ -4,20 +4,24 @@
 //! panics on wasm32-unknown-unknown.
 //!
 //! - [`api`]: public request and response bodies (API.md).
+//! - [`backoff`]: the retry delays every queue and retry loop uses.
 //! - [`problem`]: the error codes and their `application/problem+json` shape.
 //! - [`auth`]: bearer-token (JWT, HS256 only) verification and minting.
 //! - [`signing`]: HMAC signatures of edge <-> origin internal calls.
 //! - [`events`]: domain events written to the outbox and carried by the event bus.
-//! - [`internal`]: the internal route table and the bodies those routes carry.
+//! - [`internal`]: the internal endpoints (method, path, request and answer) and their bodies.
 //! - [`inventory`]: the stock rules of one drop; the edge's inventory object runs them.
 //! - [`json`]: strict JSON decoding that names the offending field.
+//! - [`pages`]: the public paths of the pages the edge caches.
 
 pub mod api;
+pub mod backoff;
 pub mod auth;
 pub mod events;
 pub mod internal;
 pub mod inventory;
 pub mod json;
+pub mod pages;
 pub mod problem;
 pub mod signing;
 

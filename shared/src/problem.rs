@@ -5,8 +5,24 @@ use serde::{Deserialize, Serialize};
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The wire name (`code`) is the snake_case variant name, one table for serde and
+/// `as_str`: a rename here is a contract change.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     Unauthorized,
     Forbidden,
@@ -27,33 +43,14 @@ pub enum ErrorCode {
     Overloaded,
     InvalidSignature,
     LinkExpired,
+    #[serde(rename = "internal_error")]
+    #[strum(serialize = "internal_error")]
     Internal,
 }
 
 impl ErrorCode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::NotFound => "not_found",
-            Self::InvalidRequest => "invalid_request",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::IdempotencyKeyMissing => "idempotency_key_missing",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
-            Self::SoldOut => "sold_out",
-            Self::DropNotStarted => "drop_not_started",
-            Self::DropEnded => "drop_ended",
-            Self::PurchaseLimitReached => "purchase_limit_reached",
-            Self::OrderNotCancellable => "order_not_cancellable",
-            Self::DropAlreadyStarted => "drop_already_started",
-            Self::Conflict => "conflict",
-            Self::RateLimited => "rate_limited",
-            Self::Overloaded => "overloaded",
-            Self::InvalidSignature => "invalid_signature",
-            Self::LinkExpired => "link_expired",
-            Self::Internal => "internal_error",
-        }
+        self.into()
     }
 
     pub fn status(self) -> u16 {
@@ -113,7 +110,7 @@ pub struct Problem {
     pub type_uri: String,
     pub title: String,
     pub status: u16,
-    pub code: String,
+    pub code: ErrorCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -124,7 +121,7 @@ impl Problem {
             type_uri: format!("https://drops.dev/problems/{}", code.as_str()),
             title: code.title().to_owned(),
             status: code.status(),
-            code: code.as_str().to_owned(),
+            code,
             detail: detail.into(),
         }
     }
@@ -161,11 +158,12 @@ mod tests {
 
     #[test]
     fn serde_name_matches_wire_code() {
-        for code in [ErrorCode::IdempotencyKeyInProgress, ErrorCode::Internal, ErrorCode::NotFound] {
+        use strum::IntoEnumIterator;
+        for code in ErrorCode::iter() {
             let json = serde_json::to_string(&code).unwrap();
-            if code != ErrorCode::Internal {
-                assert_eq!(json, format!("\"{}\"", code.as_str()));
-            }
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
+        assert_eq!(ErrorCode::Internal.as_str(), "internal_error");
     }
 }

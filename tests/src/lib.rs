@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use drops_origin::config::Settings;
+use drops_origin::config::{PushProvider, Settings};
 use drops_origin::Application;
 use secrecy::SecretString;
 use tokio::sync::oneshot;
@@ -44,7 +44,7 @@ pub struct Stack {
 struct RunningOrigin {
     stop: oneshot::Sender<()>,
     stopped: oneshot::Receiver<()>,
-    state: drops_origin::AppState,
+    app: drops_origin::App,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -104,31 +104,32 @@ impl Stack {
             None => anyhow::bail!("DROPS_TEST_POSTGRES must end in /<database>"),
         };
         let edge_port = free_port();
-        let settings = Settings {
-            port: 0,
-            edge_url: format!("http://127.0.0.1:{edge_port}"),
-            database_url: SecretString::from(database_url.clone()),
-            redis_url: SecretString::from(
-                std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-            ),
-            jwt_secret: SecretString::from(JWT_SECRET),
-            edge_to_origin_secret: SecretString::from(EDGE_TO_ORIGIN_SECRET),
-            origin_to_edge_secret: SecretString::from(ORIGIN_TO_EDGE_SECRET),
-            webhook_secrets: SecretString::from(format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}")),
-            redis_prefix: format!("drops-test-{}", uuid::Uuid::new_v4().simple()),
-            relay_interval_ms: 50,
-            bus_claim_idle_ms: 1_000,
-            // Tests run reconciliation themselves, with no grace period.
-            reconcile_interval_secs: 0,
-            push_callback_secret: SecretString::from(PUSH_SECRET),
-            ..Settings::development()
-        };
+        let mut settings = Settings::development();
+        settings.server.port = 0;
+        settings.edge.url = format!("http://127.0.0.1:{edge_port}");
+        settings.edge.edge_to_origin_secret = SecretString::from(EDGE_TO_ORIGIN_SECRET);
+        settings.edge.origin_to_edge_secret = SecretString::from(ORIGIN_TO_EDGE_SECRET);
+        settings.database.url = SecretString::from(database_url.clone());
+        settings.redis.url = SecretString::from(
+            std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        );
+        settings.redis.prefix = format!("drops-test-{}", uuid::Uuid::new_v4().simple());
+        settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
+        settings.payments.webhook_secrets =
+            vec![SecretString::from(WEBHOOK_SECRET), SecretString::from(OLD_WEBHOOK_SECRET)];
+        settings.events.relay_interval_ms = 50;
+        settings.events.bus_claim_idle_ms = 1_000;
+        // Tests run reconciliation themselves, with no grace period.
+        settings.orders.reconcile_interval_secs = 0;
+        settings.push = PushProvider::Callback { secret: SecretString::from(PUSH_SECRET) };
         let mut settings = settings;
         tweak(&mut settings);
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
-        let settings = Settings { port: origin_port, public_url: origin_url.clone(), ..settings };
+        let mut settings = settings;
+        settings.server.port = origin_port;
+        settings.server.public_url = origin_url.clone();
 
         let stack = Stack {
             edge_url: format!("http://127.0.0.1:{edge_port}"),
@@ -144,7 +145,7 @@ impl Stack {
     }
 
     fn serve(&self, app: Application) {
-        let state = app.state().clone();
+        let state = app.app().clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         self.runtime.spawn(async move {
@@ -158,7 +159,7 @@ impl Stack {
             }
             let _ = done_tx.send(());
         });
-        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx, state });
+        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx, app: state });
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
@@ -249,17 +250,17 @@ impl Stack {
     /// belong there), and returns what it returns.
     pub async fn with_origin<F, Fut, T>(&self, f: F) -> T
     where
-        F: FnOnce(drops_origin::AppState) -> Fut,
+        F: FnOnce(drops_origin::App) -> Fut,
         Fut: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let state = self.origin.lock().expect("origin lock").as_ref().map(|o| o.state.clone()).expect("origin running");
+        let state = self.origin.lock().expect("origin lock").as_ref().map(|o| o.app.clone()).expect("origin running");
         self.runtime.spawn(f(state)).await.expect("task on the origin runtime")
     }
 
     /// The edge's inventory of a drop, as reconciliation sees it.
     pub async fn snapshot(&self, drop_id: uuid::Uuid) -> drops_shared::internal::InventorySnapshot {
-        self.with_origin(move |s| async move { s.edge.snapshot(drop_id).await })
+        self.with_origin(move |s| async move { s.core.edge.snapshot(drop_id).await })
             .await
             .expect("snapshot call")
             .expect("the edge knows the drop")

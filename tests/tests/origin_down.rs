@@ -10,7 +10,7 @@
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn stack() -> &'static Stack {
-    Stack::get_with(|s| s.relay_interval_ms = 60_000)
+    Stack::get_with(|s| s.events.relay_interval_ms = 60_000)
 }
 
 use std::time::{Duration, Instant};

@@ -175,7 +175,7 @@ async fn purge_needs_a_signature() {
     card(&client, drop_id).await;
     assert_eq!(card(&client, drop_id).await.header("x-cache"), Some("HIT"));
     let path = format!("/v1/drops/{drop_id}");
-    stack.with_origin(move |s| async move { s.edge.purge(&[path]).await }).await.unwrap();
+    stack.with_origin(move |s| async move { s.core.edge.purge(&[path]).await }).await.unwrap();
     assert_eq!(card(&client, drop_id).await.header("x-cache"), Some("MISS"));
 }
 
@@ -226,7 +226,7 @@ async fn starts_and_ends_are_announced_once_even_with_several_schedulers() {
         stack.with_origin(|s| async move {
             let until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < until {
-                drops_origin::drops::schedule::announce(&s).await.unwrap();
+                drops_origin::catalogue::schedule::announce(&s.core).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

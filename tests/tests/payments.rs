@@ -233,13 +233,13 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     sqlx::query("UPDATE orders SET status = 'confirmed' WHERE id = $1").bind(paid.order_id).execute(&db).await.unwrap();
     let order_id = paid.order_id;
     stack
-        .with_origin(move |s| async move { s.edge.move_hold(drop_id, order_id, HoldAction::Release).await })
+        .with_origin(move |s| async move { s.core.edge.move_hold(drop_id, order_id, HoldAction::Release).await })
         .await
         .unwrap();
     assert_eq!(client.remaining(drop_id).await, 8);
 
     let repairs = stack
-        .with_origin(move |s| async move { drops_origin::reconcile::reconcile_drop(&s, drop_id, Duration::ZERO).await })
+        .with_origin(move |s| async move { drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await })
         .await
         .unwrap();
     let kinds: Vec<(&str, Option<Uuid>)> = repairs.iter().map(|r| (r.repair, r.order_id)).collect();
@@ -259,7 +259,7 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     assert_eq!(audited, 3);
     // A second pass finds nothing left to repair.
     let again = stack
-        .with_origin(move |s| async move { drops_origin::reconcile::reconcile_drop(&s, drop_id, Duration::ZERO).await })
+        .with_origin(move |s| async move { drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await })
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
@@ -271,16 +271,16 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
     use std::sync::{Arc, Mutex};
 
     use drops_origin::events::bus::{Consumer, Handler};
+    use drops_origin::tasks::Workers;
     use drops_shared::events::{DomainEvent, EventEnvelope};
     use redis::aio::ConnectionManager;
-    use tokio_util::sync::CancellationToken;
 
     let stack = Stack::get();
     let counts = stack
         .with_origin(|s| async move {
-            let stream = format!("{}:reclaim-test-{}", s.settings.redis_prefix, Uuid::now_v7().simple());
+            let stream = format!("{}:reclaim-test-{}", s.core.settings.redis.prefix, Uuid::now_v7().simple());
             let group = format!("reclaim-test-{}", Uuid::now_v7().simple());
-            let mut conn = ConnectionManager::new(s.redis.clone()).await.unwrap();
+            let mut conn = ConnectionManager::new(s.core.redis.clone()).await.unwrap();
             let envelopes: Vec<EventEnvelope> = (0..20)
                 .map(|_| EventEnvelope {
                     id: Uuid::now_v7(),
@@ -317,11 +317,12 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
                 *seen.lock().unwrap().entry(e.id).or_default() += 1;
                 Box::pin(async { Ok(()) })
             });
-            let run_survivor = |stop: CancellationToken| {
-                tokio::spawn(member("survivor").run(s.redis.clone(), s.db.clone(), handler.clone(), stop))
+            let run_survivor = || {
+                let workers = Workers::new();
+                member("survivor").spawn(&workers, s.core.redis.clone(), s.core.db.clone(), handler.clone());
+                workers
             };
-            let stop = CancellationToken::new();
-            let survivor = run_survivor(stop.clone());
+            let survivor = run_survivor();
             for _ in 0..100 {
                 if counts.lock().unwrap().len() == 20 {
                     break;
@@ -329,19 +330,16 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            stop.cancel();
-            survivor.await.unwrap();
+            survivor.shutdown().await;
             let pending: redis::streams::StreamPendingReply =
                 redis::cmd("XPENDING").arg(&stream).arg(&group).query_async(&mut conn).await.unwrap();
             assert_eq!(pending.count(), 0, "everything acknowledged");
 
             // The same events delivered again (a relay replay): handled already, so skipped.
             publish(&mut conn).await;
-            let stop = CancellationToken::new();
-            let survivor = run_survivor(stop.clone());
+            let survivor = run_survivor();
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            stop.cancel();
-            survivor.await.unwrap();
+            survivor.shutdown().await;
             let counts = counts.lock().unwrap().clone();
             counts
         })

@@ -1,6 +1,6 @@
-//! Consumer groups on the event stream. Each business consumer (edge sync, and
-//! later cache purge, fan-out, ...) is a group; each origin process runs one member
-//! of it. A member first reclaims entries another member left pending longer than
+//! Consumer groups on the event stream. Each business consumer (edge sync, cache
+//! purge, fan-out, notifications, ...) is a group; each origin process runs one
+//! member of it. A member first reclaims entries another member left pending longer than
 //! `bus_claim_idle_ms` (it died mid-batch), then reads new ones. An entry is
 //! acknowledged only after its handler succeeded and the event id was recorded in
 //! `processed_events`; a redelivered event that is recorded is acknowledged unread.
@@ -15,7 +15,9 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+
+use crate::state::LazyRedis;
+use crate::tasks::{Next, Workers};
 
 pub type Handler = Arc<dyn Fn(EventEnvelope) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
@@ -114,39 +116,37 @@ impl Consumer {
         Ok(handled)
     }
 
-    /// Runs this member until `stop`: reclaim, read, handle, repeat.
-    pub async fn run(self, redis: redis::Client, db: PgPool, handler: Handler, stop: CancellationToken) {
-        let mut conn: Option<ConnectionManager> = None;
-        while !stop.is_cancelled() {
-            if conn.is_none() {
-                match ConnectionManager::new(redis.clone()).await {
-                    Ok(mut c) => match self.ensure_group(&mut c).await {
-                        Ok(()) => conn = Some(c),
-                        Err(e) => tracing::warn!(group = %self.group, error = %e, "cannot create consumer group"),
-                    },
-                    Err(e) => tracing::warn!(group = %self.group, error = %e, "redis unavailable"),
-                }
-                if conn.is_none() {
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
-                    continue;
-                }
+    /// One round of this member: reclaim what others left, read what is new, handle
+    /// both. Reading blocks up to half a second, so rounds can follow each other.
+    pub async fn round(&self, redis: &LazyRedis, client: &redis::Client, db: &PgPool, handler: &Handler) -> anyhow::Result<Next> {
+        let outcome = async {
+            let (mut conn, fresh) = redis.get(client).await?;
+            if fresh {
+                self.ensure_group(&mut conn).await?;
             }
-            let Some(c) = conn.as_mut() else { continue };
-            let round = async {
-                let stale = self.reclaim(c).await?;
-                self.process(c, &db, stale, &handler).await?;
-                let fresh = tokio::select! {
-                    _ = stop.cancelled() => return anyhow::Ok(()),
-                    fresh = self.read(c, Duration::from_millis(500)) => fresh?,
-                };
-                self.process(c, &db, fresh, &handler).await?;
-                anyhow::Ok(())
-            };
-            if let Err(e) = round.await {
-                tracing::warn!(group = %self.group, error = %e, "consumer round failed");
-                conn = None;
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_millis(500)) => {} }
+            let stale = self.reclaim(&mut conn).await?;
+            self.process(&mut conn, db, stale, handler).await?;
+            let new = self.read(&mut conn, Duration::from_millis(500)).await?;
+            self.process(&mut conn, db, new, handler).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(Next::Now),
+            Err(e) => {
+                redis.reset().await;
+                Err(e.context(format!("consumer group {}", self.group)))
             }
         }
+    }
+
+    /// Runs this member among `workers` until they stop.
+    pub fn spawn(self, workers: &Workers, client: redis::Client, db: PgPool, handler: Handler) {
+        let redis = LazyRedis::default();
+        workers.every("event consumer", Duration::from_millis(500), move || {
+            let (member, redis, client, db, handler) =
+                (self.clone(), redis.clone(), client.clone(), db.clone(), handler.clone());
+            async move { member.round(&redis, &client, &db, &handler).await }
+        });
     }
 }

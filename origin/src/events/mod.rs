@@ -1,5 +1,5 @@
 //! Events: the transactional outbox, the relay that publishes it to a Redis
-//! Stream, and the consumer-group runner the business modules plug their handlers into.
+//! Stream, and the consumer-group runner the areas plug their handlers into.
 //!
 //! An event is written in the same transaction as the change it describes, so no
 //! change is ever without its event or vice versa. Delivery to consumers is at least
@@ -9,16 +9,21 @@
 pub mod bus;
 pub mod relay;
 
+use chrono::Utc;
+use drops_shared::events::{DomainEvent, EventEnvelope};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::state::Core;
+
 /// The Redis Stream every domain event is published to.
 pub fn stream_key(prefix: &str) -> String {
     format!("{prefix}:events")
 }
 
-use chrono::Utc;
-use drops_shared::events::{DomainEvent, EventEnvelope};
-use sqlx::PgConnection;
-use uuid::Uuid;
-
+/// Writes `event` to the outbox, in the caller's transaction.
 pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result<Uuid> {
     let envelope = EventEnvelope { id: Uuid::now_v7(), occurred_at: Utc::now(), event };
     let payload = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -30,4 +35,30 @@ pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result
         .execute(conn)
         .await?;
     Ok(envelope.id)
+}
+
+/// `/metrics` gauges: the outbox backlog and each consumer group's lag.
+pub fn gauges(core: &Core) -> BoxFuture<'_, anyhow::Result<()>> {
+    async move {
+        let (unpublished, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&core.db)
+        .await?;
+        metrics::gauge!("drops_outbox_unpublished").set(unpublished as f64);
+        metrics::gauge!("drops_outbox_lag_seconds").set(oldest.unwrap_or(0.0));
+        let mut conn = core.redis.get_multiplexed_async_connection().await?;
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream_key(core.redis_prefix())).query_async(&mut conn).await;
+        if let Ok(groups) = groups {
+            for g in groups.groups {
+                metrics::gauge!("drops_consumer_pending", "group" => g.name.clone()).set(g.pending as f64);
+                if let Some(lag) = g.lag {
+                    metrics::gauge!("drops_consumer_lag", "group" => g.name).set(lag as f64);
+                }
+            }
+        }
+        Ok(())
+    }
+    .boxed()
 }

@@ -3,12 +3,10 @@
 //! gives each a different batch. A crash between the publish and the mark publishes
 //! a batch twice, which consumers absorb (they are idempotent on the event id).
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
-use tokio_util::sync::CancellationToken;
 
-use crate::startup::AppState;
+use crate::state::{Core, LazyRedis};
+use crate::tasks::Next;
 
 const BATCH: i64 = 500;
 /// The stream keeps about this many recent events; the outbox keeps them all.
@@ -20,39 +18,26 @@ struct Row {
     payload: String,
 }
 
-pub async fn run(state: AppState, stop: CancellationToken) {
-    let interval = Duration::from_millis(state.settings.relay_interval_ms.max(10));
-    let mut conn: Option<ConnectionManager> = None;
-    loop {
-        if conn.is_none() {
-            conn = ConnectionManager::new(state.redis.clone())
-                .await
-                .map_err(|e| tracing::warn!(error = %e, "relay: redis unavailable"))
-                .ok();
-        }
-        let published = match conn.as_mut() {
-            Some(c) => publish_batch(&state, c).await,
-            None => Ok(0),
-        };
-        let pause = match published {
-            Ok(n) if n as i64 == BATCH => Duration::ZERO,
-            Ok(_) => interval,
-            Err(e) => {
-                tracing::warn!(error = %e, "relay: publishing failed");
-                conn = None;
-                interval * 10
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+/// One relay round: publishes a batch; [`Next::Now`] while batches come full.
+pub async fn round(core: &Core, redis: &LazyRedis) -> anyhow::Result<Next> {
+    let published = async {
+        let (mut conn, _) = redis.get(&core.redis).await?;
+        publish_batch(core, &mut conn).await
+    }
+    .await;
+    match published {
+        Ok(n) if n as i64 == BATCH => Ok(Next::Now),
+        Ok(_) => Ok(Next::Later),
+        Err(e) => {
+            redis.reset().await;
+            Err(e)
         }
     }
 }
 
 /// Publishes one batch; returns how many events went out.
-pub async fn publish_batch(state: &AppState, conn: &mut ConnectionManager) -> anyhow::Result<usize> {
-    let mut tx = state.db.begin().await?;
+pub async fn publish_batch(core: &Core, conn: &mut ConnectionManager) -> anyhow::Result<usize> {
+    let mut tx = core.db.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT seq, payload::text AS payload FROM outbox WHERE published_at IS NULL
          ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -63,7 +48,7 @@ pub async fn publish_batch(state: &AppState, conn: &mut ConnectionManager) -> an
     if rows.is_empty() {
         return Ok(0);
     }
-    xadd_all(conn, &super::stream_key(&state.settings.redis_prefix), rows.iter().map(|r| r.payload.as_str())).await?;
+    xadd_all(conn, &super::stream_key(core.redis_prefix()), rows.iter().map(|r| r.payload.as_str())).await?;
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?;
     tx.commit().await?;
@@ -92,9 +77,9 @@ async fn xadd_all<'a>(
 
 /// Publishes the outbox rows with `from <= seq <= to` again, published or not, so
 /// consumers (and derived stores) can be rebuilt from the log.
-pub async fn replay(state: &AppState, from: i64, to: i64) -> anyhow::Result<usize> {
-    let mut conn = ConnectionManager::new(state.redis.clone()).await?;
-    let stream = super::stream_key(&state.settings.redis_prefix);
+pub async fn replay(core: &Core, from: i64, to: i64) -> anyhow::Result<usize> {
+    let mut conn = ConnectionManager::new(core.redis.clone()).await?;
+    let stream = super::stream_key(core.redis_prefix());
     let mut after = from - 1;
     let mut total = 0;
     loop {
@@ -104,7 +89,7 @@ pub async fn replay(state: &AppState, from: i64, to: i64) -> anyhow::Result<usiz
         .bind(after)
         .bind(to)
         .bind(BATCH)
-        .fetch_all(&state.db)
+        .fetch_all(&core.db)
         .await?;
         let Some(last) = rows.last() else { return Ok(total) };
         after = last.seq;

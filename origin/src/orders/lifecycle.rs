@@ -8,14 +8,17 @@
 //!    ├──► expired ┘
 //!    └──► cancelled
 //! ```
-//! Locks are always taken order first, then payment, so no two paths deadlock.
+//! The payment webhook locks the payment row first, then the order (through
+//! [`Settlement`]); no path locks them the other way round, so none deadlock.
 
-use drops_shared::api::OrderStatus;
+use async_trait::async_trait;
+use drops_shared::api::{Money, OrderStatus};
 use drops_shared::events::DomainEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::events;
+use crate::payments::OrderSettlement;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderState {
@@ -23,14 +26,18 @@ pub struct OrderState {
     pub drop_id: Uuid,
     pub user_id: Uuid,
     pub quantity: i32,
-    pub status: String,
+    pub status: OrderStatus,
     pub amount: i64,
     pub currency: String,
 }
 
 impl OrderState {
     pub fn status(&self) -> OrderStatus {
-        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Reserved)
+        self.status
+    }
+
+    pub fn money(&self) -> Money {
+        Money { amount: self.amount, currency: self.currency.trim().to_owned() }
     }
 }
 
@@ -63,11 +70,11 @@ pub async fn move_to(
     anyhow::ensure!(allowed(from, to), "order {} cannot go from {from:?} to {to:?}", order.id);
     sqlx::query("UPDATE orders SET status = $2, status_detail = $3, updated_at = now() WHERE id = $1")
         .bind(order.id)
-        .bind(to.as_str())
+        .bind(to)
         .bind(detail)
         .execute(&mut *conn)
         .await?;
-    order.status = to.as_str().to_owned();
+    order.status = to;
     let (order_id, drop_id, user_id, quantity) = (order.id, order.drop_id, order.user_id, order.quantity as u32);
     let event = match to {
         OrderStatus::Confirmed => DomainEvent::OrderConfirmed { order_id, drop_id, user_id, quantity },
@@ -84,6 +91,49 @@ pub async fn move_to(
     };
     events::record(conn, event).await?;
     Ok(())
+}
+
+/// Moves the locked order to `to` unless it is there already or cannot go there;
+/// true when it moved.
+pub async fn move_if_allowed(
+    conn: &mut PgConnection,
+    order: &mut OrderState,
+    to: OrderStatus,
+    detail: Option<&str>,
+) -> anyhow::Result<bool> {
+    if !allowed(order.status, to) {
+        return Ok(false);
+    }
+    move_to(conn, order, to, detail).await?;
+    Ok(true)
+}
+
+/// What a payment's outcome does to its order (the payments area calls it inside
+/// the webhook's transaction).
+pub struct Settlement;
+
+#[async_trait]
+impl OrderSettlement for Settlement {
+    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()> {
+        let Some(mut order) = lock(conn, order_id).await? else { return Ok(()) };
+        match order.status {
+            OrderStatus::Reserved => move_to(conn, &mut order, OrderStatus::Confirmed, None).await,
+            OrderStatus::Expired | OrderStatus::Failed => {
+                let detail = "paid after the reservation had ended";
+                move_to(conn, &mut order, OrderStatus::Confirmed, Some(detail)).await
+            }
+            // Confirmed already; or cancelled, whose payment the edge sync refunds.
+            OrderStatus::Confirmed | OrderStatus::Cancelled => Ok(()),
+        }
+    }
+
+    async fn payment_failed(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()> {
+        let Some(mut order) = lock(conn, order_id).await? else { return Ok(()) };
+        if order.status == OrderStatus::Reserved {
+            move_to(conn, &mut order, OrderStatus::Failed, Some("payment failed")).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,31 @@
-//! Payments: the provider trait, its two implementations (the [`sandbox`] that
+//! Payments: the provider trait and its two implementations (the [`sandbox`] that
 //! stands in for a real provider on developer machines and in tests, and
-//! [`stripe`]'s PaymentIntents API), and the provider's [`webhook`].
+//! [`stripe`]'s PaymentIntents API), the provider's [`webhook`], and the payment
+//! rows and refunds in [`store`].
+//!
+//! Owns the tables `payments` and `webhook_events`. What a payment's outcome does
+//! to its order belongs to the orders area, which sits above this one: it plugs in
+//! as an [`OrderSettlement`] (see `startup`), so this area never imports it.
 
 pub mod sandbox;
+pub mod store;
 pub mod stripe;
 pub mod webhook;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::extract::FromRef;
 use axum::Router;
 use drops_shared::api::{Money, PaymentHandle};
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::config::Settings;
-use crate::startup::AppState;
+use crate::config::{PaymentProvider as ProviderSettings, Settings};
+use crate::state::Core;
+
+pub use store::PaymentStatus;
 
 /// A payment provider, seen from the origin. Both calls must be idempotent on the
 /// order id: the origin may repeat them after a crash or a timeout.
@@ -29,58 +38,49 @@ pub trait PaymentProvider: Send + Sync {
     async fn refund(&self, order_id: Uuid, reference: &str, amount: &Money) -> anyhow::Result<String>;
 }
 
-pub fn provider(settings: &Settings) -> anyhow::Result<Arc<dyn PaymentProvider>> {
-    Ok(match (settings.payment_provider.as_str(), &settings.stripe_api_key) {
-        ("stripe", Some(key)) => {
-            Arc::new(stripe::StripeProvider::new(key.expose_secret(), stripe::API_BASE, &settings.public_url)?)
-        }
-        ("stripe", None) => anyhow::bail!("the stripe provider needs DROPS_STRIPE_API_KEY"),
-        ("sandbox", _) => Arc::new(sandbox::SandboxProvider::new(&settings.public_url)),
-        (other, _) => anyhow::bail!("unknown payment provider `{other}`"),
-    })
+/// What a payment's outcome does to its order, inside the webhook's transaction
+/// (the payment row is locked already). Implemented by the orders area.
+#[async_trait]
+pub trait OrderSettlement: Send + Sync {
+    /// The payment succeeded: the order is confirmed if it can be.
+    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()>;
+    /// The payment failed: a reserved order fails.
+    async fn payment_failed(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()>;
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().merge(webhook::router()).merge(sandbox::router())
+/// The payments area's handle: its provider and what settles orders.
+#[derive(Clone)]
+pub struct Payments {
+    pub provider: Arc<dyn PaymentProvider>,
+    settlement: Arc<dyn OrderSettlement>,
 }
 
-#[derive(sqlx::FromRow)]
-struct PaymentRow {
-    provider: String,
-    reference: String,
-    checkout_url: String,
-}
-
-/// The order's payment, created with the provider the first time it is asked for.
-pub async fn ensure_payment(
-    db: &PgPool,
-    provider: &dyn PaymentProvider,
-    order_id: Uuid,
-    amount: &Money,
-) -> anyhow::Result<PaymentHandle> {
-    let existing: Option<PaymentRow> =
-        sqlx::query_as("SELECT provider, reference, checkout_url FROM payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(db)
-            .await?;
-    if let Some(p) = existing {
-        return Ok(PaymentHandle { provider: p.provider, reference: p.reference, checkout_url: p.checkout_url });
+impl Payments {
+    pub fn new(settings: &Settings, settlement: Arc<dyn OrderSettlement>) -> anyhow::Result<Self> {
+        let public_url = &settings.server.public_url;
+        let provider: Arc<dyn PaymentProvider> = match &settings.payments.provider {
+            ProviderSettings::Sandbox => Arc::new(sandbox::SandboxProvider::new(public_url)),
+            ProviderSettings::Stripe { api_key, api_base } => {
+                Arc::new(stripe::StripeProvider::new(api_key.expose_secret(), api_base, public_url)?)
+            }
+        };
+        Ok(Self { provider, settlement })
     }
-    // The provider call happens outside any transaction: it may be slow, and it is
-    // idempotent on the order id, so a race between two callers is harmless.
-    let handle = provider.create_payment(order_id, amount).await?;
-    sqlx::query(
-        "INSERT INTO payments (id, order_id, provider, reference, checkout_url, amount, currency)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(order_id)
-    .bind(&handle.provider)
-    .bind(&handle.reference)
-    .bind(&handle.checkout_url)
-    .bind(amount.amount)
-    .bind(&amount.currency)
-    .execute(db)
-    .await?;
-    Ok(handle)
+}
+
+/// The state of this area's routes.
+#[derive(Clone)]
+pub struct PaymentsState {
+    pub core: Core,
+    pub payments: Payments,
+}
+
+impl FromRef<PaymentsState> for Core {
+    fn from_ref(state: &PaymentsState) -> Core {
+        state.core.clone()
+    }
+}
+
+pub fn router(state: PaymentsState) -> Router {
+    Router::new().merge(webhook::router()).merge(sandbox::router()).with_state(state)
 }

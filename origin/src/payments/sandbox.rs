@@ -12,16 +12,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use drops_shared::api::{Money, PaymentHandle};
-use drops_shared::problem::ErrorCode;
 use drops_shared::signing::{stripe_signature, STRIPE_SIGNATURE_HEADER};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::PaymentProvider;
+use drops_shared::backoff::Backoff;
+use secrecy::ExposeSecret;
+
+use super::{PaymentProvider, PaymentStatus, PaymentsState};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::StrictJson;
-use crate::startup::AppState;
+use crate::tasks;
+
+/// How the sandbox redelivers a webhook the origin did not take, as a provider does.
+const REDELIVERY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(60));
+const DELIVERY_ATTEMPTS: u32 = 9;
 
 pub struct SandboxProvider {
     public_url: String,
@@ -53,7 +59,7 @@ impl PaymentProvider for SandboxProvider {
     }
 }
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<PaymentsState> {
     Router::new().route("/v1/sandbox/checkout/{reference}", get(show).post(pay))
 }
 
@@ -75,61 +81,58 @@ struct SandboxPayment {
     order_id: Uuid,
     amount: i64,
     currency: String,
-    status: String,
+    status: PaymentStatus,
 }
 
-async fn find(state: &AppState, reference: &str) -> ApiResult<SandboxPayment> {
-    if state.payments.name() != "sandbox" {
+async fn find(state: &PaymentsState, reference: &str) -> ApiResult<SandboxPayment> {
+    if state.payments.provider.name() != "sandbox" {
         return Err(ApiError::not_found());
     }
     sqlx::query_as("SELECT order_id, amount, currency, status FROM payments WHERE reference = $1")
         .bind(reference)
-        .fetch_optional(&state.db)
+        .fetch_optional(&state.core.db)
         .await?
         .ok_or_else(ApiError::not_found)
 }
 
-async fn show(State(state): State<AppState>, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(State(state): State<PaymentsState>, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
     let p = find(&state, &reference).await?;
     Ok(Json(json!({
         "reference": reference,
         "order_id": p.order_id,
         "amount": {"amount": p.amount, "currency": p.currency.trim()},
-        "status": p.status,
+        "status": <&str>::from(p.status),
         "how_to_pay": "POST this URL with {\"outcome\":\"succeed\"} or {\"outcome\":\"fail\"}",
     })))
 }
 
 /// Pays (or fails to pay): the sandbox sends the provider's webhook to the origin.
 async fn pay(
-    State(state): State<AppState>,
+    State(state): State<PaymentsState>,
     Path(reference): Path<String>,
     StrictJson(body): StrictJson<PayRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = find(&state, &reference).await?;
-    let secret = state
-        .settings
-        .webhook_secret_list()
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::code(ErrorCode::Internal, "no webhook secret configured"))?;
+    let settings = &state.core.settings;
+    let secret = settings.payments.webhook_secrets[0].expose_secret().to_owned();
     let event_id = format!("evt_sbx_{}", Uuid::now_v7().simple());
     let amount = Money { amount: p.amount, currency: p.currency.trim().to_owned() };
     let payload = event_body(&event_id, body.outcome, &reference, p.order_id, &amount, Utc::now().timestamp());
-    let url = format!("{}/v1/webhooks/payments", state.settings.public_url.trim_end_matches('/'));
+    let url = format!("{}/v1/webhooks/payments", settings.server.public_url);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(anyhow::Error::from)?;
     let delivered = send_webhook(&http, &url, &secret, &payload).await;
     if !delivered {
         // As a provider does: keep trying in the background.
         let event_id = event_id.clone();
         tokio::spawn(async move {
-            for attempt in 0..8u32 {
-                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                if send_webhook(&http, &url, &secret, &payload).await {
-                    return;
-                }
+            let redelivered = tasks::retry(REDELIVERY, DELIVERY_ATTEMPTS, |_| async {
+                tokio::time::sleep(REDELIVERY.first).await;
+                send_webhook(&http, &url, &secret, &payload).await.then_some(()).ok_or(())
+            })
+            .await;
+            if redelivered.is_err() {
+                tracing::warn!(%event_id, "sandbox gave up delivering a webhook");
             }
-            tracing::warn!(%event_id, "sandbox gave up delivering a webhook");
         });
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event_id, "delivered": delivered}))))

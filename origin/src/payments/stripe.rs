@@ -1,5 +1,6 @@
-//! Stripe's PaymentIntents API, for production. It cannot be called from these
-//! machines; its request building and response parsing are tested on their own.
+//! Stripe's PaymentIntents API, for production (its base URL is a setting). It
+//! cannot be called from these machines; its request building and response parsing
+//! are tested on their own.
 
 use std::time::Duration;
 
@@ -9,8 +10,6 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::PaymentProvider;
-
-pub const API_BASE: &str = "https://api.stripe.com";
 
 pub struct StripeProvider {
     http: reqwest::Client,

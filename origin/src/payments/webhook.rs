@@ -4,7 +4,9 @@
 //! secret). Each event id is recorded in the same transaction as its effect, so a
 //! redelivery changes nothing. A success is final: a failure arriving after it is
 //! ignored, and a success arriving after a failure (or after the hold ran out)
-//! confirms the order; the edge sync then sells the hold again or refunds.
+//! confirms the order; the edge sync then sells the hold again or refunds. The
+//! payment row is locked first, then the order (by the orders area's
+//! [`OrderSettlement`](super::OrderSettlement)), in that order everywhere.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,20 +14,19 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use drops_shared::api::OrderStatus;
 use drops_shared::events::DomainEvent;
 use drops_shared::problem::ErrorCode;
 use drops_shared::signing::{verify_stripe_signature, STRIPE_SIGNATURE_HEADER};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::{PaymentStatus, PaymentsState};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::orders::lifecycle;
-use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<PaymentsState> {
     Router::new().route("/v1/webhooks/payments", post(receive))
 }
 
@@ -48,7 +49,8 @@ struct PaymentObject {
 }
 
 /// What an event did; also the `outcome` label of the webhook metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Applied,
     Duplicate,
@@ -58,36 +60,35 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Duplicate => "duplicate",
-            Self::Ignored => "ignored",
-            Self::UnknownPayment => "unknown_payment",
-        }
+        self.into()
     }
 }
 
+fn count(outcome: &'static str) {
+    metrics::counter!("drops_webhook_events_total", "outcome" => outcome).increment(1);
+}
+
 #[tracing::instrument(skip_all)]
-async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
-    let secrets = state.settings.webhook_secret_list();
-    let secrets: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+async fn receive(State(state): State<PaymentsState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let secrets: Vec<&[u8]> =
+        state.core.settings.payments.webhook_secrets.iter().map(|s| s.expose_secret().as_bytes()).collect();
     let header = headers.get(STRIPE_SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     if let Err(e) = verify_stripe_signature(header, &secrets, &body, Utc::now().timestamp()) {
-        crate::metrics::webhook("invalid_signature");
+        count("invalid_signature");
         tracing::warn!(error = %e, "webhook refused");
         return Err(ApiError::code(ErrorCode::InvalidSignature, "the Stripe-Signature header does not verify"));
     }
     let event: WebhookEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::code(ErrorCode::InvalidRequest, format!("not a payment event: {e}")))?;
     let outcome = apply(&state, &event, &body).await?;
-    crate::metrics::webhook(outcome.as_str());
+    count(outcome.as_str());
     tracing::info!(event_id = %event.id, kind = %event.kind, outcome = outcome.as_str(), "webhook");
     Ok(Json(json!({"received": true, "outcome": outcome.as_str()})))
 }
 
-async fn apply(state: &AppState, event: &WebhookEvent, raw: &[u8]) -> ApiResult<Outcome> {
+async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiResult<Outcome> {
     let payload: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    let mut tx = state.db.begin().await?;
+    let mut tx = state.core.db.begin().await?;
     let recorded = sqlx::query(
         "INSERT INTO webhook_events (id, event_type, payment_ref, payload) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO NOTHING",
@@ -107,48 +108,33 @@ async fn apply(state: &AppState, event: &WebhookEvent, raw: &[u8]) -> ApiResult<
         _ => return finish(tx, &event.id, Outcome::Ignored).await,
     };
     let reference = &event.data.object.id;
-    let order_id: Option<Uuid> = sqlx::query_scalar("SELECT order_id FROM payments WHERE reference = $1")
-        .bind(reference)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(order_id) = order_id else { return finish(tx, &event.id, Outcome::UnknownPayment).await };
-    let Some(mut order) = lifecycle::lock(&mut tx, order_id).await? else {
-        return finish(tx, &event.id, Outcome::UnknownPayment).await;
-    };
-    let payment_status: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1 FOR UPDATE")
-        .bind(order_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let outcome = if succeeded {
-        if payment_status == "refunded" {
-            Outcome::Ignored
-        } else {
-            set_payment(&mut tx, order_id, "succeeded").await?;
-            match order.status() {
-                OrderStatus::Reserved => lifecycle::move_to(&mut tx, &mut order, OrderStatus::Confirmed, None).await?,
-                OrderStatus::Expired | OrderStatus::Failed => {
-                    let detail = "paid after the reservation had ended";
-                    lifecycle::move_to(&mut tx, &mut order, OrderStatus::Confirmed, Some(detail)).await?
-                }
-                OrderStatus::Confirmed | OrderStatus::Cancelled => {}
-            }
+    let payment: Option<(Uuid, PaymentStatus)> =
+        sqlx::query_as("SELECT order_id, status FROM payments WHERE reference = $1 FOR UPDATE")
+            .bind(reference)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((order_id, status)) = payment else { return finish(tx, &event.id, Outcome::UnknownPayment).await };
+    let settlement = &state.payments.settlement;
+    let outcome = match (succeeded, status) {
+        (true, PaymentStatus::Refunded) => Outcome::Ignored,
+        (true, _) => {
+            set_status(&mut tx, order_id, PaymentStatus::Succeeded).await?;
+            settlement.paid(&mut tx, order_id).await?;
             events::record(&mut tx, DomainEvent::PaymentSucceeded { order_id, reference: reference.clone() }).await?;
             Outcome::Applied
         }
-    } else if matches!(payment_status.as_str(), "succeeded" | "refunded") {
         // A success is final; this failure is an earlier attempt delivered late.
-        Outcome::Ignored
-    } else {
-        set_payment(&mut tx, order_id, "failed").await?;
-        if order.status() == OrderStatus::Reserved {
-            lifecycle::move_to(&mut tx, &mut order, OrderStatus::Failed, Some("payment failed")).await?;
+        (false, PaymentStatus::Succeeded | PaymentStatus::Refunded) => Outcome::Ignored,
+        (false, _) => {
+            set_status(&mut tx, order_id, PaymentStatus::Failed).await?;
+            settlement.payment_failed(&mut tx, order_id).await?;
+            Outcome::Applied
         }
-        Outcome::Applied
     };
     finish(tx, &event.id, outcome).await
 }
 
-async fn set_payment(conn: &mut sqlx::PgConnection, order_id: Uuid, status: &str) -> sqlx::Result<()> {
+async fn set_status(conn: &mut sqlx::PgConnection, order_id: Uuid, status: PaymentStatus) -> sqlx::Result<()> {
     sqlx::query("UPDATE payments SET status = $2, updated_at = now() WHERE order_id = $1")
         .bind(order_id)
         .bind(status)

@@ -69,13 +69,13 @@ async fn main() {
     let online_n = online.len();
     stack
         .with_origin(move |s| async move {
-            let mut conn = s.redis.get_multiplexed_async_connection().await.unwrap();
+            let mut conn = s.core.redis.get_multiplexed_async_connection().await.unwrap();
             for chunk in online.chunks(5_000) {
                 let mut pipe = redis::pipe();
                 for u in chunk {
                     pipe.cmd("SET")
-                        .arg(format!("{}:presence:{u}", s.settings.redis_prefix))
-                        .arg(&s.live.instance)
+                        .arg(format!("{}:presence:{u}", s.core.settings.redis.prefix))
+                        .arg(&s.notifications.live.instance)
                         .arg("EX")
                         .arg(600)
                         .ignore();

@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::live::{self, LiveMessage};
-use crate::push;
-use crate::startup::AppState;
+use crate::catalogue;
+use crate::notifications::live::{self, LiveMessage};
+use crate::notifications::push;
+use crate::state::Core;
+use crate::tasks::Next;
+
+/// How long an idle runner waits before looking for work again.
+pub const IDLE: Duration = Duration::from_millis(100);
 
 pub const CONSUMER: &str = "fanout";
 const CHUNK: i64 = 10_000;
@@ -35,7 +39,7 @@ fn shard_bound(shard: u8) -> Option<Uuid> {
     })
 }
 
-pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::DropStarted { drop_id, creator_id } = event.event else { return Ok(()) };
     let mut tx = state.db.begin().await?;
     for shard in 0..SHARDS {
@@ -56,21 +60,9 @@ pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<(
     Ok(())
 }
 
-pub async fn run(state: AppState, stop: CancellationToken) {
-    loop {
-        let worked = run_chunk(&state).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "fan-out chunk failed; it will be retried");
-            false
-        });
-        if !worked {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        } else if stop.is_cancelled() {
-            return;
-        }
-    }
+/// One runner round: a chunk of an open job, if there is one.
+pub async fn round(state: &Core) -> anyhow::Result<Next> {
+    Ok(if run_chunk(state).await? { Next::Now } else { Next::Later })
 }
 
 #[derive(sqlx::FromRow)]
@@ -85,7 +77,7 @@ struct Job {
 }
 
 /// Does one chunk of one open job; false when there was nothing to do.
-pub async fn run_chunk(state: &AppState) -> anyhow::Result<bool> {
+pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut tx = state.db.begin().await?;
     let job: Option<Job> = sqlx::query_as(
@@ -107,8 +99,7 @@ pub async fn run_chunk(state: &AppState) -> anyhow::Result<bool> {
     .bind(CHUNK)
     .fetch_all(&mut *tx)
     .await?;
-    let creator_name: String =
-        sqlx::query_scalar("SELECT name FROM creators WHERE id = $1").bind(job.creator_id).fetch_one(&mut *tx).await?;
+    let creator_name = catalogue::creators::name(&mut *tx, job.creator_id).await?.unwrap_or_default();
     let message = LiveMessage {
         kind: "drop_live".into(),
         payload: json!({"drop_id": job.drop_id, "creator": {"id": job.creator_id, "name": creator_name}}),

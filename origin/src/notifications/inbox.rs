@@ -1,32 +1,30 @@
-//! Notifications. Persistent kinds (`order_confirmed`, `order_failed`,
+//! The inbox. Persistent kinds (`order_confirmed`, `order_failed`,
 //! `order_expired`) are stored, listed and marked read; the ephemeral `drop_live` is
-//! only delivered (see [`crate::fanout`]). Either goes over the user's socket when
+//! only delivered (see `followers::fanout`). Either goes over the user's socket when
 //! they are online and by push when they are not. The `notifications` consumer
 //! makes them from order events, once per (event, user).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::events::{DomainEvent, EventEnvelope};
-use drops_shared::problem::ErrorCode;
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::creators::parse_id;
+use super::live::{self, LiveMessage};
+use super::{push, NotificationsState};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::AuthUser;
-use crate::live::{self, LiveMessage};
-use crate::pagination::{self, PageQuery};
-use crate::push;
-use crate::startup::AppState;
+use crate::extract::{path_id, AuthUser, StrictQuery};
+use crate::paging::{self, PageQuery};
+use crate::state::Core;
 
 pub const CONSUMER: &str = "notifications";
 const LIST: &str = "notifications";
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<NotificationsState> {
     Router::new()
         .route("/v1/notifications", get(list))
         .route("/v1/notifications/read-all", post(read_all))
@@ -51,11 +49,11 @@ struct NotificationPage {
 }
 
 async fn list(
-    State(state): State<AppState>,
+    State(state): State<NotificationsState>,
     user: AuthUser,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<NotificationPage>> {
-    let Query(page) = query.map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))?;
+    let db = &state.core.db;
     let limit = page.limit()?;
     let after = page.after(LIST)?;
     let rows: Vec<Notification> = sqlx::query_as(
@@ -65,27 +63,29 @@ async fn list(
     .bind(user.0.user_id)
     .bind(after)
     .bind(limit + 1)
-    .fetch_all(&state.db)
+    .fetch_all(db)
     .await?;
     let unread_count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL")
             .bind(user.0.user_id)
-            .fetch_one(&state.db)
+            .fetch_one(db)
             .await?;
-    let more = rows.len() as i64 > limit;
-    let items: Vec<Notification> = rows.into_iter().take(limit as usize).collect();
-    let next_cursor = if more { items.last().map(|n| pagination::encode(LIST, n.id)) } else { None };
-    Ok(Json(NotificationPage { items, next_cursor, unread_count }))
+    let page = paging::page(rows, limit, |n| paging::encode(LIST, n.id));
+    Ok(Json(NotificationPage { items: page.items, next_cursor: page.next_cursor, unread_count }))
 }
 
 /// Someone else's notification is "not found".
-async fn read_one(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let id = parse_id(&id)?;
+async fn read_one(
+    State(state): State<NotificationsState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = path_id(&id)?;
     let found =
         sqlx::query("UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user.0.user_id)
-            .execute(&state.db)
+            .execute(&state.core.db)
             .await?;
     if found.rows_affected() == 0 {
         return Err(ApiError::not_found());
@@ -93,10 +93,10 @@ async fn read_one(State(state): State<AppState>, user: AuthUser, Path(id): Path<
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn read_all(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+async fn read_all(State(state): State<NotificationsState>, user: AuthUser) -> ApiResult<StatusCode> {
     sqlx::query("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL")
         .bind(user.0.user_id)
-        .execute(&state.db)
+        .execute(&state.core.db)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -118,7 +118,7 @@ fn notification_for(event: &DomainEvent) -> Option<(Uuid, &'static str, Value)> 
 }
 
 /// The consumer: store, then deliver live or queue a push.
-pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let Some((user_id, kind, payload)) = notification_for(&event.event) else { return Ok(()) };
     let mut tx = state.db.begin().await?;
     let id: Option<Uuid> = sqlx::query_scalar(

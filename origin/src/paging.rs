@@ -4,7 +4,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use drops_shared::api::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use drops_shared::api::{Page, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use drops_shared::problem::ErrorCode;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -55,6 +55,15 @@ impl PageQuery {
     }
 }
 
+/// One page out of `rows`, fetched with `LIMIT limit + 1`: the extra row only
+/// says there is more, and the cursor names the last row kept.
+pub fn page<T>(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    let next_cursor = if more { rows.last().map(cursor_of) } else { None };
+    Page { items: rows, next_cursor }
+}
+
 pub fn encode(list: &str, last: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{list}:{last}"))
 }
@@ -70,6 +79,14 @@ fn decode(list: &str, cursor: &str) -> Result<Uuid, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_keeps_limit_rows_and_points_past_the_last() {
+        let p = page(vec![1, 2, 3], 2, |n| n.to_string());
+        assert_eq!((p.items, p.next_cursor), (vec![1, 2], Some("2".to_owned())));
+        let p = page(vec![1, 2], 2, |n| n.to_string());
+        assert_eq!((p.items, p.next_cursor), (vec![1, 2], None));
+    }
 
     #[test]
     fn round_trip_and_foreign_cursors() {

@@ -3,16 +3,21 @@
 //! signed route (what `wrangler dev` runs) and Cloudflare's purge-by-URL API (for a
 //! zone in production).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use drops_shared::events::{DomainEvent, EventEnvelope};
+use drops_shared::pages;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::config::CachePurger;
 use crate::edge::EdgeClient;
-use crate::startup::AppState;
+use crate::orders;
+use crate::state::Core;
 
 pub const CONSUMER: &str = "cache-purge";
 
@@ -27,7 +32,7 @@ pub struct EdgePurger(pub EdgeClient);
 #[async_trait]
 impl Purger for EdgePurger {
     async fn purge(&self, paths: &[String]) -> anyhow::Result<()> {
-        self.0.purge(paths).await
+        self.0.purge(paths).await.map(|_| ())
     }
 }
 
@@ -42,7 +47,6 @@ pub struct CloudflarePurger {
     public_base: String,
 }
 
-pub const CLOUDFLARE_API: &str = "https://api.cloudflare.com";
 const CLOUDFLARE_FILES_PER_CALL: usize = 30;
 
 impl CloudflarePurger {
@@ -90,80 +94,60 @@ impl Purger for CloudflarePurger {
 }
 
 /// The purger the settings ask for.
-pub fn purger(state: &AppState) -> anyhow::Result<std::sync::Arc<dyn Purger>> {
-    use secrecy::ExposeSecret;
-    let s = &state.settings;
-    Ok(match s.cache_purger.as_str() {
-        "edge" => std::sync::Arc::new(EdgePurger(state.edge.clone())),
-        "cloudflare" => {
-            let (Some(zone), Some(token), Some(base)) =
-                (&s.cloudflare_zone_id, &s.cloudflare_api_token, &s.public_edge_url)
-            else {
-                anyhow::bail!(
-                    "the cloudflare purger needs DROPS_CLOUDFLARE_ZONE_ID, _API_TOKEN and DROPS_PUBLIC_EDGE_URL"
-                );
-            };
-            std::sync::Arc::new(CloudflarePurger::new(CLOUDFLARE_API, zone, token.expose_secret(), base)?)
+pub fn purger(core: &Core) -> anyhow::Result<Arc<dyn Purger>> {
+    Ok(match &core.settings.cache_purger {
+        CachePurger::Edge => Arc::new(EdgePurger(core.edge.clone())),
+        CachePurger::Cloudflare { zone_id, api_token, public_edge_url, api_base } => {
+            Arc::new(CloudflarePurger::new(api_base, zone_id, api_token.expose_secret(), public_edge_url)?)
         }
-        other => anyhow::bail!("unknown cache purger `{other}`"),
     })
 }
 
-pub fn card_path(drop_id: Uuid) -> String {
-    format!("/v1/drops/{drop_id}")
-}
-
-pub const LIST_PATHS: [&str; 2] = ["/v1/drops?status=live", "/v1/drops?status=upcoming"];
-
 /// The pages an event makes stale.
-pub async fn stale_paths(state: &AppState, event: &DomainEvent) -> anyhow::Result<Vec<String>> {
+pub async fn stale_paths(core: &Core, event: &DomainEvent) -> anyhow::Result<Vec<String>> {
     let card_and_lists = |drop_id| {
-        let mut paths = vec![card_path(drop_id)];
-        paths.extend(LIST_PATHS.iter().map(|p| p.to_string()));
+        let mut paths = vec![pages::card(drop_id)];
+        paths.extend(pages::list_first_pages());
         paths
     };
+    let [live, _] = pages::list_first_pages();
     Ok(match event {
         DomainEvent::DropCreated { drop_id, .. }
         | DomainEvent::DropUpdated { drop_id, .. }
         | DomainEvent::DropStarted { drop_id, .. }
         | DomainEvent::DropEnded { drop_id, .. } => card_and_lists(*drop_id),
         // The stock snapshot on the card moved.
-        DomainEvent::OrderConfirmed { drop_id, .. } => vec![card_path(*drop_id), LIST_PATHS[0].to_owned()],
+        DomainEvent::OrderConfirmed { drop_id, .. } => vec![pages::card(*drop_id), live],
         // A reservation only matters to the pages when it sold the drop out.
-        DomainEvent::OrderReserved { drop_id, .. } if sold_out(state, *drop_id).await? => {
-            vec![card_path(*drop_id), LIST_PATHS[0].to_owned()]
+        DomainEvent::OrderReserved { drop_id, .. } if sold_out(core, *drop_id).await? => {
+            vec![pages::card(*drop_id), live]
         }
         _ => Vec::new(),
     })
 }
 
-async fn sold_out(state: &AppState, drop_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT d.stock <= COALESCE((SELECT SUM(quantity) FROM orders
-                                     WHERE drop_id = d.id AND status IN ('reserved', 'confirmed')), 0)
-         FROM drops d WHERE d.id = $1",
-    )
-    .bind(drop_id)
-    .fetch_optional(&state.db)
-    .await
-    .map(|v| v.unwrap_or(false))
+async fn sold_out(core: &Core, drop_id: Uuid) -> sqlx::Result<bool> {
+    let stock: Option<i32> =
+        sqlx::query_scalar("SELECT stock FROM drops WHERE id = $1").bind(drop_id).fetch_optional(&core.db).await?;
+    let Some(stock) = stock else { return Ok(false) };
+    let committed = orders::committed_units(&core.db, &[drop_id]).await?.get(&drop_id).copied().unwrap_or(0);
+    Ok(i64::from(stock) <= committed)
 }
 
-pub async fn handle(state: &AppState, purger: &dyn Purger, event: &EventEnvelope) -> anyhow::Result<()> {
-    let paths = stale_paths(state, &event.event).await?;
+pub async fn handle(core: &Core, purger: &dyn Purger, event: &EventEnvelope) -> anyhow::Result<()> {
+    let paths = stale_paths(core, &event.event).await?;
     if paths.is_empty() {
         return Ok(());
     }
     purger.purge(&paths).await
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn cloudflare_requests_name_full_urls_thirty_at_a_time() {
-        let p = CloudflarePurger::new(CLOUDFLARE_API, "zone123", "tok", "https://api.drops.dev/").unwrap();
+        let p = CloudflarePurger::new(crate::config::CLOUDFLARE_API, "zone123", "tok", "https://api.drops.dev/").unwrap();
         let paths: Vec<String> = (0..31).map(|i| format!("/v1/drops/{i}")).collect();
         let reqs = p.requests(&paths);
         assert_eq!(reqs.len(), 2);

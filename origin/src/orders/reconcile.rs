@@ -13,21 +13,20 @@
 //! | sold | failed, cancelled, expired | flag only: money and units disagree |
 //!
 //! Orders changed within the grace period are left alone: the event flow is
-//! probably still settling them.
+//! probably still settling them. Which drops to look at is the catalogue's to say
+//! (it sits above this area): the caller passes them in.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
 use drops_shared::api::{Money, OrderStatus};
-use drops_shared::events::DomainEvent;
 use drops_shared::internal::{HoldSnapshot, HoldState, InventorySnapshot};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::orders::{edge_sync, lifecycle};
-use crate::startup::AppState;
-use crate::{events, metrics};
+use super::intake::{self, Inserted, NewOrder};
+use super::{edge_sync, lifecycle, OrdersState};
+use crate::payments;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -40,51 +39,31 @@ pub struct Repair {
 #[derive(sqlx::FromRow)]
 struct OrderRow {
     id: Uuid,
-    status: String,
+    status: OrderStatus,
     settled: bool,
 }
 
-pub async fn run(state: AppState, stop: CancellationToken) {
-    let every = Duration::from_secs(state.settings.reconcile_interval_secs);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match run_once(&state, Duration::from_secs(30)).await {
-            Ok(repairs) if !repairs.is_empty() => {
-                tracing::warn!(count = repairs.len(), "reconciliation repaired drift")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
-        }
-    }
-}
-
-/// Reconciles every drop that is live or ended within the last day.
-pub async fn run_once(state: &AppState, grace: Duration) -> anyhow::Result<Vec<Repair>> {
-    let drops: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM drops WHERE inventory_synced_at IS NOT NULL AND starts_at <= now()
-           AND ends_at > now() - interval '1 day' ORDER BY starts_at",
-    )
-    .fetch_all(&state.db)
-    .await?;
+/// Reconciles each of `drops`; returns every repair made.
+pub async fn run_once(state: &OrdersState, drops: &[Uuid], grace: Duration) -> anyhow::Result<Vec<Repair>> {
     let mut repairs = Vec::new();
     for drop_id in drops {
-        repairs.extend(reconcile_drop(state, drop_id, grace).await?);
+        repairs.extend(reconcile_drop(state, *drop_id, grace).await?);
+    }
+    if !repairs.is_empty() {
+        tracing::warn!(count = repairs.len(), "reconciliation repaired drift");
     }
     Ok(repairs)
 }
 
-pub async fn reconcile_drop(state: &AppState, drop_id: Uuid, grace: Duration) -> anyhow::Result<Vec<Repair>> {
-    let Some(snapshot) = state.edge.snapshot(drop_id).await? else { return Ok(Vec::new()) };
+pub async fn reconcile_drop(state: &OrdersState, drop_id: Uuid, grace: Duration) -> anyhow::Result<Vec<Repair>> {
+    let Some(snapshot) = state.core.edge.snapshot(drop_id).await? else { return Ok(Vec::new()) };
     let grace_secs = grace.as_secs_f64();
     let orders: HashMap<Uuid, OrderRow> = sqlx::query_as(
         "SELECT id, status, updated_at < now() - make_interval(secs => $2) AS settled FROM orders WHERE drop_id = $1",
     )
     .bind(drop_id)
     .bind(grace_secs)
-    .fetch_all(&state.db)
+    .fetch_all(&state.core.db)
     .await?
     .into_iter()
     .map(|o: OrderRow| (o.id, o))
@@ -106,7 +85,7 @@ pub async fn reconcile_drop(state: &AppState, drop_id: Uuid, grace: Duration) ->
 
 /// A hold the origin never got as an order.
 async fn pull_in(
-    state: &AppState,
+    state: &OrdersState,
     snapshot: &InventorySnapshot,
     hold: &HoldSnapshot,
     grace: Duration,
@@ -121,46 +100,25 @@ async fn pull_in(
     let amount = snapshot.terms.price.times(hold.quantity).unwrap_or(Money { amount: 0, currency: String::new() });
     let key = hold.idempotency_key.clone().unwrap_or_else(|| format!("reconciled-{}", hold.reservation_id));
     let status = if hold.state == HoldState::Sold { OrderStatus::Confirmed } else { OrderStatus::Reserved };
-    let mut tx = state.db.begin().await?;
-    sqlx::query("INSERT INTO users (id, role) VALUES ($1, 'buyer') ON CONFLICT (id) DO NOTHING")
-        .bind(hold.user_id)
-        .execute(&mut *tx)
-        .await?;
     let reserved_at = hold.expires_at - chrono::Duration::seconds(i64::from(snapshot.terms.hold_seconds));
-    let inserted = sqlx::query(
-        "INSERT INTO orders (id, drop_id, user_id, idempotency_key, quantity, amount, currency, status, status_detail,
-                             reserved_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'recovered by reconciliation', $9, $10) ON CONFLICT DO NOTHING",
-    )
-    .bind(hold.reservation_id)
-    .bind(drop_id)
-    .bind(hold.user_id)
-    .bind(&key)
-    .bind(hold.quantity as i32)
-    .bind(amount.amount)
-    .bind(&amount.currency)
-    .bind(status.as_str())
-    .bind(reserved_at)
-    .bind(hold.expires_at)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        events::record(
-            &mut tx,
-            DomainEvent::OrderReserved {
-                order_id: hold.reservation_id,
-                drop_id,
-                user_id: hold.user_id,
-                quantity: hold.quantity,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    if inserted.rows_affected() == 0 {
+    let order = NewOrder {
+        id: hold.reservation_id,
+        drop_id,
+        user_id: hold.user_id,
+        idempotency_key: &key,
+        quantity: hold.quantity,
+        amount: &amount,
+        status,
+        detail: Some("recovered by reconciliation"),
+        reserved_at,
+        expires_at: hold.expires_at,
+    };
+    let mut tx = state.core.db.begin().await?;
+    if intake::insert(&mut tx, &order).await? != Inserted::New {
         return Ok(None);
     }
-    crate::payments::ensure_payment(&state.db, state.payments.as_ref(), hold.reservation_id, &amount).await?;
+    tx.commit().await?;
+    payments::store::ensure(&state.core.db, &state.payments, hold.reservation_id, &amount).await?;
     Ok(Some(Repair {
         drop_id,
         order_id: Some(hold.reservation_id),
@@ -170,13 +128,13 @@ async fn pull_in(
 }
 
 async fn repair_pair(
-    state: &AppState,
+    state: &OrdersState,
     drop_id: Uuid,
     hold: &HoldSnapshot,
     order: &OrderRow,
 ) -> anyhow::Result<Option<Repair>> {
     use HoldState::*;
-    let status = OrderStatus::parse(&order.status).unwrap_or(OrderStatus::Reserved);
+    let status = order.status;
     let repair = |repair: &'static str, reason: &str| {
         Some(Repair { drop_id, order_id: Some(order.id), repair, reason: reason.to_owned() })
     };
@@ -194,9 +152,9 @@ async fn repair_pair(
             repair("hold_released", "the order ended unpaid but its hold still held units")
         }
         (Released, OrderStatus::Reserved) => {
-            let mut tx = state.db.begin().await?;
+            let mut tx = state.core.db.begin().await?;
             if let Some(mut locked) = lifecycle::lock(&mut tx, order.id).await? {
-                if locked.status() == OrderStatus::Reserved {
+                if locked.status == OrderStatus::Reserved {
                     lifecycle::move_to(
                         &mut tx,
                         &mut locked,
@@ -216,8 +174,8 @@ async fn repair_pair(
     })
 }
 
-async fn record(state: &AppState, r: &Repair) -> anyhow::Result<()> {
-    metrics::repair(r.repair);
+async fn record(state: &OrdersState, r: &Repair) -> anyhow::Result<()> {
+    metrics::counter!("drops_reconcile_repairs_total", "repair" => r.repair).increment(1);
     tracing::warn!(drop_id = %r.drop_id, order_id = ?r.order_id, repair = r.repair, reason = %r.reason, "reconciliation repair");
     sqlx::query("INSERT INTO reconcile_audit (id, drop_id, order_id, repair, reason) VALUES ($1, $2, $3, $4, $5)")
         .bind(Uuid::now_v7())
@@ -225,7 +183,7 @@ async fn record(state: &AppState, r: &Repair) -> anyhow::Result<()> {
         .bind(r.order_id)
         .bind(r.repair)
         .bind(&r.reason)
-        .execute(&state.db)
+        .execute(&state.core.db)
         .await?;
     Ok(())
 }

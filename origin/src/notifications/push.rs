@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,17 +16,28 @@ use axum::routing::put;
 use axum::Router;
 use base64ct::{Base64UrlUnpadded, Encoding};
 use chrono::Utc;
+use drops_shared::backoff::Backoff;
+use drops_shared::problem::ErrorCode;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::NotificationsState;
+use crate::config::{PushProvider as ProviderSettings, Settings};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthUser, StrictJson};
-use crate::startup::AppState;
-use drops_shared::problem::ErrorCode;
+use crate::tasks::Next;
 
 const MAX_ATTEMPTS: i32 = 8;
 const BATCH: i64 = 200;
+/// Between attempts at one delivery.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
+/// How often the sender looks for due deliveries when it has caught up.
+pub const IDLE: Duration = Duration::from_millis(200);
+
+fn count(outcome: &'static str) {
+    metrics::counter!("drops_push_deliveries_total", "outcome" => outcome).increment(1);
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -163,22 +176,21 @@ impl Outcome {
     }
 }
 
-pub fn provider(settings: &crate::config::Settings) -> anyhow::Result<std::sync::Arc<dyn PushProvider>> {
-    use secrecy::ExposeSecret;
-    Ok(match (settings.push_provider.as_str(), &settings.vapid_private_key) {
-        ("webpush", Some(key)) => std::sync::Arc::new(WebPush::new(key.expose_secret(), &settings.vapid_contact)?),
-        ("webpush", None) => anyhow::bail!("DROPS_PUSH_PROVIDER=webpush needs DROPS_VAPID_PRIVATE_KEY"),
-        ("callback", _) => std::sync::Arc::new(CallbackPush::new(settings.push_callback_secret.expose_secret())?),
-        (other, _) => anyhow::bail!("unknown push provider `{other}`"),
+pub fn provider(settings: &Settings) -> anyhow::Result<Arc<dyn PushProvider>> {
+    Ok(match &settings.push {
+        ProviderSettings::WebPush { vapid_private_key, contact } => {
+            Arc::new(WebPush::new(vapid_private_key.expose_secret(), contact)?)
+        }
+        ProviderSettings::Callback { secret } => Arc::new(CallbackPush::new(secret.expose_secret())?),
     })
 }
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<NotificationsState> {
     Router::new().route("/v1/me/push-subscription", put(subscribe).delete(unsubscribe))
 }
 
 async fn subscribe(
-    State(state): State<AppState>,
+    State(state): State<NotificationsState>,
     user: AuthUser,
     StrictJson(sub): StrictJson<Subscription>,
 ) -> ApiResult<StatusCode> {
@@ -198,13 +210,14 @@ async fn subscribe(
     .bind(&sub.endpoint)
     .bind(&sub.keys.p256dh)
     .bind(&sub.keys.auth)
-    .execute(&state.db)
+    .execute(&state.core.db)
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unsubscribe(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
-    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1").bind(user.0.user_id).execute(&state.db).await?;
+async fn unsubscribe(State(state): State<NotificationsState>, user: AuthUser) -> ApiResult<StatusCode> {
+    let db = &state.core.db;
+    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1").bind(user.0.user_id).execute(db).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -243,23 +256,13 @@ struct Due {
     auth: Option<String>,
 }
 
-/// Sends due deliveries until stopped.
-pub async fn run(state: AppState, stop: CancellationToken) {
-    loop {
-        let sent = send_due(&state).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "push round failed");
-            0
-        });
-        let pause = if sent as i64 == BATCH { Duration::ZERO } else { Duration::from_millis(200) };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+/// One sender round: a batch of due deliveries; [`Next::Now`] while batches come full.
+pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
+    Ok(if send_due(state).await? as i64 == BATCH { Next::Now } else { Next::Later })
 }
 
-pub async fn send_due(state: &AppState) -> anyhow::Result<usize> {
-    let mut tx = state.db.begin().await?;
+pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
+    let mut tx = state.core.db.begin().await?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT d.id, d.user_id, m.payload, d.attempts, s.endpoint, s.p256dh, s.auth
          FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
@@ -289,33 +292,35 @@ pub async fn send_due(state: &AppState) -> anyhow::Result<usize> {
     for (d, outcome) in futures::future::join_all(sends).await {
         match outcome {
             Outcome::Delivered => {
-                crate::metrics::push("delivered");
+                count("delivered");
                 finished.push(d.id);
             }
             Outcome::Gone => {
-                crate::metrics::push("gone");
+                count("gone");
                 finished.push(d.id);
                 gone_users.push(d.user_id);
             }
             Outcome::Retry(why) if d.attempts + 1 >= MAX_ATTEMPTS => {
-                crate::metrics::push("dropped");
+                count("dropped");
                 tracing::warn!(user_id = %d.user_id, %why, "push dropped after retries");
                 finished.push(d.id);
             }
             Outcome::Retry(_) => {
-                crate::metrics::push("retried");
-                retry.push(d.id);
+                count("retried");
+                retry.push((d.id, RETRY.delay_ms(d.attempts.max(0) as u32)));
             }
         }
     }
     sqlx::query("DELETE FROM push_deliveries WHERE id = ANY($1)").bind(&finished).execute(&mut *tx).await?;
     sqlx::query("DELETE FROM push_subscriptions WHERE user_id = ANY($1)").bind(&gone_users).execute(&mut *tx).await?;
+    let (retry_ids, retry_delays): (Vec<i64>, Vec<i64>) = retry.into_iter().unzip();
     sqlx::query(
-        "UPDATE push_deliveries SET attempts = attempts + 1,
-                next_attempt_at = now() + make_interval(secs => least(600, power(2, attempts + 1)))
-         WHERE id = ANY($1)",
+        "UPDATE push_deliveries d SET attempts = d.attempts + 1,
+                next_attempt_at = now() + make_interval(secs => (r.delay_ms / 1000.0)::float8)
+         FROM unnest($1::bigint[], $2::bigint[]) AS r(id, delay_ms) WHERE d.id = r.id",
     )
-    .bind(&retry)
+    .bind(&retry_ids)
+    .bind(&retry_delays)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -7,29 +7,17 @@
 use std::time::Duration;
 
 use drops_shared::events::DomainEvent;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::events;
-use crate::startup::AppState;
+use crate::state::Core;
 
-const TICK: Duration = Duration::from_millis(250);
-
-pub async fn run(state: AppState, stop: CancellationToken) {
-    loop {
-        if let Err(e) = announce(&state).await {
-            tracing::warn!(error = %e, "drop scheduler tick failed");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
-        }
-    }
-}
+/// How often the scheduler looks for starts and ends that are due.
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// Announces every start and end that is due; returns how many events it wrote.
-pub async fn announce(state: &AppState) -> anyhow::Result<usize> {
-    let mut tx = state.db.begin().await?;
+pub async fn announce(core: &Core) -> anyhow::Result<usize> {
+    let mut tx = core.db.begin().await?;
     let started = claim_due(&mut tx, "started_announced_at", "starts_at").await?;
     let ended = claim_due(&mut tx, "ended_announced_at", "ends_at").await?;
     for (drop_id, creator_id) in &started {
@@ -44,7 +32,13 @@ pub async fn announce(state: &AppState) -> anyhow::Result<usize> {
 
 /// Marks the drops whose `moment` has passed and whose `announced` is still NULL,
 /// skipping rows another scheduler holds; returns (drop, creator) of each claimed.
-async fn claim_due(tx: &mut sqlx::PgConnection, announced: &str, moment: &str) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+async fn claim_due(
+    tx: &mut sqlx::PgConnection,
+    announced: &'static str,
+    moment: &'static str,
+) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    // Built at run time: the same claim serves starts and ends, and the column names
+    // are these two constant pairs, never input.
     sqlx::query_as(&format!(
         "UPDATE drops SET {announced} = now()
          WHERE id IN (SELECT id FROM drops WHERE {announced} IS NULL AND {moment} <= now()

@@ -8,58 +8,56 @@
 //! Pages are keyset-paged on (followed_at, user id), newest first: follows that land
 //! while someone pages appear before the cursor, never as duplicates, and no row that
 //! existed when paging began is skipped.
+//!
+//! Owns the table `follows` and the Redis follower sets. Stands on the catalogue
+//! (creators) and on notifications ([`fanout`] delivers "drop is live").
 
-use axum::extract::{Path, Query, State};
+pub mod fanout;
+
+use async_trait::async_trait;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use drops_shared::api::{Follower, Following, Page};
 use drops_shared::events::{DomainEvent, EventEnvelope};
-use drops_shared::problem::ErrorCode;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use crate::creators::parse_id;
+use crate::catalogue::{self, FollowerCounts};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::extract::AuthUser;
-use crate::pagination::PageQuery;
-use crate::startup::AppState;
+use crate::extract::{path_id, AuthUser, StrictQuery};
+use crate::paging::{self, PageQuery};
+use crate::state::Core;
 
 pub const CONSUMER: &str = "followers";
 
-pub fn router() -> Router<AppState> {
+pub fn router(core: Core) -> Router {
     Router::new()
         .route("/v1/creators/{creator_id}/follow", put(follow).delete(unfollow))
         .route("/v1/creators/{creator_id}/followers", get(followers))
         .route("/v1/me/following", get(following))
+        .with_state(core)
 }
 
 pub fn set_key(prefix: &str, creator_id: Uuid) -> String {
     format!("{prefix}:followers:{creator_id}")
 }
 
-async fn creator_exists(state: &AppState, creator_id: Uuid) -> ApiResult<()> {
-    let found: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM creators WHERE id = $1").bind(creator_id).fetch_optional(&state.db).await?;
-    found.map(|_| ()).ok_or_else(ApiError::not_found)
-}
-
-async fn redis(state: &AppState) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+async fn redis(state: &Core) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     state.redis.get_multiplexed_async_connection().await
 }
 
 /// Writes one follow's state to the creator's set: in it since `followed_at`, or out.
 async fn write_set(
-    state: &AppState,
+    state: &Core,
     creator_id: Uuid,
     user_id: Uuid,
     followed_at: Option<DateTime<Utc>>,
 ) -> redis::RedisResult<()> {
-    let key = set_key(&state.settings.redis_prefix, creator_id);
+    let key = set_key(state.redis_prefix(), creator_id);
     let mut conn = redis(state).await?;
     match followed_at {
         Some(at) => conn.zadd(&key, user_id.to_string(), at.timestamp_micros()).await,
@@ -69,21 +67,21 @@ async fn write_set(
 
 /// [`write_set`] on the request path: best effort, since the consumer and the
 /// rebuild command repair what a failure here leaves.
-async fn mirror(state: &AppState, creator_id: Uuid, user_id: Uuid, followed_at: Option<DateTime<Utc>>) {
+async fn mirror(state: &Core, creator_id: Uuid, user_id: Uuid, followed_at: Option<DateTime<Utc>>) {
     if let Err(e) = write_set(state, creator_id, user_id, followed_at).await {
         tracing::warn!(%creator_id, error = %e, "follower set not updated; the consumer will");
     }
 }
 
 /// The creator a follow route names, once it is known to exist.
-async fn followed(state: &AppState, raw: &str) -> ApiResult<Uuid> {
-    let creator_id = parse_id(raw)?;
-    creator_exists(state, creator_id).await?;
+async fn followed(state: &Core, raw: &str) -> ApiResult<Uuid> {
+    let creator_id = path_id(raw)?;
+    catalogue::creators::name(&state.db, creator_id).await?.ok_or_else(ApiError::not_found)?;
     Ok(creator_id)
 }
 
 async fn follow(
-    State(state): State<AppState>,
+    State(state): State<Core>,
     user: AuthUser,
     Path(creator_id): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -108,7 +106,7 @@ async fn follow(
 }
 
 async fn unfollow(
-    State(state): State<AppState>,
+    State(state): State<Core>,
     user: AuthUser,
     Path(creator_id): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -131,7 +129,7 @@ async fn unfollow(
 }
 
 /// The consumer: the set follows the ledger, whatever order the events come in.
-pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<()> {
+pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::FollowChanged { creator_id, user_id, .. } = event.event else { return Ok(()) };
     let at: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT followed_at FROM follows WHERE creator_id = $1 AND user_id = $2")
@@ -143,8 +141,8 @@ pub async fn handle(state: &AppState, event: &EventEnvelope) -> anyhow::Result<(
 }
 
 /// How many follow a creator: the set's size, or the ledger's count without Redis.
-pub async fn count(state: &AppState, creator_id: Uuid) -> ApiResult<u64> {
-    let key = set_key(&state.settings.redis_prefix, creator_id);
+pub async fn count(state: &Core, creator_id: Uuid) -> ApiResult<u64> {
+    let key = set_key(state.redis_prefix(), creator_id);
     let from_set: redis::RedisResult<u64> = async { redis(state).await?.zcard(&key).await }.await;
     match from_set {
         Ok(n) => Ok(n),
@@ -159,34 +157,27 @@ pub async fn count(state: &AppState, creator_id: Uuid) -> ApiResult<u64> {
     }
 }
 
-fn encode_cursor(list: &str, micros: i64, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{list}:{micros}:{id}"))
-}
+/// The catalogue's view of follower counts.
+pub struct Counts;
 
-fn decode_cursor(list: &str, cursor: &str) -> ApiResult<(i64, Uuid)> {
-    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?).map_err(|_| bad())?;
-    let rest = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
-    let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
-    Ok((micros.parse().map_err(|_| bad())?, Uuid::parse_str(id).map_err(|_| bad())?))
-}
-
-fn page_query(q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<PageQuery> {
-    q.map(|Query(p)| p).map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.body_text()))
+#[async_trait]
+impl FollowerCounts for Counts {
+    async fn count(&self, core: &Core, creator_id: Uuid) -> anyhow::Result<u64> {
+        count(core, creator_id).await.map_err(|e| anyhow::anyhow!("follower count: {e}"))
+    }
 }
 
 /// `GET /v1/creators/{id}/followers`: newest first, from the creator's set.
 async fn followers(
-    State(state): State<AppState>,
+    State(state): State<Core>,
     Path(creator_id): Path<String>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Follower>>> {
     let creator_id = followed(&state, &creator_id).await?;
-    let page = page_query(query)?;
     let limit = page.limit()? as usize;
     let list = format!("followers-{creator_id}");
-    let after = page.cursor.as_deref().map(|c| decode_cursor(&list, c)).transpose()?;
-    let key = set_key(&state.settings.redis_prefix, creator_id);
+    let after = page.after_keyed(&list)?.map(|(at, id)| (at.timestamp_micros(), id));
+    let key = set_key(state.redis_prefix(), creator_id);
     // Equal scores are possible: over-fetch and drop those at or before the cursor.
     let max = after.map(|(m, _)| m.to_string()).unwrap_or_else(|| "+inf".into());
     let rows: Vec<(String, f64)> = redis::cmd("ZRANGE")
@@ -213,55 +204,56 @@ async fn followers(
     items.sort_by(|a, b| b.cmp(a));
     let more = items.len() > limit;
     items.truncate(limit);
-    let next_cursor = if more { items.last().map(|(m, id)| encode_cursor(&list, *m, *id)) } else { None };
+    let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    let next_cursor = if more { items.last().map(|(m, id)| paging::encode_keyed(&list, at(*m), *id)) } else { None };
     let items = items
         .into_iter()
-        .map(|(m, id)| Follower { user_id: id, followed_at: DateTime::from_timestamp_micros(m).unwrap_or_default() })
+        .map(|(m, id)| Follower { user_id: id, followed_at: at(m) })
         .collect();
     Ok(Json(Page { items, next_cursor }))
 }
 
 /// `GET /v1/me/following`: the creators the caller follows, newest first.
 async fn following(
-    State(state): State<AppState>,
+    State(state): State<Core>,
     user: AuthUser,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Following>>> {
-    let page = page_query(query)?;
+    const LIST: &str = "following";
     let limit = page.limit()?;
-    let after = page.cursor.as_deref().map(|c| decode_cursor("following", c)).transpose()?;
-    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT f.creator_id, c.name, f.followed_at FROM follows f JOIN creators c ON c.id = f.creator_id
-         WHERE f.user_id = $1 AND ($2::timestamptz IS NULL OR (f.followed_at, f.creator_id) < ($2, $3))
-         ORDER BY f.followed_at DESC, f.creator_id DESC LIMIT $4",
+    let after = page.after_keyed(LIST)?;
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT creator_id, followed_at FROM follows
+         WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (followed_at, creator_id) < ($2, $3))
+         ORDER BY followed_at DESC, creator_id DESC LIMIT $4",
     )
     .bind(user.0.user_id)
-    .bind(after.and_then(|(m, _)| DateTime::from_timestamp_micros(m)))
+    .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let more = rows.len() as i64 > limit;
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let names: std::collections::HashMap<Uuid, String> =
+        catalogue::creators::names(&state.db, &ids).await?.into_iter().collect();
     let items: Vec<Following> = rows
         .into_iter()
-        .take(limit as usize)
-        .map(|(creator_id, name, followed_at)| Following { creator_id, name, followed_at })
+        .map(|(creator_id, followed_at)| Following {
+            name: names.get(&creator_id).cloned().unwrap_or_default(),
+            creator_id,
+            followed_at,
+        })
         .collect();
-    let next_cursor = if more {
-        items.last().map(|f| encode_cursor("following", f.followed_at.timestamp_micros(), f.creator_id))
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(paging::page(items, limit, |f| paging::encode_keyed(LIST, f.followed_at, f.creator_id))))
 }
 
 /// Rebuilds every creator's set from the ledger; returns how many follows it wrote.
-pub async fn rebuild(state: &AppState) -> anyhow::Result<u64> {
+pub async fn rebuild(state: &Core) -> anyhow::Result<u64> {
     let mut conn = redis(state).await?;
-    let creators: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM creators").fetch_all(&state.db).await?;
+    let creators = catalogue::creators::all_ids(&state.db).await?;
     let mut total = 0;
     for creator_id in creators {
-        let key = set_key(&state.settings.redis_prefix, creator_id);
+        let key = set_key(state.redis_prefix(), creator_id);
         let fresh = format!("{key}:rebuild");
         let _: () = conn.del(&fresh).await?;
         let mut after: Option<(DateTime<Utc>, Uuid)> = None;

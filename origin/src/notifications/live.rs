@@ -19,11 +19,11 @@ use redis::AsyncCommands;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::NotificationsState;
 use crate::error::{ApiError, ApiResult};
-use crate::startup::AppState;
+use crate::state::Core;
 
 const PRESENCE_TTL_SECS: u64 = 30;
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -94,11 +94,11 @@ fn channel(prefix: &str, instance: &str) -> String {
 
 /// Sends `message` to whichever of `users` are online, wherever their socket is.
 /// Returns those who were online.
-pub async fn send(state: &AppState, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<Vec<Uuid>> {
+pub async fn send(state: &Core, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<Vec<Uuid>> {
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let prefix = &state.settings.redis_prefix;
+    let prefix = state.redis_prefix();
     let mut conn = state.redis.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = users.iter().map(|u| presence_key(prefix, *u)).collect();
     let holders: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
@@ -117,32 +117,20 @@ pub async fn send(state: &AppState, users: &[Uuid], message: &LiveMessage) -> an
     Ok(online)
 }
 
-/// Listens on this instance's channel and writes what arrives to local sockets.
-pub async fn run_subscriber(state: AppState, stop: CancellationToken) {
-    let name = channel(&state.settings.redis_prefix, &state.live.instance);
-    while !stop.is_cancelled() {
-        let subscribed = async {
-            let mut pubsub = state.redis.get_async_pubsub().await?;
-            pubsub.subscribe(&name).await?;
-            let mut messages = pubsub.on_message();
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return anyhow::Ok(()),
-                    next = messages.next() => next,
-                };
-                let Some(msg) = next else { anyhow::bail!("subscription closed") };
-                let payload: String = msg.get_payload()?;
-                if let Ok(d) = serde_json::from_str::<Delivery>(&payload) {
-                    state.live.deliver_local(&d.users, &d.message);
-                }
-            }
-        }
-        .await;
-        if let Err(e) = subscribed {
-            tracing::warn!(error = %e, "live subscriber lost redis; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+/// Listens on this instance's channel and writes what arrives to local sockets,
+/// until the subscription fails (the caller subscribes again).
+pub async fn subscribe(state: &NotificationsState) -> anyhow::Result<()> {
+    let name = channel(state.core.redis_prefix(), &state.live.instance);
+    let mut pubsub = state.core.redis.get_async_pubsub().await?;
+    pubsub.subscribe(&name).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let payload: String = msg.get_payload()?;
+        if let Ok(d) = serde_json::from_str::<Delivery>(&payload) {
+            state.live.deliver_local(&d.users, &d.message);
         }
     }
+    anyhow::bail!("live subscription closed")
 }
 
 #[derive(Deserialize)]
@@ -152,27 +140,28 @@ pub struct StreamQuery {
 }
 
 pub async fn stream(
-    State(state): State<AppState>,
+    State(state): State<NotificationsState>,
     headers: axum::http::HeaderMap,
     Query(q): Query<StreamQuery>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bearer = header.or_else(|| q.access_token.map(|t| format!("Bearer {t}")));
-    let identity = verify_bearer(bearer.as_deref(), state.settings.jwt_secret.expose_secret().as_bytes(), Utc::now())
+    let secret = state.core.settings.auth.jwt_secret.expose_secret().as_bytes();
+    let identity = verify_bearer(bearer.as_deref(), secret, Utc::now())
         .map_err(ApiError::from)?;
     Ok(upgrade.on_upgrade(move |socket| hold(state, identity.user_id, socket)))
 }
 
-async fn hold(state: AppState, user: Uuid, mut socket: WebSocket) {
+async fn hold(state: NotificationsState, user: Uuid, mut socket: WebSocket) {
     let (id, mut outbox) = state.live.register(user);
-    let key = presence_key(&state.settings.redis_prefix, user);
+    let key = presence_key(state.core.redis_prefix(), user);
     let announce = |conn: &mut redis::aio::MultiplexedConnection| {
         let (key, instance) = (key.clone(), state.live.instance.clone());
         let mut conn = conn.clone();
         async move { conn.set_ex::<_, _, ()>(key, instance, PRESENCE_TTL_SECS).await }
     };
-    let mut conn = match state.redis.get_multiplexed_async_connection().await {
+    let mut conn = match state.core.redis.get_multiplexed_async_connection().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "no presence without redis");

@@ -1,0 +1,131 @@
+//! A buyer's own orders: list, show, cancel. Someone else's order is "not found":
+//! its existence is not theirs to know.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use drops_shared::api::{Money, Order, OrderStatus, Page};
+use drops_shared::problem::ErrorCode;
+use uuid::Uuid;
+
+use super::{edge_sync, lifecycle, OrdersState};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{path_id, AuthUser, StrictQuery};
+use crate::paging::{self, PageQuery};
+use crate::payments;
+
+const ORDERS_LIST: &str = "orders";
+
+pub fn router() -> Router<OrdersState> {
+    Router::new()
+        .route("/v1/orders", get(list_orders))
+        .route("/v1/orders/{order_id}", get(show_order))
+        .route("/v1/orders/{order_id}/cancel", post(cancel_order))
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    drop_id: Uuid,
+    status: OrderStatus,
+    status_detail: Option<String>,
+    quantity: i32,
+    amount: i64,
+    currency: String,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const ORDER_SELECT: &str = "SELECT id, drop_id, status, status_detail, quantity, amount, currency, expires_at,
+       created_at, updated_at FROM orders";
+
+/// The rows as the buyer sees them, each with its payment handle once there is one.
+async fn with_payments(state: &OrdersState, rows: Vec<OrderRow>) -> ApiResult<Vec<Order>> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut handles = payments::store::handles(&state.core.db, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Order {
+            order_id: r.id,
+            drop_id: r.drop_id,
+            status: r.status,
+            quantity: r.quantity as u32,
+            amount: Money { amount: r.amount, currency: r.currency.trim().to_owned() },
+            expires_at: r.expires_at,
+            payment: handles.remove(&r.id),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            detail: r.status_detail,
+        })
+        .collect())
+}
+
+async fn load_order(state: &OrdersState, order_id: Uuid, user_id: Uuid) -> ApiResult<Order> {
+    let row: OrderRow = sqlx::query_as(&format!("{ORDER_SELECT} WHERE id = $1 AND user_id = $2"))
+        .bind(order_id)
+        .bind(user_id)
+        .fetch_optional(&state.core.db)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    with_payments(state, vec![row]).await?.pop().ok_or_else(ApiError::not_found)
+}
+
+async fn show_order(
+    State(state): State<OrdersState>,
+    user: AuthUser,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Order>> {
+    Ok(Json(load_order(&state, path_id(&order_id)?, user.0.user_id).await?))
+}
+
+/// The buyer gives up a reservation: its units go back at once.
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn cancel_order(
+    State(state): State<OrdersState>,
+    user: AuthUser,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<Order>> {
+    let id = path_id(&order_id)?;
+    let mut tx = state.core.db.begin().await?;
+    let mut order =
+        lifecycle::lock(&mut tx, id).await?.filter(|o| o.user_id == user.0.user_id).ok_or_else(ApiError::not_found)?;
+    match order.status {
+        OrderStatus::Reserved => lifecycle::move_to(&mut tx, &mut order, OrderStatus::Cancelled, None).await?,
+        OrderStatus::Cancelled => {}
+        other => {
+            return Err(ApiError::code(
+                ErrorCode::OrderNotCancellable,
+                format!("the order is {}; only a reserved order can be cancelled", other.as_str()),
+            ))
+        }
+    }
+    tx.commit().await?;
+    // Return the units now rather than when the event comes round; the edge-sync
+    // consumer settles it anyway if this call does not get through.
+    if let Err(e) = edge_sync::settle(&state, id).await {
+        tracing::warn!(error = %e, "immediate release failed; the event will retry it");
+    }
+    Ok(Json(load_order(&state, id, user.0.user_id).await?))
+}
+
+async fn list_orders(
+    State(state): State<OrdersState>,
+    user: AuthUser,
+    StrictQuery(page): StrictQuery<PageQuery>,
+) -> ApiResult<Json<Page<Order>>> {
+    let limit = page.limit()?;
+    let after = page.after(ORDERS_LIST)?;
+    // Order ids are UUID v7: descending id is newest first, and a stable key to page on.
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "{ORDER_SELECT} WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(user.0.user_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.core.db)
+    .await?;
+    let orders = with_payments(&state, rows).await?;
+    Ok(Json(paging::page(orders, limit, |o| paging::encode(ORDERS_LIST, o.order_id))))
+}

@@ -1,0 +1,140 @@
+//! Background work: [`Workers`] tracks every task the origin runs beside its
+//! routes (a `TaskTracker` with one stop signal), [`Workers::every`] is the one
+//! shape of "do this every N until stopped", and [`retry`] is the one retry loop,
+//! on the shared [`Backoff`] policy.
+
+use std::future::Future;
+use std::time::Duration;
+
+use drops_shared::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a periodic task wants after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// There is more to do: go again at once.
+    Now,
+    /// Caught up: wait for the period.
+    Later,
+}
+
+#[derive(Clone, Default)]
+pub struct Workers {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancelled when the workers are told to stop.
+    pub fn stop_signal(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+
+    /// Runs `round` every `period` until stopped. A failed round is logged under
+    /// `name` and the next one runs a period later; a round that says [`Next::Now`]
+    /// is followed at once.
+    pub fn every<F, Fut>(&self, name: &'static str, period: Duration, mut round: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<Next>> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = round() => next.unwrap_or_else(|e| {
+                        tracing::warn!(task = name, error = %format!("{e:#}"), "background round failed");
+                        Next::Later
+                    }),
+                };
+                if next == Next::Now && !stop.is_cancelled() {
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        });
+    }
+
+    /// Tells every task to stop and waits until all have.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Runs `attempt` until it succeeds or `times` attempts failed, pausing between
+/// them as `backoff` says; returns the last error.
+pub async fn retry<T, E, F, Fut>(backoff: Backoff, times: u32, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt(n).await {
+            Ok(value) => return Ok(value),
+            Err(e) if n + 1 >= times => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(backoff.delay(n)).await;
+                n += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_backs_off_and_gives_up_after_the_last_attempt() {
+        let policy = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let result: Result<(), u32> = retry(policy, 4, |n| async move { Err(n) }).await;
+        assert_eq!(result, Err(3));
+        assert_eq!(started.elapsed(), Duration::from_millis(100 + 200 + 400));
+        let ok: Result<u32, ()> = retry(policy, 4, |n| async move { if n == 2 { Ok(n) } else { Err(()) } }).await;
+        assert_eq!(ok, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_runs_on_its_period_goes_again_when_asked_and_stops() {
+        let workers = Workers::new();
+        let rounds = Arc::new(AtomicU32::new(0));
+        let counted = rounds.clone();
+        workers.every("test", Duration::from_secs(1), move || {
+            let counted = counted.clone();
+            async move {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                if n == 0 {
+                    anyhow::bail!("the first round fails; the next still runs")
+                }
+                Ok(if n < 3 { Next::Now } else { Next::Later })
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 4, "fail, wait 1 s, then three rounds back to back");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 5);
+        workers.shutdown().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 5, "nothing runs after shutdown");
+    }
+}
