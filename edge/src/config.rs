@@ -1,47 +1,127 @@
-//! Edge settings, read from the Worker's bindings: plain vars in `wrangler.toml`,
-//! secrets through `wrangler secret put` (or `.dev.vars` under `wrangler dev`).
+//! Edge settings: every binding and variable the Worker reads, in one typed struct
+//! parsed once per isolate ([`EdgeConfig::get`]). Plain vars live in `wrangler.toml`;
+//! secrets come from `wrangler secret put` (or `.dev.vars` under `wrangler dev`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use worker::Env;
 
 use crate::http::EdgeError;
 
+/// The Durable Object namespace of the drops' inventory objects.
+pub const INVENTORY_BINDING: &str = "DROP_INVENTORY";
+/// The rate-limit binding of the buy path (per buyer).
+pub const BUYER_LIMITER_BINDING: &str = "BUYER_LIMITER";
+
 pub struct EdgeConfig {
+    /// `ORIGIN_URL`, without a trailing slash.
     pub origin_url: String,
+    /// `JWT_SECRET`: verifies bearer tokens (HS256).
     pub jwt_secret: String,
-    /// Signs calls from the edge to the origin.
+    /// `EDGE_TO_ORIGIN_SECRET`: signs calls from the edge to the origin.
     pub edge_to_origin_secret: String,
-    /// Verifies calls from the origin to the edge.
+    /// `ORIGIN_TO_EDGE_SECRET`: verifies calls from the origin to the edge.
     pub origin_to_edge_secret: String,
-    /// How long the buy path waits for the origin before answering without a payment.
+    /// `FORWARD_TIMEOUT_MS`: how long the buy path waits for the origin before
+    /// answering without a payment.
     pub forward_timeout_ms: u64,
-    /// Longest pause between retries of a reservation the origin has not acknowledged.
+    /// `FORWARD_RETRY_MAX_MS`: longest pause between retries of a message the
+    /// origin has not acknowledged.
     pub forward_retry_max_ms: u64,
+    pub pages: PagePolicy,
+    /// `SOLD_OUT_MEMO_MS`: how long a Worker answers "sold out" itself.
+    pub sold_out_memo_ms: i64,
+    /// `PUBLIC_BASE_URL`: base URL of cache keys (the request's own when unset).
+    pub public_base_url: Option<String>,
 }
 
+/// How drop pages are cached (see `pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagePolicy {
+    /// `PAGE_FRESH_SECS`
+    pub fresh_ms: i64,
+    /// `PAGE_GRACE_SECS`
+    pub grace_ms: i64,
+    /// `STALE_IF_ERROR_SECS`
+    pub stale_if_error_ms: i64,
+}
+
+thread_local! {
+    static PARSED: RefCell<Option<Rc<EdgeConfig>>> = const { RefCell::new(None) };
+}
+
+/// Reads a binding as text: a secret, else a plain var.
 fn binding(env: &Env, name: &str) -> Option<String> {
     env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
 }
 
-fn required(env: &Env, name: &str) -> Result<String, EdgeError> {
-    match binding(env, name) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(EdgeError::Worker(worker::Error::RustError(format!("setting {name} is missing")))),
+impl EdgeConfig {
+    /// The settings of this isolate, parsed on first use. A missing secret is an
+    /// error every time (nothing half-parsed is kept).
+    pub fn get(env: &Env) -> Result<Rc<EdgeConfig>, EdgeError> {
+        if let Some(cfg) = PARSED.with(|p| p.borrow().clone()) {
+            return Ok(cfg);
+        }
+        let cfg =
+            Rc::new(Self::parse(|name| binding(env, name)).map_err(|missing| {
+                EdgeError::Worker(worker::Error::RustError(format!("setting {missing} is missing")))
+            })?);
+        PARSED.with(|p| p.replace(Some(cfg.clone())));
+        Ok(cfg)
+    }
+
+    /// The settings from a lookup of bindings by name; `Err` names a missing one.
+    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, &'static str> {
+        let required = |name: &'static str| lookup(name).filter(|v| !v.is_empty()).ok_or(name);
+        let number = |name: &str, default: i64| lookup(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default);
+        Ok(Self {
+            origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
+            jwt_secret: required("JWT_SECRET")?,
+            edge_to_origin_secret: required("EDGE_TO_ORIGIN_SECRET")?,
+            origin_to_edge_secret: required("ORIGIN_TO_EDGE_SECRET")?,
+            forward_timeout_ms: number("FORWARD_TIMEOUT_MS", 2_000).max(0) as u64,
+            forward_retry_max_ms: number("FORWARD_RETRY_MAX_MS", 5_000).max(0) as u64,
+            pages: PagePolicy {
+                fresh_ms: number("PAGE_FRESH_SECS", 2) * 1000,
+                grace_ms: number("PAGE_GRACE_SECS", 30) * 1000,
+                stale_if_error_ms: number("STALE_IF_ERROR_SECS", 86_400) * 1000,
+            },
+            sold_out_memo_ms: number("SOLD_OUT_MEMO_MS", 1_000),
+            public_base_url: lookup("PUBLIC_BASE_URL").filter(|v| !v.is_empty()),
+        })
     }
 }
 
-fn number(env: &Env, name: &str, default: u64) -> u64 {
-    binding(env, name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
 
-impl EdgeConfig {
-    pub fn from_env(env: &Env) -> Result<Self, EdgeError> {
-        Ok(Self {
-            origin_url: required(env, "ORIGIN_URL")?.trim_end_matches('/').to_owned(),
-            jwt_secret: required(env, "JWT_SECRET")?,
-            edge_to_origin_secret: required(env, "EDGE_TO_ORIGIN_SECRET")?,
-            origin_to_edge_secret: required(env, "ORIGIN_TO_EDGE_SECRET")?,
-            forward_timeout_ms: number(env, "FORWARD_TIMEOUT_MS", 2_000),
-            forward_retry_max_ms: number(env, "FORWARD_RETRY_MAX_MS", 5_000),
-        })
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    const SECRETS: [(&str, &str); 4] = [
+        ("ORIGIN_URL", "http://origin/"),
+        ("JWT_SECRET", "j"),
+        ("EDGE_TO_ORIGIN_SECRET", "e"),
+        ("ORIGIN_TO_EDGE_SECRET", "o"),
+    ];
+
+    #[test]
+    fn defaults_fill_what_is_not_set_and_secrets_are_required() {
+        let cfg = EdgeConfig::parse(lookup(&SECRETS)).unwrap_or_else(|m| panic!("{m}"));
+        assert_eq!(cfg.origin_url, "http://origin");
+        assert_eq!(cfg.pages, PagePolicy { fresh_ms: 2_000, grace_ms: 30_000, stale_if_error_ms: 86_400_000 });
+        assert_eq!((cfg.forward_timeout_ms, cfg.sold_out_memo_ms), (2_000, 1_000));
+        assert_eq!(cfg.public_base_url, None);
+        assert_eq!(EdgeConfig::parse(lookup(&SECRETS[..3])).err(), Some("ORIGIN_TO_EDGE_SECRET"));
+        let mut tuned = SECRETS.to_vec();
+        tuned.extend([("PAGE_FRESH_SECS", "5"), ("SOLD_OUT_MEMO_MS", "oops")]);
+        let cfg = EdgeConfig::parse(lookup(&tuned)).unwrap_or_else(|m| panic!("{m}"));
+        assert_eq!((cfg.pages.fresh_ms, cfg.sold_out_memo_ms), (5_000, 1_000), "unparseable numbers keep the default");
     }
 }

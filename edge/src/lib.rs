@@ -8,12 +8,12 @@
 //! - [`inventory_object`]: the `DropInventory` Durable Object, one per drop: **where
 //!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
 //!   idempotency records, and the queue of reservations the origin has not yet
-//!   acknowledged.
+//!   acknowledged. Split into its commands, routes, alarm and storage.
 //! - [`outbound`]: what an inventory object owes the origin, delivered until acknowledged.
 //! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
 //! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
 //! - [`http`]: responses, problems, request ids, bounded body reads, the clock.
-//! - [`config`]: settings and secrets from the Worker's environment.
+//! - [`config`]: every binding, setting and secret, parsed once per isolate.
 
 mod config;
 mod http;

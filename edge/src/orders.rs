@@ -7,14 +7,14 @@ use drops_shared::auth::{verify_bearer, Role};
 use drops_shared::json;
 use drops_shared::problem::{ErrorCode, Problem};
 use uuid::Uuid;
-use worker::{Env, Method, Request};
+use worker::{Env, Request};
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, BUYER_LIMITER_BINDING};
 use crate::http::{header, now_utc, read_body, EdgeResult};
-use crate::inventory_object::{self, ReserveCommand};
+use crate::inventory_object::{self, Command, ReserveCommand};
 
 pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
-    let cfg = EdgeConfig::from_env(env)?;
+    let cfg = EdgeConfig::get(env)?;
     let identity = verify_bearer(header(&req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), now_utc())?;
     identity.require(&[Role::Buyer])?;
     rate_limit(env, identity.user_id).await?;
@@ -29,7 +29,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
         return Err(ErrorCode::SoldOut.into());
     }
     let command = ReserveCommand { user_id: identity.user_id, idempotency_key: key, quantity: order.quantity };
-    let mut answer = inventory_object::call(env, drop_id, Method::Post, "reserve", Some(&command)).await?;
+    let mut answer = inventory_object::call(env, drop_id, &Command::Reserve(command)).await?;
     if answer.status_code() != 409 {
         return Ok(answer);
     }
@@ -56,10 +56,11 @@ mod sold_out {
     use std::collections::{HashMap, HashSet};
 
     use uuid::Uuid;
-    use worker::{Env, Method};
+    use worker::Env;
 
+    use crate::config::EdgeConfig;
     use crate::http::now_ms;
-    use crate::inventory_object;
+    use crate::inventory_object::{self, Command};
 
     struct Memo {
         until_ms: i64,
@@ -77,9 +78,10 @@ mod sold_out {
     }
 
     pub async fn learn(env: &Env, drop_id: Uuid) {
-        let memo_ms = env.var("SOLD_OUT_MEMO_MS").ok().and_then(|v| v.to_string().parse().ok()).unwrap_or(1_000);
+        let Ok(cfg) = EdgeConfig::get(env) else { return };
+        let memo_ms = cfg.sold_out_memo_ms;
         let holders = async {
-            let mut resp = inventory_object::call::<()>(env, drop_id, Method::Get, "holders", None).await?;
+            let mut resp = inventory_object::call(env, drop_id, &Command::Holders).await?;
             resp.json::<Option<HashSet<Uuid>>>().await
         };
         if let Ok(Some(holders)) = holders.await {
@@ -91,7 +93,7 @@ mod sold_out {
 /// One buyer may not hammer the buy path: 429 with `Retry-After` past the binding's
 /// limit. Without the binding (a misconfigured deploy) buying still works.
 async fn rate_limit(env: &Env, user_id: Uuid) -> EdgeResult<()> {
-    let Ok(limiter) = env.rate_limiter("BUYER_LIMITER") else { return Ok(()) };
+    let Ok(limiter) = env.rate_limiter(BUYER_LIMITER_BINDING) else { return Ok(()) };
     match limiter.limit(user_id.to_string()).await {
         Ok(outcome) if !outcome.success => Err(Problem::new(
             ErrorCode::RateLimited,
@@ -103,5 +105,5 @@ async fn rate_limit(env: &Env, user_id: Uuid) -> EdgeResult<()> {
 }
 
 pub async fn stock(env: &Env, drop_id: Uuid) -> EdgeResult {
-    Ok(inventory_object::call::<()>(env, drop_id, Method::Get, "stock", None).await?)
+    Ok(inventory_object::call(env, drop_id, &Command::Stock).await?)
 }

@@ -1,7 +1,7 @@
 //! Talking to the origin: signed internal calls, and the proxy for the public
 //! routes the origin owns (catalogue writes, orders, and the rest).
 
-use drops_shared::internal::InternalRoute;
+use drops_shared::internal::{Endpoint, Method as RouteMethod};
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use drops_shared::REQUEST_ID_HEADER;
@@ -15,27 +15,22 @@ use crate::http::{now_ms, read_body, EdgeResult};
 const FORWARDED_REQUEST_HEADERS: &[&str] =
     &["authorization", "content-type", "idempotency-key", "if-none-match", "accept"];
 
-fn method_of(name: &str) -> Method {
-    match name {
-        "GET" => Method::Get,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "PATCH" => Method::Patch,
-        _ => Method::Post,
-    }
-}
-
-/// Sends a signed internal call to the origin.
-pub async fn signed(cfg: &EdgeConfig, route: InternalRoute, body: &[u8]) -> worker::Result<Response> {
+/// Sends a signed call on internal endpoint `E` to the origin, with `body` (the
+/// bytes of an `E::Request`, as built or as stored in the outbound queue).
+pub async fn signed<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> worker::Result<Response> {
     let path = route.path();
     let timestamp = now_ms() / 1000;
-    let signature = sign_internal(cfg.edge_to_origin_secret.as_bytes(), route.method(), &path, timestamp, body);
+    let signature = sign_internal(cfg.edge_to_origin_secret.as_bytes(), E::METHOD.as_str(), &path, timestamp, body);
     let headers = Headers::new();
     headers.set("content-type", "application/json")?;
     headers.set(TIMESTAMP_HEADER, &timestamp.to_string())?;
     headers.set(SIGNATURE_HEADER, &signature)?;
     let mut init = RequestInit::new();
-    init.with_method(method_of(route.method())).with_headers(headers);
+    let method = match E::METHOD {
+        RouteMethod::Get => Method::Get,
+        RouteMethod::Post => Method::Post,
+    };
+    init.with_method(method).with_headers(headers);
     if !body.is_empty() {
         init.with_body(Some(JsValue::from(js_sys_bytes(body))));
     }
@@ -49,7 +44,7 @@ fn js_sys_bytes(body: &[u8]) -> worker::js_sys::Uint8Array {
 
 /// Passes a public request through to the origin and its answer back.
 pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult {
-    let cfg = EdgeConfig::from_env(env)?;
+    let cfg = EdgeConfig::get(env)?;
     let url = req.url()?;
     let target = match url.query() {
         Some(q) => format!("{}{}?{q}", cfg.origin_url, url.path()),

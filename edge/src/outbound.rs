@@ -4,7 +4,10 @@
 //! the object, the edge or the origin loses none. The object's alarm delivers them
 //! with exponential backoff; an expiry notice waits until its reservation is delivered.
 
-use drops_shared::internal::{InternalRoute, ReservationAck, ReservationHandoff};
+use std::time::Duration;
+
+use drops_shared::backoff::Backoff;
+use drops_shared::internal::{Body, Endpoint, ReportExpiry, ReservationAck, ReservationHandoff, TakeReservation};
 use drops_shared::problem::{ErrorCode, Problem};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,9 +20,10 @@ use crate::sqlite::{text, MinRow};
 /// Messages delivered per alarm run, and at once.
 const BATCH: i64 = 100;
 pub const CONCURRENCY: usize = 10;
-const FIRST_RETRY_MS: i64 = 500;
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Kind {
     Reservation,
     Expiry,
@@ -27,10 +31,7 @@ pub enum Kind {
 
 impl Kind {
     fn as_str(self) -> &'static str {
-        match self {
-            Self::Reservation => "reservation",
-            Self::Expiry => "expiry",
-        }
+        self.into()
     }
 }
 
@@ -103,7 +104,7 @@ pub fn due(sql: &SqlStorage, now: i64) -> worker::Result<Vec<Message>> {
         .filter_map(|r| {
             Some(Message {
                 reservation_id: Uuid::parse_str(&r.reservation_id).ok()?,
-                kind: if r.kind == "expiry" { Kind::Expiry } else { Kind::Reservation },
+                kind: r.kind.parse().ok()?,
                 body: r.body,
                 attempts: r.attempts as u32,
             })
@@ -112,7 +113,7 @@ pub fn due(sql: &SqlStorage, now: i64) -> worker::Result<Vec<Message>> {
 }
 
 pub fn back_off(sql: &SqlStorage, message: &Message, now: i64, max_ms: u64) -> worker::Result<()> {
-    let delay = (FIRST_RETRY_MS << message.attempts.min(16)).min(max_ms as i64);
+    let delay = Backoff::new(FIRST_RETRY, Duration::from_millis(max_ms)).delay_ms(message.attempts);
     sql.exec(
         "UPDATE outbound SET attempts = attempts + 1, next_attempt_ms = ? WHERE reservation_id = ? AND kind = ?",
         vec![SqlStorageValue::Integer(now + delay), text(message.reservation_id), text(message.kind.as_str())],
@@ -126,33 +127,49 @@ pub fn next_attempt(sql: &SqlStorage) -> worker::Result<Option<i64>> {
 }
 
 pub async fn send(cfg: &EdgeConfig, message: &Message) -> Delivery {
-    let route = match message.kind {
-        Kind::Reservation => InternalRoute::Reservations,
-        Kind::Expiry => InternalRoute::HoldExpired { order_id: message.reservation_id },
-    };
-    post(cfg, route, message.body.as_bytes()).await
+    let body = message.body.as_bytes();
+    match message.kind {
+        Kind::Reservation => post(cfg, &TakeReservation, body).await,
+        Kind::Expiry => post(cfg, &ReportExpiry { order_id: message.reservation_id }, body).await,
+    }
 }
 
 /// Hands a reservation to the origin (the buy path's first attempt).
 pub async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> Delivery {
-    match serde_json::to_vec(handoff) {
-        Ok(body) => post(cfg, InternalRoute::Reservations, &body).await,
-        Err(e) => Delivery::Failed(e.to_string()),
+    post(cfg, &TakeReservation, &handoff.to_bytes()).await
+}
+
+/// Something the origin answered that acknowledges a message.
+trait Acknowledgement {
+    fn ack(self) -> Option<ReservationAck>;
+}
+
+impl Acknowledgement for ReservationAck {
+    fn ack(self) -> Option<ReservationAck> {
+        Some(self)
     }
 }
 
-async fn post(cfg: &EdgeConfig, route: InternalRoute, body: &[u8]) -> Delivery {
+impl Acknowledgement for drops_shared::internal::ExpiryAck {
+    fn ack(self) -> Option<ReservationAck> {
+        None
+    }
+}
+
+async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Delivery
+where
+    E::Response: Acknowledgement,
+{
     let attempt = async {
         let mut resp = origin::signed(cfg, route, body).await?;
         let status = resp.status_code();
+        let answer = resp.bytes().await?;
         if (200..300).contains(&status) {
-            let ack = match route {
-                InternalRoute::Reservations => Some(resp.json::<ReservationAck>().await?),
-                _ => None,
-            };
-            return Ok(Delivery::Acknowledged(ack));
+            let ack = E::Response::from_bytes(&answer)
+                .map_err(|p| worker::Error::RustError(format!("unreadable acknowledgement: {:?}", p.detail)))?;
+            return Ok(Delivery::Acknowledged(ack.ack()));
         }
-        let problem: Option<Problem> = resp.json().await.ok();
+        let problem: Option<Problem> = serde_json::from_slice(&answer).ok();
         if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused) {
             return Ok(Delivery::KeyReused);
         }

@@ -20,36 +20,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use drops_shared::api::{DropCard, Page, StockResponse};
+use drops_shared::pages;
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use worker::{Cache, Context, Env, Fetch, Headers, Method, Request, Response};
+use worker::{Cache, Context, Env, Fetch, Headers, Request, Response};
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, PagePolicy as Policy};
 use crate::http::{header, now_ms, EdgeResult};
-use crate::inventory_object;
+use crate::inventory_object::{self, Command};
 
 const STORED_AT: &str = "x-drops-stored-at";
-
-#[derive(Clone, Copy)]
-struct Policy {
-    fresh_ms: i64,
-    grace_ms: i64,
-    stale_if_error_ms: i64,
-}
-
-impl Policy {
-    fn from_env(env: &Env) -> Self {
-        let secs = |name: &str, default: i64| {
-            env.var(name).ok().and_then(|v| v.to_string().parse::<i64>().ok()).unwrap_or(default) * 1000
-        };
-        Self {
-            fresh_ms: secs("PAGE_FRESH_SECS", 2),
-            grace_ms: secs("PAGE_GRACE_SECS", 30),
-            stale_if_error_ms: secs("STALE_IF_ERROR_SECS", 86_400),
-        }
-    }
-}
 
 /// What a page is, for fetching and patching.
 enum Kind {
@@ -151,40 +132,21 @@ fn list_path(req: &Request) -> worker::Result<Option<String>> {
             _ => return Ok(None),
         }
     }
-    let mut path = format!("/v1/drops?status={}", status.unwrap_or_else(|| "live".into()));
-    if let Some(l) = limit {
-        path.push_str(&format!("&limit={}", urlencode(&l)));
-    }
-    if let Some(c) = cursor {
-        path.push_str(&format!("&cursor={}", urlencode(&c)));
-    }
-    Ok(Some(path))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    Ok(Some(pages::list(status.as_deref().unwrap_or("live"), limit.as_deref(), cursor.as_deref())))
 }
 
 /// Where cached pages live: the public base URL, so that a zone purge by URL finds them.
-pub fn cache_url(env: &Env, req_url: &worker::Url, path: &str) -> String {
-    let base = env
-        .var("PUBLIC_BASE_URL")
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| format!("{}://{}", req_url.scheme(), req_url.host_str().unwrap_or("localhost")));
-    let base = match req_url.port() {
-        Some(port) if env.var("PUBLIC_BASE_URL").is_err() => format!("{base}:{port}"),
-        _ => base,
+pub fn cache_url(cfg: &EdgeConfig, req_url: &worker::Url, path: &str) -> String {
+    let base = match (&cfg.public_base_url, req_url.port()) {
+        (Some(base), _) => base.clone(),
+        (None, Some(port)) => format!("{}://{}:{port}", req_url.scheme(), req_url.host_str().unwrap_or("localhost")),
+        (None, None) => format!("{}://{}", req_url.scheme(), req_url.host_str().unwrap_or("localhost")),
     };
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
 pub async fn card(req: &Request, env: &Env, ctx: &Context, drop_id: Uuid) -> EdgeResult {
-    serve(req, env, ctx, format!("/v1/drops/{drop_id}"), Kind::Card).await
+    serve(req, env, ctx, pages::card(drop_id), Kind::Card).await
 }
 
 pub async fn list(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
@@ -195,8 +157,9 @@ pub async fn list(req: Request, env: &Env, ctx: &Context, request_id: &str) -> E
 }
 
 async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind) -> EdgeResult {
-    let policy = Policy::from_env(env);
-    let key = cache_url(env, &req.url()?, &path);
+    let cfg = EdgeConfig::get(env)?;
+    let policy = cfg.pages;
+    let key = cache_url(&cfg, &req.url()?, &path);
     let cached = read(&key).await;
     let now = now_ms();
     let if_none_match = header(req, "if-none-match");
@@ -281,7 +244,7 @@ async fn read(key: &str) -> Option<Entry> {
 }
 
 async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
-    let cfg = EdgeConfig::from_env(env).map_err(|_| worker::Error::RustError("edge settings missing".into()))?;
+    let cfg = EdgeConfig::get(env).map_err(|_| worker::Error::RustError("edge settings missing".into()))?;
     let mut resp = Fetch::Url(worker::Url::parse(&format!("{}{path}", cfg.origin_url))?).send().await?;
     let status = resp.status_code();
     let body = resp.bytes().await?;
@@ -310,7 +273,7 @@ async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: &Kind) -> worke
     headers.set("etag", &etag)?;
     headers.set(STORED_AT, &stored_at_ms.to_string())?;
     // Kept for the longest any request may still use it (stale-if-error included).
-    let policy = Policy::from_env(env);
+    let policy = cfg.pages;
     let retain = (policy.fresh_ms + policy.grace_ms + policy.stale_if_error_ms) / 1000;
     headers.set("cache-control", &format!("public, max-age={retain}"))?;
     Cache::default().put(key, Response::from_bytes(body.clone())?.with_headers(headers)).await?;
@@ -320,7 +283,7 @@ async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: &Kind) -> worke
 /// The card's stock and status, from the drop's inventory object now.
 async fn patch_stock(env: &Env, card: &mut DropCard) {
     let stock = async {
-        let mut resp = inventory_object::call::<()>(env, card.id, Method::Get, "stock", None).await?;
+        let mut resp = inventory_object::call(env, card.id, &Command::Stock).await?;
         if resp.status_code() != 200 {
             return Err(worker::Error::RustError(format!("inventory answered {}", resp.status_code())));
         }
@@ -337,10 +300,11 @@ async fn patch_stock(env: &Env, card: &mut DropCard) {
 
 /// Evicts the cached pages of these public paths.
 pub async fn purge(env: &Env, req_url: &worker::Url, paths: &[String]) -> worker::Result<usize> {
+    let cfg = EdgeConfig::get(env).map_err(|_| worker::Error::RustError("edge settings missing".into()))?;
     let cache = Cache::default();
     let mut evicted = 0;
     for path in paths {
-        let outcome = cache.delete(cache_url(env, req_url, path), true).await?;
+        let outcome = cache.delete(cache_url(&cfg, req_url, path), true).await?;
         evicted += usize::from(matches!(outcome, worker::CacheDeletionOutcome::Success));
     }
     Ok(evicted)

@@ -114,7 +114,10 @@ pub struct PaymentSettings {
 pub enum PaymentProvider {
     /// The provider simulated inside the origin (development and tests).
     Sandbox,
-    Stripe { api_key: SecretString, api_base: String },
+    Stripe {
+        api_key: SecretString,
+        api_base: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -209,9 +212,7 @@ impl Default for EnvSettings {
 }
 
 fn present(value: Option<SecretString>, name: &str, needed_by: &str) -> anyhow::Result<SecretString> {
-    value
-        .filter(|s| !s.expose_secret().trim().is_empty())
-        .ok_or_else(|| anyhow::anyhow!("{needed_by} needs {name}"))
+    value.filter(|s| !s.expose_secret().trim().is_empty()).ok_or_else(|| anyhow::anyhow!("{needed_by} needs {name}"))
 }
 
 impl EnvSettings {
@@ -254,7 +255,11 @@ impl EnvSettings {
         let push = match self.push_provider.as_str() {
             "callback" => PushProvider::Callback { secret: self.push_callback_secret },
             "webpush" => PushProvider::WebPush {
-                vapid_private_key: present(self.vapid_private_key, "DROPS_VAPID_PRIVATE_KEY", "DROPS_PUSH_PROVIDER=webpush")?,
+                vapid_private_key: present(
+                    self.vapid_private_key,
+                    "DROPS_VAPID_PRIVATE_KEY",
+                    "DROPS_PUSH_PROVIDER=webpush",
+                )?,
                 contact: self.vapid_contact,
             },
             other => anyhow::bail!("DROPS_PUSH_PROVIDER: unknown provider `{other}` (callback or webpush)"),

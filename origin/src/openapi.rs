@@ -11,7 +11,6 @@ use drops_shared::problem::Problem;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-
 #[derive(ToSchema)]
 struct NotificationItem {
     id: uuid::Uuid,

@@ -110,7 +110,14 @@ mod tests {
         let result: Result<(), u32> = retry(policy, 4, |n| async move { Err(n) }).await;
         assert_eq!(result, Err(3));
         assert_eq!(started.elapsed(), Duration::from_millis(100 + 200 + 400));
-        let ok: Result<u32, ()> = retry(policy, 4, |n| async move { if n == 2 { Ok(n) } else { Err(()) } }).await;
+        let ok: Result<u32, ()> = retry(policy, 4, |n| async move {
+            if n == 2 {
+                Ok(n)
+            } else {
+                Err(())
+            }
+        })
+        .await;
         assert_eq!(ok, Ok(2));
     }
 

@@ -15,8 +15,8 @@
 //! - [`pages`]: the public paths of the pages the edge caches.
 
 pub mod api;
-pub mod backoff;
 pub mod auth;
+pub mod backoff;
 pub mod events;
 pub mod internal;
 pub mod inventory;

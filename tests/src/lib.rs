@@ -110,9 +110,8 @@ impl Stack {
         settings.edge.edge_to_origin_secret = SecretString::from(EDGE_TO_ORIGIN_SECRET);
         settings.edge.origin_to_edge_secret = SecretString::from(ORIGIN_TO_EDGE_SECRET);
         settings.database.url = SecretString::from(database_url.clone());
-        settings.redis.url = SecretString::from(
-            std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-        );
+        settings.redis.url =
+            SecretString::from(std::env::var("DROPS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
         settings.redis.prefix = format!("drops-test-{}", uuid::Uuid::new_v4().simple());
         settings.auth.jwt_secret = SecretString::from(JWT_SECRET);
         settings.payments.webhook_secrets =

@@ -231,7 +231,10 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
         .fetch_one(&db)
         .await
         .unwrap();
-    stack.with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, seq, seq).await }).await.unwrap();
+    stack
+        .with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, seq, seq).await })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ours = |v: &Value| v["payload"]["drop_id"] == drop_id.to_string();
     assert_eq!(pushes.lock().unwrap().iter().filter(|p| ours(p)).count(), 1, "exactly one push");
@@ -282,7 +285,10 @@ async fn a_confirmed_order_leaves_one_notification_the_buyer_alone_can_read() {
         .fetch_one(&db)
         .await
         .unwrap();
-    stack.with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, from, to).await }).await.unwrap();
+    stack
+        .with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, from, to).await })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let again = client.get("/v1/notifications", Some(&p.buyer.token)).await.json();
     assert_eq!(again["items"].as_array().unwrap().len(), 1);

@@ -239,7 +239,9 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     assert_eq!(client.remaining(drop_id).await, 8);
 
     let repairs = stack
-        .with_origin(move |s| async move { drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await })
+        .with_origin(move |s| async move {
+            drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await
+        })
         .await
         .unwrap();
     let kinds: Vec<(&str, Option<Uuid>)> = repairs.iter().map(|r| (r.repair, r.order_id)).collect();
@@ -259,7 +261,9 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     assert_eq!(audited, 3);
     // A second pass finds nothing left to repair.
     let again = stack
-        .with_origin(move |s| async move { drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await })
+        .with_origin(move |s| async move {
+            drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await
+        })
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");

@@ -147,7 +147,8 @@ mod tests {
 
     #[test]
     fn cloudflare_requests_name_full_urls_thirty_at_a_time() {
-        let p = CloudflarePurger::new(crate::config::CLOUDFLARE_API, "zone123", "tok", "https://api.drops.dev/").unwrap();
+        let p =
+            CloudflarePurger::new(crate::config::CLOUDFLARE_API, "zone123", "tok", "https://api.drops.dev/").unwrap();
         let paths: Vec<String> = (0..31).map(|i| format!("/v1/drops/{i}")).collect();
         let reqs = p.requests(&paths);
         assert_eq!(reqs.len(), 2);

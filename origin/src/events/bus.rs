@@ -118,7 +118,13 @@ impl Consumer {
 
     /// One round of this member: reclaim what others left, read what is new, handle
     /// both. Reading blocks up to half a second, so rounds can follow each other.
-    pub async fn round(&self, redis: &LazyRedis, client: &redis::Client, db: &PgPool, handler: &Handler) -> anyhow::Result<Next> {
+    pub async fn round(
+        &self,
+        redis: &LazyRedis,
+        client: &redis::Client,
+        db: &PgPool,
+        handler: &Handler,
+    ) -> anyhow::Result<Next> {
         let outcome = async {
             let (mut conn, fresh) = redis.get(client).await?;
             if fresh {

@@ -80,11 +80,7 @@ async fn followed(state: &Core, raw: &str) -> ApiResult<Uuid> {
     Ok(creator_id)
 }
 
-async fn follow(
-    State(state): State<Core>,
-    user: AuthUser,
-    Path(creator_id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn follow(State(state): State<Core>, user: AuthUser, Path(creator_id): Path<String>) -> ApiResult<StatusCode> {
     let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
@@ -105,11 +101,7 @@ async fn follow(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unfollow(
-    State(state): State<Core>,
-    user: AuthUser,
-    Path(creator_id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn unfollow(State(state): State<Core>, user: AuthUser, Path(creator_id): Path<String>) -> ApiResult<StatusCode> {
     let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
@@ -206,10 +198,7 @@ async fn followers(
     items.truncate(limit);
     let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap_or_default();
     let next_cursor = if more { items.last().map(|(m, id)| paging::encode_keyed(&list, at(*m), *id)) } else { None };
-    let items = items
-        .into_iter()
-        .map(|(m, id)| Follower { user_id: id, followed_at: at(m) })
-        .collect();
+    let items = items.into_iter().map(|(m, id)| Follower { user_id: id, followed_at: at(m) }).collect();
     Ok(Json(Page { items, next_cursor }))
 }
 

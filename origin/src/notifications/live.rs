@@ -148,8 +148,7 @@ pub async fn stream(
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bearer = header.or_else(|| q.access_token.map(|t| format!("Bearer {t}")));
     let secret = state.core.settings.auth.jwt_secret.expose_secret().as_bytes();
-    let identity = verify_bearer(bearer.as_deref(), secret, Utc::now())
-        .map_err(ApiError::from)?;
+    let identity = verify_bearer(bearer.as_deref(), secret, Utc::now()).map_err(ApiError::from)?;
     Ok(upgrade.on_upgrade(move |socket| hold(state, identity.user_id, socket)))
 }
 

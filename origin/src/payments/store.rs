@@ -71,12 +71,11 @@ pub async fn ensure(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
 
 /// How the buyer pays each of these orders (those that have a payment yet).
 pub async fn handles(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, PaymentHandle>> {
-    let rows: Vec<HandleRow> = sqlx::query_as(
-        "SELECT order_id, provider, reference, checkout_url FROM payments WHERE order_id = ANY($1)",
-    )
-    .bind(order_ids)
-    .fetch_all(db)
-    .await?;
+    let rows: Vec<HandleRow> =
+        sqlx::query_as("SELECT order_id, provider, reference, checkout_url FROM payments WHERE order_id = ANY($1)")
+            .bind(order_ids)
+            .fetch_all(db)
+            .await?;
     Ok(rows.into_iter().map(|r| (r.order_id, r.into())).collect())
 }
 

@@ -1,0 +1,54 @@
+//! What the Worker asks of a drop's inventory object: one typed command per
+//! request, sent as the JSON body of a `POST` to the object.
+
+use drops_shared::internal::{HoldAction, InventoryTerms};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// The buy path, after auth and validation: decide, and answer 201 or a problem.
+    Reserve(ReserveCommand),
+    /// Remaining stock and status, uncached.
+    Stock,
+    /// The origin creates or changes the drop's terms; answers the snapshot.
+    PutTerms { terms: InventoryTerms },
+    /// Everything, for reconciliation.
+    Snapshot,
+    /// Who holds units (for the Worker's sold-out answer), or `null` when too many.
+    Holders,
+    /// Sell, release or reinstate a hold, on the origin's word.
+    MoveHold { reservation_id: Uuid, action: HoldAction },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveCommand {
+    pub user_id: Uuid,
+    pub idempotency_key: String,
+    pub quantity: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_travel_as_tagged_json_and_come_back_the_same() {
+        let reserve = Command::Reserve(ReserveCommand {
+            user_id: Uuid::from_u128(1),
+            idempotency_key: "k".repeat(8),
+            quantity: 2,
+        });
+        let wire = serde_json::to_value(&reserve).unwrap();
+        assert_eq!(wire["op"], "reserve");
+        assert_eq!(wire["quantity"], 2);
+        let move_hold = Command::MoveHold { reservation_id: Uuid::from_u128(2), action: HoldAction::Reinstate };
+        assert_eq!(serde_json::to_value(&move_hold).unwrap()["action"], "reinstate");
+        for command in [reserve, move_hold, Command::Stock, Command::Snapshot, Command::Holders] {
+            let back: Command = serde_json::from_slice(&serde_json::to_vec(&command).unwrap()).unwrap();
+            assert_eq!(back, command);
+        }
+        assert!(serde_json::from_str::<Command>(r#"{"op":"steal"}"#).is_err());
+    }
+}

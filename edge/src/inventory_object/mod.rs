@@ -1,0 +1,121 @@
+//! `DropInventory`: one Durable Object per drop, the single authority on its stock.
+//! **This is where stock is decided**, with the rules in `drops_shared::inventory`.
+//!
+//! State lives in the object's SQLite database ([`storage`]) and, for speed, in
+//! memory as a [`drops_shared::inventory::Inventory`]. A decision and all the writes
+//! it implies (the hold, the idempotency record, the forward-queue entry) happen in
+//! one synchronous turn with no `await` in between: the runtime runs nothing else in
+//! the object meanwhile, and commits those writes together before any response
+//! leaves.
+//!
+//! - [`command`]: what the Worker asks of the object, one typed command per request.
+//! - [`routes`]: the answer to each command (the buy decision among them).
+//! - [`alarm`]: expiring holds, delivering what the origin has not acknowledged
+//!   (see [`crate::outbound`]), sweeping old idempotency records.
+//! - [`storage`]: the SQLite schema and every read and write of it.
+
+mod alarm;
+pub mod command;
+mod routes;
+mod storage;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
+use drops_shared::inventory::Inventory;
+use drops_shared::problem::ErrorCode;
+use uuid::Uuid;
+use worker::wasm_bindgen::JsValue;
+use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
+
+pub use command::{Command, ReserveCommand};
+
+use crate::config::INVENTORY_BINDING;
+use crate::http::{problem_response, EdgeError};
+
+/// Sends `command` to the inventory object of `drop_id`.
+pub async fn call(env: &Env, drop_id: Uuid, command: &Command) -> worker::Result<Response> {
+    let body = serde_json::to_vec(command).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let stub = env.durable_object(INVENTORY_BINDING)?.id_from_name(&drop_id.to_string())?.get_stub()?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(body.as_slice()))));
+    stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{drop_id}"), &init)?).await
+}
+
+#[durable_object(alarm)]
+pub struct DropInventory {
+    state: State,
+    env: Env,
+    /// `None` until the origin has created this drop's inventory.
+    inventory: RefCell<Option<Inventory>>,
+    drop_id: Cell<Option<Uuid>>,
+    /// (user, key) of reservations whose first answer is still being prepared.
+    in_flight: RefCell<HashSet<(Uuid, String)>>,
+    /// The alarm this instance has set, to avoid re-setting it on every request.
+    alarm_at: Cell<Option<i64>>,
+    /// Buy attempts decided since this instance loaded.
+    decisions: Cell<u64>,
+}
+
+impl DropInventory {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Loads the inventory from storage (the source of truth for memory).
+    fn load(&self) -> worker::Result<()> {
+        let loaded = storage::load(&self.sql())?;
+        self.drop_id.set(loaded.as_ref().map(|(id, _)| *id));
+        self.inventory.replace(loaded.map(|(_, inv)| inv));
+        Ok(())
+    }
+
+    /// After a failed write, memory may be ahead of storage: reload from storage.
+    fn resync(&self) {
+        if let Err(e) = self.load() {
+            worker::console_error!("inventory reload failed: {e}");
+            self.inventory.replace(None);
+        }
+    }
+
+    async fn handle(&self, mut req: Request) -> Result<Response, EdgeError> {
+        let drop_id = req.path().trim_start_matches('/').parse::<Uuid>().map_err(|_| ErrorCode::NotFound)?;
+        let command: Command = drops_shared::json::from_slice(&req.bytes().await?)?;
+        self.dispatch(drop_id, command).await
+    }
+}
+
+impl worker::DurableObject for DropInventory {
+    fn new(state: State, env: Env) -> Self {
+        let object = Self {
+            state,
+            env,
+            inventory: RefCell::new(None),
+            drop_id: Cell::new(None),
+            in_flight: RefCell::new(HashSet::new()),
+            alarm_at: Cell::new(None),
+            decisions: Cell::new(0),
+        };
+        let ready = object.sql().exec(storage::SCHEMA, None).map(|_| ()).and_then(|_| object.load());
+        if let Err(e) = ready {
+            worker::console_error!("inventory object could not load: {e}");
+        }
+        object
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        match self.handle(req).await {
+            Ok(resp) => Ok(resp),
+            Err(EdgeError::Problem(p)) => problem_response(&p),
+            Err(EdgeError::Worker(e)) => {
+                worker::console_error!("inventory object error: {e}");
+                problem_response(&ErrorCode::Internal.into())
+            }
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.run_alarm().await?;
+        Response::empty()
+    }
+}

@@ -1,0 +1,358 @@
+//! The inventory object's answer to each [`Command`]. The buy decision
+//! ([`DropInventory::decide`]) is synchronous: stock, limit, window, idempotency
+//! and every write it implies, in one turn.
+
+use drops_shared::api::{CreateOrderRequest, DropStatus, OrderCreated, OrderStatus, StockResponse};
+use drops_shared::internal::{
+    HoldAction, HoldOutcome, HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms, ReservationHandoff,
+};
+use drops_shared::inventory::{Hold, HoldError, Transition};
+use drops_shared::problem::{ErrorCode, Problem};
+use futures_util::future::{select, Either};
+use uuid::Uuid;
+use worker::Delay;
+
+use super::storage::{self, Answer, IDEMPOTENCY_TTL_MS};
+use super::{Command, DropInventory, ReserveCommand};
+use crate::config::EdgeConfig;
+use crate::http::{json, json_bytes, new_id, now_ms, EdgeError, EdgeResult};
+use crate::outbound::{self, Delivery, Kind};
+
+/// Above this many buyers the sold-out shortcut at the Worker is not used.
+const MAX_HOLDERS_SHARED: usize = 10_000;
+
+enum Decision {
+    Replay { status: u16, body: String },
+    Fresh { body: OrderCreated, handoff: ReservationHandoff },
+}
+
+fn key_reused() -> Problem {
+    Problem::new(ErrorCode::IdempotencyKeyReused, Some("this Idempotency-Key was used with a different request".into()))
+}
+
+fn internal(msg: impl ToString) -> EdgeError {
+    EdgeError::Worker(worker::Error::RustError(msg.to_string()))
+}
+
+/// What identifies a buy request behind its key: the same key with another body is refused.
+fn fingerprint(cmd: &ReserveCommand) -> String {
+    serde_json::to_string(&CreateOrderRequest { quantity: cmd.quantity }).unwrap_or_default()
+}
+
+/// The buyer's answer and the origin's handoff for a hold just granted.
+fn receipt(
+    drop_id: Uuid,
+    reservation_id: Uuid,
+    cmd: &ReserveCommand,
+    hold: &Hold,
+    terms: &InventoryTerms,
+    now_ms: i64,
+) -> Option<(OrderCreated, ReservationHandoff)> {
+    let amount = terms.price.times(cmd.quantity)?;
+    let reserved_at = chrono::DateTime::from_timestamp_millis(now_ms)?;
+    let expires_at = chrono::DateTime::from_timestamp_millis(hold.expires_at_ms)?;
+    let body = OrderCreated {
+        order_id: reservation_id,
+        drop_id,
+        status: OrderStatus::Reserved,
+        quantity: cmd.quantity,
+        amount: amount.clone(),
+        expires_at,
+        payment: None,
+    };
+    let handoff = ReservationHandoff {
+        reservation_id,
+        drop_id,
+        user_id: cmd.user_id,
+        idempotency_key: cmd.idempotency_key.clone(),
+        quantity: cmd.quantity,
+        amount,
+        reserved_at,
+        expires_at,
+    };
+    Some((body, handoff))
+}
+
+impl DropInventory {
+    pub(super) async fn dispatch(&self, drop_id: Uuid, command: Command) -> EdgeResult {
+        match command {
+            Command::Reserve(cmd) => self.reserve(cmd).await,
+            Command::Stock => self.stock(),
+            Command::PutTerms { terms } => self.put_terms(drop_id, terms),
+            Command::Snapshot => self.snapshot(),
+            Command::Holders => self.holders(),
+            Command::MoveHold { reservation_id, action } => self.move_hold(reservation_id, action),
+        }
+    }
+
+    fn stock(&self) -> EdgeResult {
+        let inv = self.inventory.borrow();
+        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
+        let t = inv.terms();
+        let now = crate::http::now_utc();
+        json(
+            200,
+            &StockResponse {
+                total: inv.total(),
+                remaining: inv.remaining(),
+                status: DropStatus::at(now, t.starts_at, t.ends_at, inv.remaining()),
+            },
+        )
+    }
+
+    /// The decision, in one synchronous turn.
+    fn decide(&self, cmd: &ReserveCommand, now: i64, retry_after_ms: i64) -> EdgeResult<Decision> {
+        self.decisions.set(self.decisions.get() + 1);
+        let mut guard = self.inventory.borrow_mut();
+        let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
+        let drop_id = self.drop_id.get().ok_or(ErrorCode::NotFound)?;
+        let flight = (cmd.user_id, cmd.idempotency_key.clone());
+        if self.in_flight.borrow().contains(&flight) {
+            return Err(ErrorCode::IdempotencyKeyInProgress.into());
+        }
+        let fingerprint = fingerprint(cmd);
+        let sql = self.sql();
+        if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, now - IDEMPOTENCY_TTL_MS)? {
+            return if row.fingerprint == fingerprint {
+                Ok(Decision::Replay { status: row.status as u16, body: row.body })
+            } else {
+                Err(key_reused().into())
+            };
+        }
+
+        let reservation_id = new_id();
+        let hold = inv.reserve(reservation_id, cmd.user_id, cmd.quantity, now).map_err(|r| r.to_problem())?;
+        let (body, handoff) = receipt(drop_id, reservation_id, cmd, &hold, inv.terms(), now)
+            .ok_or_else(|| internal("the order's amount or times do not fit"))?;
+        let written = (|| -> worker::Result<()> {
+            let body_json = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(e.to_string()))?;
+            storage::insert_hold(&sql, reservation_id, &hold)?;
+            storage::record_answer(
+                &sql,
+                &Answer {
+                    user_id: cmd.user_id,
+                    key: &cmd.idempotency_key,
+                    fingerprint: &fingerprint,
+                    reservation_id,
+                    status: 201,
+                    body: &body_json,
+                    at_ms: now,
+                },
+            )?;
+            outbound::enqueue(&sql, reservation_id, Kind::Reservation, &handoff, now + retry_after_ms)
+        })();
+        drop(guard);
+        if let Err(e) = written {
+            self.resync();
+            return Err(e.into());
+        }
+        self.in_flight.borrow_mut().insert(flight);
+        Ok(Decision::Fresh { body, handoff })
+    }
+
+    async fn reserve(&self, cmd: ReserveCommand) -> EdgeResult {
+        let cfg = EdgeConfig::get(&self.env)?;
+        let now = now_ms();
+        let timeout = cfg.forward_timeout_ms as i64;
+        let (mut body, handoff) = match self.decide(&cmd, now, timeout + 1_000)? {
+            Decision::Replay { status, body } => {
+                let resp = json_bytes(status, body.into_bytes())?;
+                resp.headers().set("idempotent-replayed", "true")?;
+                return Ok(resp);
+            }
+            Decision::Fresh { body, handoff } => (body, handoff),
+        };
+        let flight = (cmd.user_id, cmd.idempotency_key.clone());
+        let outcome = async {
+            self.alarm_by(now + timeout + 1_000).await?;
+            let forwarded = select(
+                Box::pin(outbound::forward(&cfg, &handoff)),
+                Box::pin(Delay::from(std::time::Duration::from_millis(cfg.forward_timeout_ms))),
+            )
+            .await;
+            match forwarded {
+                Either::Left((Delivery::Acknowledged(Some(ack)), _)) => {
+                    body.payment = ack.payment;
+                    let body_json = serde_json::to_string(&body).map_err(internal)?;
+                    let sql = self.sql();
+                    storage::update_answer(&sql, cmd.user_id, &cmd.idempotency_key, &body_json)?;
+                    outbound::settled(&sql, handoff.reservation_id, Kind::Reservation)?;
+                }
+                Either::Left((Delivery::KeyReused, _)) => {
+                    self.void(handoff.reservation_id)?;
+                    return Err(key_reused().into());
+                }
+                Either::Left((Delivery::Acknowledged(None) | Delivery::Failed(_), _)) => {
+                    worker::console_warn!("forward of {} failed; the alarm retries it", handoff.reservation_id)
+                }
+                Either::Right(_) => {}
+            }
+            EdgeResult::<()>::Ok(())
+        }
+        .await;
+        self.in_flight.borrow_mut().remove(&flight);
+        match outcome {
+            Err(EdgeError::Problem(p)) => Err(p.into()),
+            Err(EdgeError::Worker(e)) => {
+                // The reservation stands: the alarm forwards it later.
+                worker::console_warn!("after reserving {}: {e}", handoff.reservation_id);
+                json(201, &body)
+            }
+            Ok(()) => json(201, &body),
+        }
+    }
+
+    fn put_terms(&self, drop_id: Uuid, terms: InventoryTerms) -> EdgeResult {
+        if terms.total == 0 || terms.max_per_user == 0 || terms.ends_at <= terms.starts_at {
+            return Err(Problem::new(ErrorCode::InvalidRequest, Some("inconsistent inventory terms".into())).into());
+        }
+        if self.drop_id.get().is_some_and(|d| d != drop_id) {
+            return Err(ErrorCode::Conflict.into());
+        }
+        let mut guard = self.inventory.borrow_mut();
+        match guard.as_mut() {
+            Some(inv) => inv.set_terms(terms.clone()).map_err(|c| {
+                Problem::new(
+                    ErrorCode::Conflict,
+                    Some(format!("stock cannot go below the {} units already held or sold", c.committed)),
+                )
+            })?,
+            None => *guard = Some(drops_shared::inventory::Inventory::new(terms.clone())),
+        }
+        drop(guard);
+        if let Err(e) = storage::save_terms(&self.sql(), drop_id, &terms) {
+            self.resync();
+            return Err(e.into());
+        }
+        self.drop_id.set(Some(drop_id));
+        self.snapshot()
+    }
+
+    /// Who holds units, so the Worker can answer everyone else "sold out" by itself
+    /// (and still send a holder's replay here). `null` when too many to be worth it.
+    fn holders(&self) -> EdgeResult {
+        let inv = self.inventory.borrow();
+        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
+        let holders: Vec<&Uuid> = inv.holders().take(MAX_HOLDERS_SHARED + 1).collect();
+        if holders.len() > MAX_HOLDERS_SHARED {
+            return json(200, &serde_json::Value::Null);
+        }
+        json(200, &holders)
+    }
+
+    fn snapshot(&self) -> EdgeResult {
+        let inv = self.inventory.borrow();
+        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
+        let sql = self.sql();
+        let keys = storage::keys_by_reservation(&sql)?;
+        let snapshot = InventorySnapshot {
+            drop_id: self.drop_id.get().ok_or(ErrorCode::NotFound)?,
+            terms: inv.terms().clone(),
+            remaining: inv.remaining(),
+            held: inv.held(),
+            sold: inv.sold(),
+            holds: inv
+                .holds()
+                .map(|(id, h)| HoldSnapshot {
+                    reservation_id: *id,
+                    user_id: h.user_id,
+                    quantity: h.quantity,
+                    state: h.state,
+                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms).unwrap_or_default(),
+                    idempotency_key: keys.get(&id.to_string()).cloned(),
+                })
+                .collect(),
+            unforwarded: outbound::pending(&sql, Kind::Reservation)?,
+            decisions: self.decisions.get(),
+        };
+        json(200, &snapshot)
+    }
+
+    /// Moves a hold on the origin's word. Repeated calls change nothing; a sell of a
+    /// released hold (or a release of a sold one) answers the state the hold is in.
+    fn move_hold(&self, reservation_id: Uuid, action: HoldAction) -> EdgeResult {
+        let mut guard = self.inventory.borrow_mut();
+        let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
+        let moved = match action {
+            HoldAction::Sell => inv.sell(reservation_id),
+            HoldAction::Release => inv.release(reservation_id),
+            HoldAction::Reinstate => inv.reinstate(reservation_id),
+        };
+        let remaining = inv.remaining();
+        drop(guard);
+        let transition = match moved {
+            Ok(t) => t,
+            Err(HoldError::AlreadyReleased) => Transition { state: HoldState::Released, changed: false },
+            Err(HoldError::AlreadySold) => Transition { state: HoldState::Sold, changed: false },
+            Err(HoldError::NotFound) => {
+                return Err(Problem::new(ErrorCode::NotFound, Some("no such hold".into())).into())
+            }
+            Err(HoldError::SoldOut) => return Err(ErrorCode::SoldOut.into()),
+            Err(HoldError::LimitReached) => return Err(ErrorCode::PurchaseLimitReached.into()),
+        };
+        if transition.changed {
+            if let Err(e) = storage::set_hold_state(&self.sql(), reservation_id, transition.state) {
+                self.resync();
+                return Err(e.into());
+            }
+        }
+        json(200, &HoldOutcome { reservation_id, state: transition.state, changed: transition.changed, remaining })
+    }
+
+    /// Undoes a reservation the origin refused: its units return, its records go.
+    pub(super) fn void(&self, reservation_id: Uuid) -> worker::Result<()> {
+        let released = self.inventory.borrow_mut().as_mut().map(|inv| inv.release(reservation_id));
+        let sql = self.sql();
+        if let Some(Ok(t)) = released {
+            if t.changed {
+                storage::set_hold_state(&sql, reservation_id, HoldState::Released)?;
+            }
+        }
+        outbound::settled(&sql, reservation_id, Kind::Reservation)?;
+        storage::forget_answer(&sql, reservation_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use drops_shared::api::Money;
+
+    use super::*;
+
+    fn terms() -> InventoryTerms {
+        InventoryTerms {
+            total: 10,
+            max_per_user: 2,
+            starts_at: chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            ends_at: chrono::Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+            price: Money { amount: 2_500, currency: "EUR".into() },
+            hold_seconds: 600,
+        }
+    }
+
+    #[test]
+    fn a_receipt_prices_the_hold_and_hands_over_what_the_buyer_was_told() {
+        let cmd = ReserveCommand { user_id: Uuid::from_u128(1), idempotency_key: "key-12345".into(), quantity: 2 };
+        let hold = Hold { user_id: cmd.user_id, quantity: 2, state: HoldState::Held, expires_at_ms: 1_750_000_600_000 };
+        let (body, handoff) = receipt(Uuid::from_u128(9), Uuid::from_u128(5), &cmd, &hold, &terms(), 1_750_000_000_000)
+            .expect("a receipt");
+        assert_eq!(body.amount, Money { amount: 5_000, currency: "EUR".into() });
+        assert_eq!((body.order_id, handoff.reservation_id), (Uuid::from_u128(5), Uuid::from_u128(5)));
+        assert_eq!(body.expires_at, handoff.expires_at);
+        assert_eq!(handoff.reserved_at.timestamp_millis(), 1_750_000_000_000);
+        assert_eq!(handoff.idempotency_key, "key-12345");
+        assert!(body.payment.is_none(), "the payment comes from the origin later");
+        let pricey = InventoryTerms { price: Money { amount: i64::MAX / 2, currency: "EUR".into() }, ..terms() };
+        let three = ReserveCommand { quantity: 3, ..cmd };
+        assert!(receipt(Uuid::nil(), Uuid::nil(), &three, &hold, &pricey, 0).is_none(), "an overflowing amount");
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_quantity() {
+        let a = ReserveCommand { user_id: Uuid::nil(), idempotency_key: "k".repeat(8), quantity: 1 };
+        let b = ReserveCommand { quantity: 2, ..a.clone() };
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint(&a), fingerprint(&ReserveCommand { user_id: Uuid::from_u128(3), ..a.clone() }));
+    }
+}
