@@ -1,17 +1,21 @@
-//! The test harness: one real stack per test binary.
+//! The test harness: one real stack for the whole end-to-end suite (one test
+//! binary, `tests/e2e`), as zero2prod keeps one `tests/api`.
 //!
-//! [`Stack::get`] starts, once per process: a fresh Postgres database with the
-//! migrations applied, the origin in-process (on its own runtime, so it outlives
+//! The stack starts once per process, on first use: a fresh Postgres database with
+//! the migrations applied, the origin in-process (on its own runtime, so it outlives
 //! each test's runtime, and can be stopped and started again on the same port), and
 //! the edge under `wrangler dev` (workerd) with its own state directory. The
 //! `wrangler` process group is killed when the test process exits.
 //!
 //! Tests create their own creators, drops and buyers, so they never see each
-//! other's data and may run concurrently.
+//! other's data and run concurrently: each holds a [`Stack::shared`] lease. A test
+//! that stops the origin, or measures the origin's traffic, takes
+//! [`Stack::exclusive`] instead and runs alone.
 
 pub mod client;
 
 use std::net::TcpListener;
+use std::ops::Deref;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use drops_origin::config::{PushProvider, Settings};
 use drops_origin::Application;
 use secrecy::SecretString;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use client::{Buyer, Client, DropSpec};
 
@@ -48,6 +52,26 @@ struct RunningOrigin {
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
+/// Shared by the tests that may run together; exclusive for one that may not.
+static GATE: RwLock<()> = RwLock::const_new(());
+
+/// A test's use of the stack; the stack is the test's alone while an
+/// `Lease<Exclusive>` is held.
+pub struct Lease<G> {
+    _gate: G,
+    stack: &'static Stack,
+}
+
+pub type Shared = RwLockReadGuard<'static, ()>;
+pub type Exclusive = RwLockWriteGuard<'static, ()>;
+
+impl<G> Deref for Lease<G> {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        self.stack
+    }
+}
 static WRANGLER_PGID: OnceLock<i32> = OnceLock::new();
 
 fn free_port() -> u16 {
@@ -71,24 +95,30 @@ extern "C" fn kill_wrangler() {
 }
 
 impl Stack {
-    /// The stack of this test process, started on first use.
+    /// The stack of this process, started on first use (the benches use it alone).
     pub fn get() -> &'static Stack {
-        Self::get_with(|_| {})
-    }
-
-    /// Like [`Stack::get`], with origin settings changed for this test process (only
-    /// the first call's `tweak` counts: there is one stack per process).
-    pub fn get_with(tweak: fn(&mut Settings)) -> &'static Stack {
         STACK.get_or_init(|| {
             // Started on a thread of its own: the caller is usually inside a test's runtime.
-            std::thread::spawn(move || Stack::start(tweak))
+            std::thread::spawn(Stack::start)
                 .join()
                 .expect("stack start thread")
                 .unwrap_or_else(|e| panic!("could not start the stack: {e:#}"))
         })
     }
 
-    fn start(tweak: fn(&mut Settings)) -> anyhow::Result<Stack> {
+    /// The stack, alongside the other tests that hold a shared lease.
+    pub async fn shared() -> Lease<Shared> {
+        let gate = GATE.read().await;
+        Lease { _gate: gate, stack: Self::get() }
+    }
+
+    /// The stack, with no other test running until the lease is dropped.
+    pub async fn exclusive() -> Lease<Exclusive> {
+        let gate = GATE.write().await;
+        Lease { _gate: gate, stack: Self::get() }
+    }
+
+    fn start() -> anyhow::Result<Stack> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let admin_url = std::env::var("DROPS_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -121,8 +151,6 @@ impl Stack {
         // Tests run reconciliation themselves, with no grace period.
         settings.orders.reconcile_interval_secs = 0;
         settings.push = PushProvider::Callback { secret: SecretString::from(PUSH_SECRET) };
-        let mut settings = settings;
-        tweak(&mut settings);
         let app = runtime.block_on(Application::build(settings.clone()))?;
         let origin_port = app.port();
         let origin_url = format!("http://127.0.0.1:{origin_port}");
@@ -235,7 +263,14 @@ impl Stack {
 
     /// Starts the origin again, on the same port.
     pub async fn start_origin(&self) {
-        let settings = self.settings.clone();
+        self.start_origin_with(|_| {}).await
+    }
+
+    /// Starts the origin again, on the same port, with its settings changed by
+    /// `tweak` until the next start.
+    pub async fn start_origin_with(&self, tweak: fn(&mut Settings)) {
+        let mut settings = self.settings.clone();
+        tweak(&mut settings);
         let app = self
             .runtime
             .spawn(async move { Application::build(settings).await })

@@ -21,6 +21,8 @@ use crate::outbound::{self, Delivery, Kind};
 /// Above this many buyers the sold-out shortcut at the Worker is not used.
 const MAX_HOLDERS_SHARED: usize = 10_000;
 
+// Lives for one call on the stack; boxing would only add an allocation per buy.
+#[allow(clippy::large_enum_variant)]
 enum Decision {
     Replay { status: u16, body: String },
     Fresh { body: OrderCreated, handoff: ReservationHandoff },

@@ -229,15 +229,36 @@ async fn update_drop(
 ) -> ApiResult<Json<DropCard>> {
     let drop_id = path_id(&drop_id)?;
     let mut tx = state.core.db.begin().await?;
-    let current: Option<(Uuid, Uuid, i64, String, i32, i32, DateTime<Utc>, DateTime<Utc>, i32)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Current {
+        product_id: Uuid,
+        creator_id: Uuid,
+        price_amount: i64,
+        currency: String,
+        stock: i32,
+        max_per_user: i32,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        hold_seconds: i32,
+    }
+    let current: Option<Current> = sqlx::query_as(
         "SELECT product_id, creator_id, price_amount, currency, stock, max_per_user, starts_at, ends_at, hold_seconds
          FROM drops WHERE id = $1 FOR UPDATE",
     )
     .bind(drop_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (product_id, creator_id, amount, currency, stock, max_per_user, starts_at, ends_at, hold_seconds) =
-        current.ok_or_else(ApiError::not_found)?;
+    let Current {
+        product_id,
+        creator_id,
+        price_amount,
+        currency,
+        stock,
+        max_per_user,
+        starts_at,
+        ends_at,
+        hold_seconds,
+    } = current.ok_or_else(ApiError::not_found)?;
     if user.0.role == Role::Creator && creators::of_user(&mut *tx, user.0.user_id).await? != creator_id {
         return Err(ApiError::not_found());
     }
@@ -246,7 +267,7 @@ async fn update_drop(
     }
     let current = CreateDrop {
         product_id,
-        price: Money { amount, currency: currency.trim().to_owned() },
+        price: Money { amount: price_amount, currency: currency.trim().to_owned() },
         stock: stock as u32,
         max_per_user: max_per_user as u32,
         starts_at,

@@ -43,10 +43,13 @@ struct Delivery {
     message: LiveMessage,
 }
 
+/// What is written to one socket.
+type SocketOutbox = mpsc::UnboundedSender<Arc<str>>;
+
 /// The sockets this instance holds.
 pub struct Live {
     pub instance: String,
-    sockets: Mutex<HashMap<Uuid, Vec<(u64, mpsc::UnboundedSender<Arc<str>>)>>>,
+    sockets: Mutex<HashMap<Uuid, Vec<(u64, SocketOutbox)>>>,
     next: AtomicU64,
 }
 

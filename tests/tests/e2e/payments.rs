@@ -18,7 +18,7 @@ async fn hold_state(stack: &Stack, drop_id: Uuid, order_id: Uuid) -> HoldState {
 /// The edge sync runs after the order changed: wait for the hold to follow.
 async fn wait_hold(stack: &Stack, drop_id: Uuid, order_id: Uuid, want: HoldState) {
     for _ in 0..200 {
-        if hold_state(stack, drop_id, order_id).await == want {
+        if hold_state(&stack, drop_id, order_id).await == want {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -61,7 +61,7 @@ fn evt() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_is_verified_applied_once_and_accepts_both_rotation_secrets() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let db = stack.db().await;
     let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
@@ -81,7 +81,7 @@ async fn webhook_is_verified_applied_once_and_accepts_both_rotation_secrets() {
     let ok = client.webhook(&body, WEBHOOK_SECRET, now).await;
     assert_eq!(ok.status, StatusCode::OK);
     client.wait_status(&p.buyer, p.order_id, "confirmed").await;
-    wait_hold(stack, drop_id, p.order_id, HoldState::Sold).await;
+    wait_hold(&stack, drop_id, p.order_id, HoldState::Sold).await;
     let again = client.webhook(&body, WEBHOOK_SECRET, now).await;
     assert_eq!((again.status, again.json()["outcome"].as_str()), (StatusCode::OK, Some("duplicate")));
     assert_eq!(events_of(&db, p.order_id, "OrderConfirmed").await, 1, "one effect for one event");
@@ -102,7 +102,7 @@ async fn webhook_is_verified_applied_once_and_accepts_both_rotation_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_ends_as_its_payment_did_whatever_the_delivery_order() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
     // Succeeded, then a late failure of an earlier attempt: stays confirmed.
@@ -111,7 +111,7 @@ async fn the_order_ends_as_its_payment_did_whatever_the_delivery_order() {
     let late_failure = client.pay_event(&a, &evt(), false).await;
     assert_eq!(late_failure.json()["outcome"], "ignored");
     client.wait_status(&a.buyer, a.order_id, "confirmed").await;
-    wait_hold(stack, drop_id, a.order_id, HoldState::Sold).await;
+    wait_hold(&stack, drop_id, a.order_id, HoldState::Sold).await;
 
     // Failed, then the buyer's retry succeeded: confirmed after all, units sold again.
     let b = client.purchase(drop_id).await;
@@ -119,13 +119,13 @@ async fn the_order_ends_as_its_payment_did_whatever_the_delivery_order() {
     client.wait_status(&b.buyer, b.order_id, "failed").await;
     client.pay_event(&b, &evt(), true).await;
     client.wait_status(&b.buyer, b.order_id, "confirmed").await;
-    wait_hold(stack, drop_id, b.order_id, HoldState::Sold).await;
+    wait_hold(&stack, drop_id, b.order_id, HoldState::Sold).await;
     assert_eq!(client.remaining(drop_id).await, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_cancel_and_expiry_each_return_the_units_once() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     // Long enough for the other three to act first even on a loaded machine.
     let drop_id = client.create_drop(DropSpec { hold_seconds: Some(8), ..DropSpec::live(4, 1) }).await;
@@ -155,7 +155,7 @@ async fn failure_cancel_and_expiry_each_return_the_units_once() {
     assert!(c.status == StatusCode::OK || c.code() == "order_not_cancellable", "{:?}", c.json());
     let ended = client.wait_order(&failed.buyer, failed.order_id, 20, |v| v["status"] != "reserved").await;
     assert!(ended["status"] == "failed" || ended["status"] == "cancelled");
-    wait_hold(stack, drop_id, failed.order_id, HoldState::Released).await;
+    wait_hold(&stack, drop_id, failed.order_id, HoldState::Released).await;
 
     // Walking away: the hold runs out, the origin learns the order expired.
     let expired = client.wait_status(&walked_away.buyer, walked_away.order_id, "expired").await;
@@ -167,7 +167,7 @@ async fn failure_cancel_and_expiry_each_return_the_units_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_after_expiry_is_honoured_while_units_remain_and_refunded_when_not() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let db = stack.db().await;
     // Units remain: the late payment takes its unit again.
@@ -177,7 +177,7 @@ async fn a_payment_after_expiry_is_honoured_while_units_remain_and_refunded_when
     assert_eq!(client.remaining(roomy).await, 2);
     client.pay_event(&late, &evt(), true).await;
     client.wait_status(&late.buyer, late.order_id, "confirmed").await;
-    wait_hold(stack, roomy, late.order_id, HoldState::Sold).await;
+    wait_hold(&stack, roomy, late.order_id, HoldState::Sold).await;
     assert_eq!(client.remaining(roomy).await, 1);
 
     // The only unit went to someone else meanwhile: refunded, failed, the other buyer keeps it.
@@ -197,13 +197,13 @@ async fn a_payment_after_expiry_is_honoured_while_units_remain_and_refunded_when
         .unwrap();
     assert_eq!(payment, "refunded");
     assert_eq!(events_of(&db, slow.order_id, "PaymentRefunded").await, 1);
-    wait_hold(stack, scarce, quick.order_id, HoldState::Sold).await;
+    wait_hold(&stack, scarce, quick.order_id, HoldState::Sold).await;
     assert_eq!(client.remaining(scarce).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let db = stack.db().await;
     let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
@@ -250,8 +250,8 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
     assert!(kinds.contains(&("hold_resold", Some(paid.order_id))), "{kinds:?}");
 
     client.wait_status(&lost.buyer, lost.order_id, "reserved").await;
-    assert_eq!(hold_state(stack, drop_id, unreleased.order_id).await, HoldState::Released);
-    assert_eq!(hold_state(stack, drop_id, paid.order_id).await, HoldState::Sold);
+    assert_eq!(hold_state(&stack, drop_id, unreleased.order_id).await, HoldState::Released);
+    assert_eq!(hold_state(&stack, drop_id, paid.order_id).await, HoldState::Sold);
     assert_eq!(client.remaining(drop_id).await, 8, "lost and paid hold units; the failed one came back");
     let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM reconcile_audit WHERE drop_id = $1")
         .bind(drop_id)
@@ -279,7 +279,7 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
     use drops_shared::events::{DomainEvent, EventEnvelope};
     use redis::aio::ConnectionManager;
 
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let counts = stack
         .with_origin(|s| async move {
             let stream = format!("{}:reclaim-test-{}", s.core.settings.redis.prefix, Uuid::now_v7().simple());
@@ -368,7 +368,7 @@ async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
     use rand::seq::SliceRandom;
     use rand::Rng;
 
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let total = 100u32;
     // Holds long enough that every paying, failing or cancelling buyer acts in time on
@@ -452,7 +452,7 @@ async fn mixed_run_ends_with_every_unit_and_every_order_accounted_for() {
 
 #[tokio::test]
 async fn metrics_show_orders_webhooks_and_lag() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(3, 1)).await;
     let p = client.purchase(drop_id).await;

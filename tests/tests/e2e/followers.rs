@@ -58,7 +58,8 @@ async fn drop_starting_in(client: &drops_tests::Client, creator_token: &str, pro
 
 #[tokio::test]
 async fn following_is_idempotent_and_counted_once() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let (creator_id, _, _) = creator(&client).await;
     let fan = Buyer::new();
     assert_eq!(follow(&client, &fan, creator_id).await, StatusCode::NO_CONTENT);
@@ -82,7 +83,8 @@ async fn following_is_idempotent_and_counted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paging_followers_while_200_follow_skips_and_repeats_no_one() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let (creator_id, _, _) = creator(&client).await;
     let first: Vec<Buyer> = (0..100).map(|_| Buyer::new()).collect();
     for chunk in first.chunks(20) {
@@ -175,7 +177,7 @@ async fn push_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_push() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let (creator_id, creator_token, product) = creator(&client).await;
     let online = Buyer::new();
@@ -195,8 +197,8 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
         )
         .await;
     assert_eq!(put.status, StatusCode::NO_CONTENT);
-    let (socket, task) = listen(stack, &online).await;
-    let (stranger_socket, stranger_task) = listen(stack, &not_a_follower).await;
+    let (socket, task) = listen(&stack, &online).await;
+    let (stranger_socket, stranger_task) = listen(&stack, &not_a_follower).await;
 
     let drop_id = drop_starting_in(&client, &creator_token, product, 2).await;
     let started = Instant::now();
@@ -246,7 +248,7 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_order_leaves_one_notification_the_buyer_alone_can_read() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(drops_tests::DropSpec::live(3, 1)).await;
     let p = client.purchase(drop_id).await;

@@ -36,7 +36,8 @@ async fn wait_card(
 
 #[tokio::test]
 async fn card_is_cached_with_etag_and_goes_live_on_time() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let starts_in = chrono::Duration::seconds(4);
     let drop_id = client.create_drop(DropSpec { starts_in, ..DropSpec::live(5, 1) }).await;
     let starts_at = Utc::now() + starts_in;
@@ -63,7 +64,8 @@ async fn card_is_cached_with_etag_and_goes_live_on_time() {
 
 #[tokio::test]
 async fn a_confirmed_order_shows_in_the_cards_stock_within_the_freshness_window() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     assert_eq!(card(&client, drop_id).await.json()["stock"]["remaining"], 5);
     let p = client.purchase(drop_id).await;
@@ -75,7 +77,7 @@ async fn a_confirmed_order_shows_in_the_cards_stock_within_the_freshness_window(
 
 #[tokio::test]
 async fn patch_before_start_shows_up_and_is_refused_after() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let (creator, product_id) = client.creator_with_product().await;
     let make = |starts_at: chrono::DateTime<Utc>| {
@@ -114,7 +116,8 @@ async fn patch_before_start_shows_up_and_is_refused_after() {
 
 #[tokio::test]
 async fn lists_are_paged_in_a_stable_order() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let mut ids = Vec::new();
     for minutes in [30, 10, 20] {
         let spec = DropSpec {
@@ -159,7 +162,7 @@ async fn lists_are_paged_in_a_stable_order() {
 
 #[tokio::test]
 async fn purge_needs_a_signature() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let resp = reqwest::Client::new()
         .post(format!("{}/internal/v1/purge", stack.edge_url))
         .body(r#"{"paths":["/v1/drops?status=live"]}"#)
@@ -181,7 +184,7 @@ async fn purge_needs_a_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rush_on_a_sold_out_drop_is_answered_by_the_worker() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(2, 1)).await;
     let holder = Buyer::new();
@@ -206,7 +209,7 @@ async fn a_rush_on_a_sold_out_drop_is_answered_by_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starts_and_ends_are_announced_once_even_with_several_schedulers() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let db = stack.db().await;
     let mut drops = Vec::new();

@@ -2,16 +2,8 @@
 //! the buyer without a payment and keeps forwarding until the origin has the order;
 //! a payment committed just before the origin stopped still reaches the edge after.
 //!
-//! This process's origin publishes its outbox once at start and then only every
-//! minute, so that stopping it right after a webhook lands between the commit and
-//! the edge sync, every time.
-
-/// The tests here stop and start the one origin: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn stack() -> &'static Stack {
-    Stack::get_with(|s| s.events.relay_interval_ms = 60_000)
-}
+//! The tests here stop and start the one origin, so each runs alone
+//! ([`Stack::exclusive`]).
 
 use std::time::{Duration, Instant};
 
@@ -20,8 +12,7 @@ use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_made_while_the_origin_is_down_arrive_once_it_is_back() {
-    let _serial = SERIAL.lock().await;
-    let stack = stack();
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(20, 1)).await;
     let db = stack.db().await;
@@ -74,8 +65,12 @@ async fn reservations_made_while_the_origin_is_down_arrive_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_committed_before_a_crash_sells_the_hold_once_after_restart() {
     use drops_shared::internal::HoldState;
-    let _serial = SERIAL.lock().await;
-    let stack = stack();
+    let stack = Stack::exclusive().await;
+    // The origin publishes its outbox once at start and then only every minute, so
+    // that stopping it right after the webhook lands between the commit and the edge
+    // sync, every time.
+    stack.stop_origin().await;
+    stack.start_origin_with(|s| s.events.relay_interval_ms = 60_000).await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     let p = client.purchase(drop_id).await;
@@ -109,8 +104,7 @@ async fn a_payment_committed_before_a_crash_sells_the_hold_once_after_restart() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_origin_down_a_stale_card_is_still_served() {
-    let _serial = SERIAL.lock().await;
-    let stack = stack();
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     let fresh = client.get(&format!("/v1/drops/{drop_id}"), None).await;

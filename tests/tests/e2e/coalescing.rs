@@ -1,6 +1,6 @@
 //! Coalescing, measured: an expiry or a miss under load costs the origin one fetch,
-//! not one per request. Alone in its process, so the origin's request counter counts
-//! only what these tests cause.
+//! not one per request. The test runs alone (an exclusive lease), so the origin's
+//! request counter counts only what it causes.
 
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ fn tally(answers: &[(StatusCode, String)]) -> std::collections::BTreeMap<String,
     let mut t = std::collections::BTreeMap::new();
     for (s, c) in answers {
         let c = format!("{} {c}", s.as_u16());
-        *t.entry(format!("{c}")).or_insert(0) += 1;
+        *t.entry(c.to_string()).or_insert(0) += 1;
     }
     t
 }
@@ -39,7 +39,8 @@ fn tally(answers: &[(StatusCode, String)]) -> std::collections::BTreeMap<String,
 /// Both scenarios in one test: they must not overlap, or each would count the other's fetches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_readers_cost_the_origin_one_fetch() {
-    let stack = Stack::get();
+    // It counts the origin's card fetches: nothing else may fetch cards meanwhile.
+    let stack = Stack::exclusive().await;
     let client = stack.client();
 
     // Stale: the entry just passed its freshness; everyone is served, one refresh runs.

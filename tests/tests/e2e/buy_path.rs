@@ -29,7 +29,7 @@ async fn wait_for_orders(db: &sqlx::PgPool, drop_id: Uuid, n: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rush_of_500_buyers_on_50_units_sells_exactly_50() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(50, 1)).await;
     let buyers: Vec<Buyer> = (0..500).map(|_| Buyer::new()).collect();
@@ -57,7 +57,7 @@ async fn rush_of_500_buyers_on_50_units_sells_exactly_50() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_key_make_one_order() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(10, 2)).await;
     let buyer = Buyer::new();
@@ -104,7 +104,7 @@ async fn concurrent_requests_with_one_key_make_one_order() {
 
 #[tokio::test]
 async fn same_key_on_another_drop_is_refused_and_returns_the_units() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let first_drop = client.create_drop(DropSpec::live(5, 1)).await;
     let second_drop = client.create_drop(DropSpec::live(5, 1)).await;
@@ -118,7 +118,8 @@ async fn same_key_on_another_drop_is_refused_and_returns_the_units() {
 
 #[tokio::test]
 async fn per_user_limit_counts_every_unit_held() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(10, 2)).await;
     let buyer = Buyer::new();
     assert_eq!(client.buy(&buyer, drop_id, "limit-key-1", 1).await.status, StatusCode::CREATED);
@@ -134,7 +135,8 @@ async fn per_user_limit_counts_every_unit_held() {
 
 #[tokio::test]
 async fn drop_window_is_enforced() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let upcoming = client.create_drop(DropSpec { starts_in: Duration::hours(1), ..DropSpec::live(5, 1) }).await;
     let ended = client
         .create_drop(DropSpec { starts_in: Duration::hours(-3), lasts: Duration::hours(1), ..DropSpec::live(5, 1) })
@@ -152,11 +154,14 @@ async fn drop_window_is_enforced() {
 
 #[tokio::test]
 async fn bad_input_gets_its_code_and_changes_nothing() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 2)).await;
     let buyer = Buyer::new();
     let t = Some(buyer.token.as_str());
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    /// (case, Idempotency-Key, body, expected status, expected code)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         ("missing key", None, br#"{"quantity":1}"#.to_vec(), StatusCode::BAD_REQUEST, "idempotency_key_missing"),
         ("short key", Some("short"), br#"{"quantity":1}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
         ("quantity 0", Some("bad-input-01"), br#"{"quantity":0}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
@@ -200,7 +205,7 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
 
 #[tokio::test]
 async fn auth_is_checked_first_and_strictly() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     let user = Uuid::now_v7();
@@ -252,7 +257,7 @@ async fn auth_is_checked_first_and_strictly() {
 
 #[tokio::test]
 async fn internal_routes_refuse_unsigned_calls() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
     let http = reqwest::Client::new();
@@ -285,7 +290,7 @@ async fn internal_routes_refuse_unsigned_calls() {
 
 #[tokio::test]
 async fn buyer_reads_their_orders_newest_first() {
-    let stack = Stack::get();
+    let stack = Stack::shared().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(10, 3)).await;
     let buyer = Buyer::new();
@@ -314,7 +319,8 @@ async fn buyer_reads_their_orders_newest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_buyer_hammering_the_buy_path_is_rate_limited_alone() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let drop_id = client.create_drop(DropSpec { starts_in: Duration::hours(1), ..DropSpec::live(5, 1) }).await;
     let hammer = Buyer::new();
     let keys: Vec<String> = (0..90).map(|n| format!("hammer-key-{n:04}")).collect();

@@ -32,7 +32,8 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn the_openapi_document_describes_every_public_route() {
-    let client = Stack::get().client();
+    let stack = Stack::shared().await;
+    let client = stack.client();
     let doc = client.get("/v1/openapi.json", None).await;
     assert_eq!(doc.status, StatusCode::OK);
     let doc = doc.json();

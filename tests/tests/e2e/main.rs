@@ -1,0 +1,11 @@
+//! The end-to-end suite: one binary, one stack (Postgres, Redis, the origin, and
+//! the edge under `wrangler dev`) shared by every test; see `drops_tests::Stack`.
+//! One module per area of behaviour.
+
+mod buy_path;
+mod coalescing;
+mod contract;
+mod followers;
+mod origin_down;
+mod pages;
+mod payments;
