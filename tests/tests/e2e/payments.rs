@@ -18,7 +18,7 @@ async fn hold_state(stack: &Stack, drop_id: Uuid, order_id: Uuid) -> HoldState {
 /// The edge sync runs after the order changed: wait for the hold to follow.
 async fn wait_hold(stack: &Stack, drop_id: Uuid, order_id: Uuid, want: HoldState) {
     for _ in 0..200 {
-        if hold_state(&stack, drop_id, order_id).await == want {
+        if hold_state(stack, drop_id, order_id).await == want {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
