@@ -9,10 +9,11 @@ use drops_shared::auth::{mint, Identity, Role};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
+use crate::catalogue::demo;
 use crate::config::Settings;
 use crate::startup::{App, Application};
 use crate::state::{connect_db, Core, MIGRATOR};
-use crate::{events, followers, users};
+use crate::{events, followers};
 
 #[derive(Debug, Parser)]
 #[command(name = "drops-origin", version, about = "The drops origin: orders, payments, catalogue, events.")]
@@ -80,19 +81,6 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Fixed ids of the demo data, so that seeding twice changes nothing and the
-/// README's curl lines keep working.
-pub mod demo {
-    use uuid::Uuid;
-    pub const ADMIN: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000001);
-    pub const CREATOR_USER: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000002);
-    pub const BUYER: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000003);
-    pub const CREATOR: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000101);
-    pub const PRODUCT: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000201);
-    pub const LIVE_DROP: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000301);
-    pub const UPCOMING_DROP: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000302);
-}
-
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -116,50 +104,12 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Demo data: an admin, a creator with a product, a live drop of 100 units and an
-/// upcoming drop. Re-running it keeps what exists and asks for a fresh inventory sync.
+/// The demo data (see [`demo::seed`]).
 pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
     let db = connect_db(settings).await?;
     MIGRATOR.run(&db).await?;
     let mut tx = db.begin().await?;
-    for (id, role) in [(demo::ADMIN, Role::Admin), (demo::CREATOR_USER, Role::Creator), (demo::BUYER, Role::Buyer)] {
-        users::ensure(&mut *tx, id, role).await?;
-    }
-    sqlx::query("INSERT INTO creators (id, user_id, name) VALUES ($1, $2, 'Nova Studio') ON CONFLICT (id) DO NOTHING")
-        .bind(demo::CREATOR)
-        .bind(demo::CREATOR_USER)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO products (id, creator_id, title, description) VALUES ($1, $2, 'Aurora Hoodie',
-         'Heavyweight hoodie, numbered run of 100.') ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(demo::PRODUCT)
-    .bind(demo::CREATOR)
-    .execute(&mut *tx)
-    .await?;
-    let now = Utc::now();
-    let drops = [
-        (demo::LIVE_DROP, now - Duration::minutes(1), now + Duration::days(30), 100),
-        (demo::UPCOMING_DROP, now + Duration::days(1), now + Duration::days(2), 50),
-    ];
-    for (id, starts_at, ends_at, stock) in drops {
-        sqlx::query(
-            "INSERT INTO drops (id, product_id, creator_id, price_amount, currency, stock, max_per_user,
-                                starts_at, ends_at, hold_seconds)
-             VALUES ($1, $2, $3, 4500, 'EUR', $4, 2, $5, $6, $7)
-             ON CONFLICT (id) DO UPDATE SET inventory_synced_at = NULL",
-        )
-        .bind(id)
-        .bind(demo::PRODUCT)
-        .bind(demo::CREATOR)
-        .bind(stock)
-        .bind(starts_at)
-        .bind(ends_at)
-        .bind(settings.orders.hold_seconds as i32)
-        .execute(&mut *tx)
-        .await?;
-    }
+    demo::seed(&mut tx, settings.orders.hold_seconds).await?;
     tx.commit().await?;
     println!("demo data seeded: live drop {}, upcoming drop {}", demo::LIVE_DROP, demo::UPCOMING_DROP);
     Ok(())
@@ -167,11 +117,7 @@ pub async fn seed(settings: &Settings) -> anyhow::Result<()> {
 
 /// A signed development token for `role` (the demo user of that role unless `sub`).
 pub fn token(settings: &Settings, role: Role, sub: Option<Uuid>, days: i64) -> String {
-    let user_id = sub.unwrap_or(match role {
-        Role::Admin => demo::ADMIN,
-        Role::Creator => demo::CREATOR_USER,
-        Role::Buyer => demo::BUYER,
-    });
+    let user_id = sub.unwrap_or(demo::user_of(role));
     mint(
         Identity { user_id, role },
         settings.auth.jwt_secret.expose_secret().as_bytes(),

@@ -22,7 +22,7 @@ pub fn router(core: Core) -> Router {
 async fn ready(State(core): State<Core>) -> ApiResult<Json<Value>> {
     let unavailable = |what: &str| Problem::new(ErrorCode::Overloaded, Some(format!("{what} is not answering")));
     let check = Duration::from_secs(2);
-    let db = tokio::time::timeout(check, sqlx::query("SELECT 1").execute(&core.db)).await;
+    let db = tokio::time::timeout(check, sqlx::query!("SELECT 1 AS one").fetch_one(&core.db)).await;
     if !matches!(db, Ok(Ok(_))) {
         return Err(unavailable("postgres").into());
     }

@@ -7,9 +7,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 pub async fn ensure(db: impl PgExecutor<'_>, user_id: Uuid, role: Role) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-        .bind(user_id)
-        .bind(role)
+    sqlx::query!("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", user_id, role as Role)
         .execute(db)
         .await?;
     Ok(())

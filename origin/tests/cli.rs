@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use drops_origin::cli::demo;
+use drops_origin::catalogue::demo;
 use drops_shared::auth::{verify_bearer, Role};
 use sqlx::Connection;
 use uuid::Uuid;

@@ -21,7 +21,6 @@ pub fn router() -> Router<CatalogueState> {
     Router::new().route("/v1/creators", post(create)).route("/v1/creators/{creator_id}", get(show))
 }
 
-#[derive(sqlx::FromRow)]
 struct CreatorRow {
     id: Uuid,
     name: String,
@@ -45,13 +44,14 @@ async fn create(
     let mut tx = state.core.db.begin().await?;
     // The creator's account may not have signed in yet: it exists from now on.
     users::ensure(&mut *tx, body.user_id, Role::Creator).await?;
-    let row: Option<CreatorRow> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        CreatorRow,
         "INSERT INTO creators (id, user_id, name) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO NOTHING RETURNING id, name, user_id, created_at",
+        Uuid::now_v7(),
+        body.user_id,
+        body.name.trim()
     )
-    .bind(Uuid::now_v7())
-    .bind(body.user_id)
-    .bind(body.name.trim())
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
@@ -61,8 +61,7 @@ async fn create(
 
 async fn show(State(state): State<CatalogueState>, Path(creator_id): Path<String>) -> ApiResult<Json<Creator>> {
     let id = path_id(&creator_id)?;
-    let row: CreatorRow = sqlx::query_as("SELECT id, name, user_id, created_at FROM creators WHERE id = $1")
-        .bind(id)
+    let row = sqlx::query_as!(CreatorRow, "SELECT id, name, user_id, created_at FROM creators WHERE id = $1", id)
         .fetch_optional(&state.core.db)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -72,22 +71,22 @@ async fn show(State(state): State<CatalogueState>, Path(creator_id): Path<String
 
 /// The creator profile a creator-role caller acts as.
 pub async fn of_user(db: impl PgExecutor<'_>, user_id: Uuid) -> ApiResult<Uuid> {
-    let id: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM creators WHERE user_id = $1").bind(user_id).fetch_optional(db).await?;
+    let id = sqlx::query_scalar!("SELECT id FROM creators WHERE user_id = $1", user_id).fetch_optional(db).await?;
     id.ok_or_else(|| ApiError::code(ErrorCode::Forbidden, "this account has no creator profile"))
 }
 
 /// The creator's name, if there is such a creator.
 pub async fn name(db: impl PgExecutor<'_>, creator_id: Uuid) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT name FROM creators WHERE id = $1").bind(creator_id).fetch_optional(db).await
+    sqlx::query_scalar!("SELECT name FROM creators WHERE id = $1", creator_id).fetch_optional(db).await
 }
 
 /// The names of these creators (those that exist).
 pub async fn names(db: impl PgExecutor<'_>, creator_ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, String)>> {
-    sqlx::query_as("SELECT id, name FROM creators WHERE id = ANY($1)").bind(creator_ids).fetch_all(db).await
+    let rows = sqlx::query!("SELECT id, name FROM creators WHERE id = ANY($1)", creator_ids).fetch_all(db).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.name)).collect())
 }
 
 /// Every creator's id, for rebuilding what is derived per creator.
 pub async fn all_ids(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM creators").fetch_all(db).await
+    sqlx::query_scalar!("SELECT id FROM creators").fetch_all(db).await
 }

@@ -29,7 +29,7 @@ pub fn router() -> Router<CatalogueState> {
         .route("/v1/drops/{drop_id}", get(show_drop).patch(update_drop))
 }
 
-#[derive(sqlx::FromRow)]
+/// A drop with its product and creator, as cards and terms are made from.
 pub struct DropRow {
     id: Uuid,
     creator_id: Uuid,
@@ -45,23 +45,30 @@ pub struct DropRow {
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
     hold_seconds: i32,
-    /// Units committed to orders; filled in after the row is read.
-    #[sqlx(skip)]
+    /// Units committed to orders (from the orders area).
     committed: i64,
 }
 
-const DROP_SELECT: &str = "
-SELECT d.id, d.creator_id, c.name AS creator_name, d.product_id, p.title, p.description, p.image_url,
-       d.price_amount, d.currency, d.stock, d.max_per_user, d.starts_at, d.ends_at, d.hold_seconds
-FROM drops d JOIN creators c ON c.id = d.creator_id JOIN products p ON p.id = d.product_id";
-
-/// Fills in the units each drop has committed, from the orders area.
-async fn with_committed(db: &sqlx::PgPool, mut rows: Vec<DropRow>) -> ApiResult<Vec<DropRow>> {
-    let ids: Vec<Uuid> = rows.iter().map(|d| d.id).collect();
-    let committed = orders::committed_units(db, &ids).await?;
+/// The drops `ids` names, in that order (those that exist), with the units each
+/// has committed. Every read of drops goes through here: the queries that choose
+/// which drops differ, the drop they load does not.
+async fn load(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<DropRow>> {
+    let committed = orders::committed_units(db, ids).await?;
+    let mut rows = sqlx::query_as!(
+        DropRow,
+        r#"SELECT d.id, d.creator_id, c.name AS creator_name, d.product_id, p.title, p.description, p.image_url,
+                  d.price_amount, d.currency, d.stock, d.max_per_user, d.starts_at, d.ends_at, d.hold_seconds,
+                  0::bigint AS "committed!" -- from the orders area, just below
+           FROM drops d JOIN creators c ON c.id = d.creator_id JOIN products p ON p.id = d.product_id
+           WHERE d.id = ANY($1)"#,
+        ids
+    )
+    .fetch_all(db)
+    .await?;
     for row in &mut rows {
         row.committed = committed.get(&row.id).copied().unwrap_or(0);
     }
+    rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
     Ok(rows)
 }
 
@@ -108,20 +115,18 @@ impl DropRow {
 }
 
 async fn load_drop(core: &Core, drop_id: Uuid) -> ApiResult<DropRow> {
-    let row: DropRow = sqlx::query_as(&format!("{DROP_SELECT} WHERE d.id = $1"))
-        .bind(drop_id)
-        .fetch_optional(&core.db)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    with_committed(&core.db, vec![row]).await?.pop().ok_or_else(ApiError::not_found)
+    load(&core.db, &[drop_id]).await?.pop().ok_or_else(ApiError::not_found)
 }
 
 /// Drops whose terms the edge has not acknowledged yet, oldest first.
 pub async fn unsynced(db: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<DropRow>> {
-    sqlx::query_as(&format!("{DROP_SELECT} WHERE d.inventory_synced_at IS NULL ORDER BY d.created_at LIMIT $1"))
-        .bind(limit)
-        .fetch_all(db)
-        .await
+    let ids = sqlx::query_scalar!(
+        "SELECT id FROM drops WHERE inventory_synced_at IS NULL ORDER BY created_at LIMIT $1",
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    load(db, &ids).await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
@@ -140,21 +145,21 @@ async fn create_drop(
     }
     let drop_id = Uuid::now_v7();
     let mut tx = db.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO drops (id, product_id, creator_id, price_amount, currency, stock, max_per_user,
                             starts_at, ends_at, hold_seconds)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        drop_id,
+        body.product_id,
+        creator_id,
+        body.price.amount,
+        body.price.currency,
+        body.stock as i32,
+        body.max_per_user as i32,
+        body.starts_at,
+        body.ends_at,
+        body.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32
     )
-    .bind(drop_id)
-    .bind(body.product_id)
-    .bind(creator_id)
-    .bind(body.price.amount)
-    .bind(&body.price.currency)
-    .bind(body.stock as i32)
-    .bind(body.max_per_user as i32)
-    .bind(body.starts_at)
-    .bind(body.ends_at)
-    .bind(body.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32)
     .execute(&mut *tx)
     .await?;
     events::record(
@@ -197,20 +202,33 @@ async fn list_drops(
     let page = PageQuery { limit: q.limit, cursor: q.cursor };
     let limit = page.limit()?;
     let after = page.after_keyed(listing.as_str())?;
-    let (filter, key) = match listing {
-        DropListing::Live => ("d.starts_at <= now() AND d.ends_at > now()", "d.ends_at"),
-        DropListing::Upcoming => ("d.starts_at > now()", "d.starts_at"),
+    let (after_at, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
+    let db = &state.core.db;
+    let ids = match listing {
+        DropListing::Live => {
+            sqlx::query_scalar!(
+                "SELECT id FROM drops WHERE starts_at <= now() AND ends_at > now()
+                   AND ($1::timestamptz IS NULL OR (ends_at, id) > ($1, $2)) ORDER BY ends_at, id LIMIT $3",
+                after_at,
+                after_id,
+                limit + 1
+            )
+            .fetch_all(db)
+            .await?
+        }
+        DropListing::Upcoming => {
+            sqlx::query_scalar!(
+                "SELECT id FROM drops WHERE starts_at > now()
+                   AND ($1::timestamptz IS NULL OR (starts_at, id) > ($1, $2)) ORDER BY starts_at, id LIMIT $3",
+                after_at,
+                after_id,
+                limit + 1
+            )
+            .fetch_all(db)
+            .await?
+        }
     };
-    let rows: Vec<DropRow> = sqlx::query_as(&format!(
-        "{DROP_SELECT} WHERE {filter} AND ($1::timestamptz IS NULL OR ({key}, d.id) > ($1, $2))
-         ORDER BY {key}, d.id LIMIT $3"
-    ))
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit + 1)
-    .fetch_all(&state.core.db)
-    .await?;
-    let rows = with_committed(&state.core.db, rows).await?;
+    let rows = load(db, &ids).await?;
     let page = paging::page(rows, limit, |last| {
         let at = if listing == DropListing::Live { last.ends_at } else { last.starts_at };
         paging::encode_keyed(listing.as_str(), at, last.id)
@@ -229,65 +247,44 @@ async fn update_drop(
 ) -> ApiResult<Json<DropCard>> {
     let drop_id = path_id(&drop_id)?;
     let mut tx = state.core.db.begin().await?;
-    #[derive(sqlx::FromRow)]
-    struct Current {
-        product_id: Uuid,
-        creator_id: Uuid,
-        price_amount: i64,
-        currency: String,
-        stock: i32,
-        max_per_user: i32,
-        starts_at: DateTime<Utc>,
-        ends_at: DateTime<Utc>,
-        hold_seconds: i32,
-    }
-    let current: Option<Current> = sqlx::query_as(
+    let current = sqlx::query!(
         "SELECT product_id, creator_id, price_amount, currency, stock, max_per_user, starts_at, ends_at, hold_seconds
          FROM drops WHERE id = $1 FOR UPDATE",
+        drop_id
     )
-    .bind(drop_id)
     .fetch_optional(&mut *tx)
-    .await?;
-    let Current {
-        product_id,
-        creator_id,
-        price_amount,
-        currency,
-        stock,
-        max_per_user,
-        starts_at,
-        ends_at,
-        hold_seconds,
-    } = current.ok_or_else(ApiError::not_found)?;
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let creator_id = current.creator_id;
     if user.0.role == Role::Creator && creators::of_user(&mut *tx, user.0.user_id).await? != creator_id {
         return Err(ApiError::not_found());
     }
-    if starts_at <= Utc::now() {
+    if current.starts_at <= Utc::now() {
         return Err(ApiError::code(ErrorCode::DropAlreadyStarted, "a drop's terms are fixed once it has started"));
     }
     let current = CreateDrop {
-        product_id,
-        price: Money { amount: price_amount, currency: currency.trim().to_owned() },
-        stock: stock as u32,
-        max_per_user: max_per_user as u32,
-        starts_at,
-        ends_at,
-        hold_seconds: Some(hold_seconds as u32),
+        product_id: current.product_id,
+        price: Money { amount: current.price_amount, currency: current.currency.trim().to_owned() },
+        stock: current.stock as u32,
+        max_per_user: current.max_per_user as u32,
+        starts_at: current.starts_at,
+        ends_at: current.ends_at,
+        hold_seconds: Some(current.hold_seconds as u32),
     };
     let next = body.apply(&current)?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE drops SET price_amount = $2, currency = $3, stock = $4, max_per_user = $5, starts_at = $6,
                           ends_at = $7, hold_seconds = $8, inventory_synced_at = NULL, updated_at = now()
          WHERE id = $1",
+        drop_id,
+        next.price.amount,
+        next.price.currency,
+        next.stock as i32,
+        next.max_per_user as i32,
+        next.starts_at,
+        next.ends_at,
+        next.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32
     )
-    .bind(drop_id)
-    .bind(next.price.amount)
-    .bind(&next.price.currency)
-    .bind(next.stock as i32)
-    .bind(next.max_per_user as i32)
-    .bind(next.starts_at)
-    .bind(next.ends_at)
-    .bind(next.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32)
     .execute(&mut *tx)
     .await?;
     events::record(

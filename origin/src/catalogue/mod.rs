@@ -7,6 +7,7 @@
 //! followers area (above this one) as a [`FollowerCounts`], wired in `startup`.
 
 pub mod creators;
+pub mod demo;
 pub mod drops;
 pub mod products;
 pub mod purge;
@@ -49,9 +50,9 @@ pub fn router(state: CatalogueState) -> Router {
 /// The drops reconciliation looks at: those the edge has, live or ended within the
 /// last day.
 pub async fn reconcilable_drops(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT id FROM drops WHERE inventory_synced_at IS NOT NULL AND starts_at <= now()
-           AND ends_at > now() - interval '1 day' ORDER BY starts_at",
+           AND ends_at > now() - interval '1 day' ORDER BY starts_at"
     )
     .fetch_all(db)
     .await

@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use drops_shared::api::{CreateProduct, Product};
 use drops_shared::auth::Role;
 use drops_shared::problem::ErrorCode;
@@ -17,16 +16,6 @@ use crate::extract::{Authorized, Sellers, StrictJson};
 
 pub fn router() -> Router<CatalogueState> {
     Router::new().route("/v1/products", post(create_product))
-}
-
-#[derive(sqlx::FromRow)]
-struct ProductRow {
-    id: Uuid,
-    creator_id: Uuid,
-    title: String,
-    description: String,
-    image_url: Option<String>,
-    created_at: DateTime<Utc>,
 }
 
 async fn create_product(
@@ -43,29 +32,22 @@ async fn create_product(
         (_, Some(_)) => return Err(ApiError::code(ErrorCode::InvalidRequest, "field `creator_id`: admins only")),
         (_, None) => creators::of_user(&state.core.db, user.0.user_id).await?,
     };
-    let row: ProductRow = sqlx::query_as(
+    let product = sqlx::query_as!(
+        Product,
         "INSERT INTO products (id, creator_id, title, description, image_url) VALUES ($1, $2, $3, $4, $5)
          RETURNING id, creator_id, title, description, image_url, created_at",
+        Uuid::now_v7(),
+        creator_id,
+        body.title.trim(),
+        body.description,
+        body.image_url
     )
-    .bind(Uuid::now_v7())
-    .bind(creator_id)
-    .bind(body.title.trim())
-    .bind(&body.description)
-    .bind(&body.image_url)
     .fetch_one(&state.core.db)
     .await?;
-    let product = Product {
-        id: row.id,
-        creator_id: row.creator_id,
-        title: row.title,
-        description: row.description,
-        image_url: row.image_url,
-        created_at: row.created_at,
-    };
     Ok((StatusCode::CREATED, Json(product)))
 }
 
 /// The creator a product belongs to, if there is such a product.
 pub async fn creator_of(db: impl PgExecutor<'_>, product_id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("SELECT creator_id FROM products WHERE id = $1").bind(product_id).fetch_optional(db).await
+    sqlx::query_scalar!("SELECT creator_id FROM products WHERE id = $1", product_id).fetch_optional(db).await
 }

@@ -127,8 +127,7 @@ pub async fn stale_paths(core: &Core, event: &DomainEvent) -> anyhow::Result<Vec
 }
 
 async fn sold_out(core: &Core, drop_id: Uuid) -> sqlx::Result<bool> {
-    let stock: Option<i32> =
-        sqlx::query_scalar("SELECT stock FROM drops WHERE id = $1").bind(drop_id).fetch_optional(&core.db).await?;
+    let stock = sqlx::query_scalar!("SELECT stock FROM drops WHERE id = $1", drop_id).fetch_optional(&core.db).await?;
     let Some(stock) = stock else { return Ok(false) };
     let committed = orders::committed_units(&core.db, &[drop_id]).await?.get(&drop_id).copied().unwrap_or(0);
     Ok(i64::from(stock) <= committed)

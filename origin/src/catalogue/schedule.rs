@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use drops_shared::events::DomainEvent;
-use uuid::Uuid;
 
 use crate::events;
 use crate::state::Core;
@@ -16,35 +15,34 @@ use crate::state::Core;
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// Announces every start and end that is due; returns how many events it wrote.
+/// Each claim marks the drops whose moment has passed and that are not announced
+/// yet, skipping rows another scheduler holds.
 pub async fn announce(core: &Core) -> anyhow::Result<usize> {
     let mut tx = core.db.begin().await?;
-    let started = claim_due(&mut tx, "started_announced_at", "starts_at").await?;
-    let ended = claim_due(&mut tx, "ended_announced_at", "ends_at").await?;
-    for (drop_id, creator_id) in &started {
-        events::record(&mut tx, DomainEvent::DropStarted { drop_id: *drop_id, creator_id: *creator_id }).await?;
-    }
-    for (drop_id, creator_id) in &ended {
-        events::record(&mut tx, DomainEvent::DropEnded { drop_id: *drop_id, creator_id: *creator_id }).await?;
+    let started = sqlx::query!(
+        "UPDATE drops SET started_announced_at = now()
+         WHERE id IN (SELECT id FROM drops WHERE started_announced_at IS NULL AND starts_at <= now()
+                      ORDER BY starts_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, creator_id"
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let ended = sqlx::query!(
+        "UPDATE drops SET ended_announced_at = now()
+         WHERE id IN (SELECT id FROM drops WHERE ended_announced_at IS NULL AND ends_at <= now()
+                      ORDER BY ends_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, creator_id"
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let due = started
+        .iter()
+        .map(|d| DomainEvent::DropStarted { drop_id: d.id, creator_id: d.creator_id })
+        .chain(ended.iter().map(|d| DomainEvent::DropEnded { drop_id: d.id, creator_id: d.creator_id }))
+        .collect::<Vec<_>>();
+    for event in &due {
+        events::record(&mut tx, event.clone()).await?;
     }
     tx.commit().await?;
-    Ok(started.len() + ended.len())
-}
-
-/// Marks the drops whose `moment` has passed and whose `announced` is still NULL,
-/// skipping rows another scheduler holds; returns (drop, creator) of each claimed.
-async fn claim_due(
-    tx: &mut sqlx::PgConnection,
-    announced: &'static str,
-    moment: &'static str,
-) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
-    // Built at run time: the same claim serves starts and ends, and the column names
-    // are these two constant pairs, never input.
-    sqlx::query_as(&format!(
-        "UPDATE drops SET {announced} = now()
-         WHERE id IN (SELECT id FROM drops WHERE {announced} IS NULL AND {moment} <= now()
-                      ORDER BY {moment} LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, creator_id"
-    ))
-    .fetch_all(tx)
-    .await
+    Ok(due.len())
 }

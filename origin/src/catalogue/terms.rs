@@ -30,7 +30,7 @@ pub async fn push(core: &Core, drop: &DropRow) {
 
 async fn sync(core: &Core, drop: &DropRow) -> anyhow::Result<()> {
     core.edge.put_terms(drop.id(), &drop.terms()).await?;
-    sqlx::query("UPDATE drops SET inventory_synced_at = now() WHERE id = $1").bind(drop.id()).execute(&core.db).await?;
+    sqlx::query!("UPDATE drops SET inventory_synced_at = now() WHERE id = $1", drop.id()).execute(&core.db).await?;
     Ok(())
 }
 

@@ -91,12 +91,13 @@ impl Consumer {
                 let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
                 continue;
             };
-            let seen: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2")
-                    .bind(&self.group)
-                    .bind(envelope.id)
-                    .fetch_optional(db)
-                    .await?;
+            let seen = sqlx::query_scalar!(
+                "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2",
+                self.group,
+                envelope.id
+            )
+            .fetch_optional(db)
+            .await?;
             if seen.is_none() {
                 let event_id = envelope.id;
                 if let Err(e) = handler(envelope).await {
@@ -105,11 +106,13 @@ impl Consumer {
                     continue;
                 }
                 handled += 1;
-                sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(&self.group)
-                    .bind(event_id)
-                    .execute(db)
-                    .await?;
+                sqlx::query!(
+                    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    self.group,
+                    event_id
+                )
+                .execute(db)
+                .await?;
             }
             let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
         }

@@ -27,26 +27,29 @@ pub fn stream_key(prefix: &str) -> String {
 pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result<Uuid> {
     let envelope = EventEnvelope { id: Uuid::now_v7(), occurred_at: Utc::now(), event };
     let payload = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)")
-        .bind(envelope.id)
-        .bind(envelope.event.type_name())
-        .bind(envelope.event.aggregate_id())
-        .bind(payload)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
+        envelope.id,
+        envelope.event.type_name(),
+        envelope.event.aggregate_id(),
+        payload
+    )
+    .execute(conn)
+    .await?;
     Ok(envelope.id)
 }
 
 /// `/metrics` gauges: the outbox backlog and each consumer group's lag.
 pub fn gauges(core: &Core) -> BoxFuture<'_, anyhow::Result<()>> {
     async move {
-        let (unpublished, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
+        let backlog = sqlx::query!(
+            r#"SELECT count(*) AS "unpublished!", EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
+               FROM outbox WHERE published_at IS NULL"#
         )
         .fetch_one(&core.db)
         .await?;
-        metrics::gauge!("drops_outbox_unpublished").set(unpublished as f64);
-        metrics::gauge!("drops_outbox_lag_seconds").set(oldest.unwrap_or(0.0));
+        metrics::gauge!("drops_outbox_unpublished").set(backlog.unpublished as f64);
+        metrics::gauge!("drops_outbox_lag_seconds").set(backlog.oldest.unwrap_or(0.0));
         let mut conn = core.redis.get_multiplexed_async_connection().await?;
         let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(stream_key(core.redis_prefix())).query_async(&mut conn).await;

@@ -12,7 +12,6 @@ const BATCH: i64 = 500;
 /// The stream keeps about this many recent events; the outbox keeps them all.
 const STREAM_MAXLEN: usize = 1_000_000;
 
-#[derive(sqlx::FromRow)]
 struct Row {
     seq: i64,
     payload: String,
@@ -38,11 +37,12 @@ pub async fn round(core: &Core, redis: &LazyRedis) -> anyhow::Result<Next> {
 /// Publishes one batch; returns how many events went out.
 pub async fn publish_batch(core: &Core, conn: &mut ConnectionManager) -> anyhow::Result<usize> {
     let mut tx = core.db.begin().await?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT seq, payload::text AS payload FROM outbox WHERE published_at IS NULL
-         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+    let rows = sqlx::query_as!(
+        Row,
+        r#"SELECT seq, payload::text AS "payload!" FROM outbox WHERE published_at IS NULL
+           ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+        BATCH
     )
-    .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -50,7 +50,7 @@ pub async fn publish_batch(core: &Core, conn: &mut ConnectionManager) -> anyhow:
     }
     xadd_all(conn, &super::stream_key(core.redis_prefix()), rows.iter().map(|r| r.payload.as_str())).await?;
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?;
+    sqlx::query!("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)", &seqs).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows.len())
 }
@@ -83,12 +83,13 @@ pub async fn replay(core: &Core, from: i64, to: i64) -> anyhow::Result<usize> {
     let mut after = from - 1;
     let mut total = 0;
     loop {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, payload::text AS payload FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        let rows = sqlx::query_as!(
+            Row,
+            r#"SELECT seq, payload::text AS "payload!" FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"#,
+            after,
+            to,
+            BATCH
         )
-        .bind(after)
-        .bind(to)
-        .bind(BATCH)
         .fetch_all(&core.db)
         .await?;
         let Some(last) = rows.last() else { return Ok(total) };

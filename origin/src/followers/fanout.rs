@@ -43,16 +43,16 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::DropStarted { drop_id, creator_id } = event.event else { return Ok(()) };
     let mut tx = state.db.begin().await?;
     for shard in 0..SHARDS {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO fanout_jobs (event_id, shard, creator_id, drop_id, lo, hi) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT DO NOTHING",
+            event.id,
+            i16::from(shard),
+            creator_id,
+            drop_id,
+            shard_bound(shard).unwrap_or_default(),
+            shard_bound(shard + 1)
         )
-        .bind(event.id)
-        .bind(i16::from(shard))
-        .bind(creator_id)
-        .bind(drop_id)
-        .bind(shard_bound(shard).unwrap_or_default())
-        .bind(shard_bound(shard + 1))
         .execute(&mut *tx)
         .await?;
     }
@@ -65,7 +65,6 @@ pub async fn round(state: &Core) -> anyhow::Result<Next> {
     Ok(if run_chunk(state).await? { Next::Now } else { Next::Later })
 }
 
-#[derive(sqlx::FromRow)]
 struct Job {
     event_id: Uuid,
     shard: i16,
@@ -80,23 +79,24 @@ struct Job {
 pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut tx = state.db.begin().await?;
-    let job: Option<Job> = sqlx::query_as(
+    let job = sqlx::query_as!(
+        Job,
         "SELECT event_id, shard, creator_id, drop_id, lo, hi, after_user FROM fanout_jobs
-         WHERE finished_at IS NULL ORDER BY started_at, shard LIMIT 1 FOR UPDATE SKIP LOCKED",
+         WHERE finished_at IS NULL ORDER BY started_at, shard LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else { return Ok(false) };
-    let users: Vec<Uuid> = sqlx::query_scalar(
+    let users = sqlx::query_scalar!(
         "SELECT user_id FROM follows WHERE creator_id = $1 AND user_id >= $2 AND ($3::uuid IS NULL OR user_id < $3)
            AND ($4::uuid IS NULL OR user_id > $4)
          ORDER BY user_id LIMIT $5",
+        job.creator_id,
+        job.lo,
+        job.hi,
+        job.after_user,
+        CHUNK
     )
-    .bind(job.creator_id)
-    .bind(job.lo)
-    .bind(job.hi)
-    .bind(job.after_user)
-    .bind(CHUNK)
     .fetch_all(&mut *tx)
     .await?;
     let creator_name = catalogue::creators::name(&mut *tx, job.creator_id).await?.unwrap_or_default();
@@ -110,18 +110,18 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let offline: Vec<Uuid> = users.iter().copied().filter(|u| !online.contains(u)).collect();
     let queued = push::enqueue(&mut tx, job.event_id, &offline, &serde_json::to_value(&message)?).await?;
     let done = (users.len() as i64) < CHUNK;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user),
                 delivered = delivered + $4, queued_push = queued_push + $5,
                 finished_at = CASE WHEN $6 THEN clock_timestamp() ELSE NULL END
          WHERE event_id = $1 AND shard = $2",
+        job.event_id,
+        job.shard,
+        users.last().copied(),
+        online.len() as i64,
+        queued as i64,
+        done
     )
-    .bind(job.event_id)
-    .bind(job.shard)
-    .bind(users.last())
-    .bind(online.len() as i64)
-    .bind(queued as i64)
-    .bind(done)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

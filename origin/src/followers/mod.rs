@@ -84,11 +84,11 @@ async fn follow(State(state): State<Core>, user: AuthUser, Path(creator_id): Pat
     let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
-    let followed_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let followed_at = sqlx::query_scalar!(
         "INSERT INTO follows (creator_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING followed_at",
+        creator_id,
+        user_id
     )
-    .bind(creator_id)
-    .bind(user_id)
     .fetch_optional(&mut *tx)
     .await?;
     if followed_at.is_some() {
@@ -105,9 +105,7 @@ async fn unfollow(State(state): State<Core>, user: AuthUser, Path(creator_id): P
     let creator_id = followed(&state, &creator_id).await?;
     let user_id = user.0.user_id;
     let mut tx = state.db.begin().await?;
-    let removed = sqlx::query("DELETE FROM follows WHERE creator_id = $1 AND user_id = $2")
-        .bind(creator_id)
-        .bind(user_id)
+    let removed = sqlx::query!("DELETE FROM follows WHERE creator_id = $1 AND user_id = $2", creator_id, user_id)
         .execute(&mut *tx)
         .await?;
     if removed.rows_affected() == 1 {
@@ -123,12 +121,13 @@ async fn unfollow(State(state): State<Core>, user: AuthUser, Path(creator_id): P
 /// The consumer: the set follows the ledger, whatever order the events come in.
 pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::FollowChanged { creator_id, user_id, .. } = event.event else { return Ok(()) };
-    let at: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT followed_at FROM follows WHERE creator_id = $1 AND user_id = $2")
-            .bind(creator_id)
-            .bind(user_id)
-            .fetch_optional(&state.db)
-            .await?;
+    let at = sqlx::query_scalar!(
+        "SELECT followed_at FROM follows WHERE creator_id = $1 AND user_id = $2",
+        creator_id,
+        user_id
+    )
+    .fetch_optional(&state.db)
+    .await?;
     Ok(write_set(state, creator_id, user_id, at).await?)
 }
 
@@ -140,8 +139,7 @@ pub async fn count(state: &Core, creator_id: Uuid) -> ApiResult<u64> {
         Ok(n) => Ok(n),
         Err(e) => {
             tracing::warn!(error = %e, "follower count from Postgres");
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM follows WHERE creator_id = $1")
-                .bind(creator_id)
+            let n = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM follows WHERE creator_id = $1"#, creator_id)
                 .fetch_one(&state.db)
                 .await?;
             Ok(n as u64)
@@ -211,26 +209,26 @@ async fn following(
     const LIST: &str = "following";
     let limit = page.limit()?;
     let after = page.after_keyed(LIST)?;
-    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT creator_id, followed_at FROM follows
          WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (followed_at, creator_id) < ($2, $3))
          ORDER BY followed_at DESC, creator_id DESC LIMIT $4",
+        user.0.user_id,
+        after.map(|(at, _)| at),
+        after.map(|(_, id)| id),
+        limit + 1
     )
-    .bind(user.0.user_id)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map(|(_, id)| id))
-    .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.creator_id).collect();
     let names: std::collections::HashMap<Uuid, String> =
         catalogue::creators::names(&state.db, &ids).await?.into_iter().collect();
     let items: Vec<Following> = rows
         .into_iter()
-        .map(|(creator_id, followed_at)| Following {
-            name: names.get(&creator_id).cloned().unwrap_or_default(),
-            creator_id,
-            followed_at,
+        .map(|r| Following {
+            name: names.get(&r.creator_id).cloned().unwrap_or_default(),
+            creator_id: r.creator_id,
+            followed_at: r.followed_at,
         })
         .collect();
     Ok(Json(paging::page(items, limit, |f| paging::encode_keyed(LIST, f.followed_at, f.creator_id))))
@@ -247,20 +245,20 @@ pub async fn rebuild(state: &Core) -> anyhow::Result<u64> {
         let _: () = conn.del(&fresh).await?;
         let mut after: Option<(DateTime<Utc>, Uuid)> = None;
         loop {
-            let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            let rows = sqlx::query!(
                 "SELECT user_id, followed_at FROM follows WHERE creator_id = $1
                    AND ($2::timestamptz IS NULL OR (followed_at, user_id) > ($2, $3))
                  ORDER BY followed_at, user_id LIMIT 10000",
+                creator_id,
+                after.map(|a| a.0),
+                after.map(|a| a.1)
             )
-            .bind(creator_id)
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
             .fetch_all(&state.db)
             .await?;
             let Some(last) = rows.last() else { break };
-            after = Some((last.1, last.0));
+            after = Some((last.followed_at, last.user_id));
             let members: Vec<(i64, String)> =
-                rows.iter().map(|(u, at)| (at.timestamp_micros(), u.to_string())).collect();
+                rows.iter().map(|r| (r.followed_at.timestamp_micros(), r.user_id.to_string())).collect();
             let _: () = conn.zadd_multiple(&fresh, &members).await?;
             total += rows.len() as u64;
         }

@@ -32,7 +32,7 @@ pub fn router() -> Router<NotificationsState> {
         .route("/v1/notifications/{id}/read", post(read_one))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 pub struct Notification {
     pub id: Uuid,
     pub kind: String,
@@ -56,20 +56,22 @@ async fn list(
     let db = &state.core.db;
     let limit = page.limit()?;
     let after = page.after(LIST)?;
-    let rows: Vec<Notification> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        Notification,
         "SELECT id, kind, payload, created_at, read_at FROM notifications
          WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        user.0.user_id,
+        after,
+        limit + 1
     )
-    .bind(user.0.user_id)
-    .bind(after)
-    .bind(limit + 1)
     .fetch_all(db)
     .await?;
-    let unread_count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL")
-            .bind(user.0.user_id)
-            .fetch_one(db)
-            .await?;
+    let unread_count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM notifications WHERE user_id = $1 AND read_at IS NULL"#,
+        user.0.user_id
+    )
+    .fetch_one(db)
+    .await?;
     let page = paging::page(rows, limit, |n| paging::encode(LIST, n.id));
     Ok(Json(NotificationPage { items: page.items, next_cursor: page.next_cursor, unread_count }))
 }
@@ -81,12 +83,13 @@ async fn read_one(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&id)?;
-    let found =
-        sqlx::query("UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user.0.user_id)
-            .execute(&state.core.db)
-            .await?;
+    let found = sqlx::query!(
+        "UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1 AND user_id = $2",
+        id,
+        user.0.user_id
+    )
+    .execute(&state.core.db)
+    .await?;
     if found.rows_affected() == 0 {
         return Err(ApiError::not_found());
     }
@@ -94,8 +97,7 @@ async fn read_one(
 }
 
 async fn read_all(State(state): State<NotificationsState>, user: AuthUser) -> ApiResult<StatusCode> {
-    sqlx::query("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL")
-        .bind(user.0.user_id)
+    sqlx::query!("UPDATE notifications SET read_at = now() WHERE user_id = $1 AND read_at IS NULL", user.0.user_id)
         .execute(&state.core.db)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -121,15 +123,15 @@ fn notification_for(event: &DomainEvent) -> Option<(Uuid, &'static str, Value)> 
 pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let Some((user_id, kind, payload)) = notification_for(&event.event) else { return Ok(()) };
     let mut tx = state.db.begin().await?;
-    let id: Option<Uuid> = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO notifications (id, user_id, kind, payload, event_id) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (event_id, user_id) DO NOTHING RETURNING id",
+        Uuid::now_v7(),
+        user_id,
+        kind,
+        payload,
+        event.id
     )
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(kind)
-    .bind(&payload)
-    .bind(event.id)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else { return Ok(()) }; // made already: a redelivery

@@ -202,14 +202,14 @@ async fn subscribe(
     if sub.keys.p256dh.len() > 256 || sub.keys.auth.len() > 64 {
         return Err(ApiError::code(ErrorCode::InvalidRequest, "field `keys`: too long"));
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth) VALUES ($1, $2, $3, $4)
          ON CONFLICT (user_id) DO UPDATE SET endpoint = $2, p256dh = $3, auth = $4, created_at = now()",
+        user.0.user_id,
+        sub.endpoint,
+        sub.keys.p256dh,
+        sub.keys.auth
     )
-    .bind(user.0.user_id)
-    .bind(&sub.endpoint)
-    .bind(&sub.keys.p256dh)
-    .bind(&sub.keys.auth)
     .execute(&state.core.db)
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -217,7 +217,7 @@ async fn subscribe(
 
 async fn unsubscribe(State(state): State<NotificationsState>, user: AuthUser) -> ApiResult<StatusCode> {
     let db = &state.core.db;
-    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1").bind(user.0.user_id).execute(db).await?;
+    sqlx::query!("DELETE FROM push_subscriptions WHERE user_id = $1", user.0.user_id).execute(db).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -228,24 +228,25 @@ pub async fn enqueue(
     users: &[Uuid],
     payload: &serde_json::Value,
 ) -> sqlx::Result<u64> {
-    sqlx::query("INSERT INTO push_messages (event_id, payload) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(event_id)
-        .bind(payload)
-        .execute(&mut *conn)
-        .await?;
-    let queued = sqlx::query(
+    sqlx::query!(
+        "INSERT INTO push_messages (event_id, payload) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        event_id,
+        payload
+    )
+    .execute(&mut *conn)
+    .await?;
+    let queued = sqlx::query!(
         "INSERT INTO push_deliveries (user_id, event_id)
          SELECT s.user_id, $1 FROM push_subscriptions s WHERE s.user_id = ANY($2)
          ON CONFLICT (event_id, user_id) DO NOTHING",
+        event_id,
+        users
     )
-    .bind(event_id)
-    .bind(users)
     .execute(conn)
     .await?;
     Ok(queued.rows_affected())
 }
 
-#[derive(sqlx::FromRow)]
 struct Due {
     id: i64,
     user_id: Uuid,
@@ -263,13 +264,15 @@ pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
 
 pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
     let mut tx = state.core.db.begin().await?;
-    let due: Vec<Due> = sqlx::query_as(
-        "SELECT d.id, d.user_id, m.payload, d.attempts, s.endpoint, s.p256dh, s.auth
-         FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
-         LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
-         WHERE d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+    let due = sqlx::query_as!(
+        Due,
+        r#"SELECT d.id, d.user_id, m.payload, d.attempts,
+                  s.endpoint AS "endpoint?", s.p256dh AS "p256dh?", s.auth AS "auth?"
+           FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
+           LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
+           WHERE d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"#,
+        BATCH
     )
-    .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
     let n = due.len();
@@ -311,16 +314,16 @@ pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
             }
         }
     }
-    sqlx::query("DELETE FROM push_deliveries WHERE id = ANY($1)").bind(&finished).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM push_subscriptions WHERE user_id = ANY($1)").bind(&gone_users).execute(&mut *tx).await?;
+    sqlx::query!("DELETE FROM push_deliveries WHERE id = ANY($1)", &finished).execute(&mut *tx).await?;
+    sqlx::query!("DELETE FROM push_subscriptions WHERE user_id = ANY($1)", &gone_users).execute(&mut *tx).await?;
     let (retry_ids, retry_delays): (Vec<i64>, Vec<i64>) = retry.into_iter().unzip();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE push_deliveries d SET attempts = d.attempts + 1,
                 next_attempt_at = now() + make_interval(secs => (r.delay_ms / 1000.0)::float8)
          FROM unnest($1::bigint[], $2::bigint[]) AS r(id, delay_ms) WHERE d.id = r.id",
+        &retry_ids,
+        &retry_delays
     )
-    .bind(&retry_ids)
-    .bind(&retry_delays)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

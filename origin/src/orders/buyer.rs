@@ -24,7 +24,6 @@ pub fn router() -> Router<OrdersState> {
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
 }
 
-#[derive(sqlx::FromRow)]
 struct OrderRow {
     id: Uuid,
     drop_id: Uuid,
@@ -38,13 +37,22 @@ struct OrderRow {
     updated_at: DateTime<Utc>,
 }
 
-const ORDER_SELECT: &str = "SELECT id, drop_id, status, status_detail, quantity, amount, currency, expires_at,
-       created_at, updated_at FROM orders";
-
-/// The rows as the buyer sees them, each with its payment handle once there is one.
-async fn with_payments(state: &OrdersState, rows: Vec<OrderRow>) -> ApiResult<Vec<Order>> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut handles = payments::store::handles(&state.core.db, &ids).await?;
+/// The buyer's orders among `ids`, in that order, as the buyer sees them: each with
+/// its payment handle once there is one.
+async fn load(state: &OrdersState, user_id: Uuid, ids: &[Uuid]) -> ApiResult<Vec<Order>> {
+    let db = &state.core.db;
+    let mut rows = sqlx::query_as!(
+        OrderRow,
+        r#"SELECT id, drop_id, status AS "status: OrderStatus", status_detail, quantity, amount, currency,
+                  expires_at, created_at, updated_at
+           FROM orders WHERE user_id = $1 AND id = ANY($2)"#,
+        user_id,
+        ids
+    )
+    .fetch_all(db)
+    .await?;
+    rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
+    let mut handles = payments::store::handles(db, ids).await?;
     Ok(rows
         .into_iter()
         .map(|r| Order {
@@ -63,13 +71,7 @@ async fn with_payments(state: &OrdersState, rows: Vec<OrderRow>) -> ApiResult<Ve
 }
 
 async fn load_order(state: &OrdersState, order_id: Uuid, user_id: Uuid) -> ApiResult<Order> {
-    let row: OrderRow = sqlx::query_as(&format!("{ORDER_SELECT} WHERE id = $1 AND user_id = $2"))
-        .bind(order_id)
-        .bind(user_id)
-        .fetch_optional(&state.core.db)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    with_payments(state, vec![row]).await?.pop().ok_or_else(ApiError::not_found)
+    load(state, user_id, &[order_id]).await?.pop().ok_or_else(ApiError::not_found)
 }
 
 async fn show_order(
@@ -118,14 +120,14 @@ async fn list_orders(
     let limit = page.limit()?;
     let after = page.after(ORDERS_LIST)?;
     // Order ids are UUID v7: descending id is newest first, and a stable key to page on.
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "{ORDER_SELECT} WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(user.0.user_id)
-    .bind(after)
-    .bind(limit + 1)
+    let ids = sqlx::query_scalar!(
+        "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        user.0.user_id,
+        after,
+        limit + 1
+    )
     .fetch_all(&state.core.db)
     .await?;
-    let orders = with_payments(&state, rows).await?;
+    let orders = load(&state, user.0.user_id, &ids).await?;
     Ok(Json(paging::page(orders, limit, |o| paging::encode(ORDERS_LIST, o.order_id))))
 }

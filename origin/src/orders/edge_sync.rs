@@ -30,12 +30,14 @@ pub async fn handle(state: &OrdersState, event: &EventEnvelope) -> anyhow::Resul
 
 pub async fn settle(state: &OrdersState, order_id: Uuid) -> anyhow::Result<()> {
     let db = &state.core.db;
-    let order: Option<(Uuid, OrderStatus, i64, String)> =
-        sqlx::query_as("SELECT drop_id, status, amount, currency FROM orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(db)
-            .await?;
-    let Some((drop_id, status, amount, currency)) = order else { return Ok(()) };
+    let order = sqlx::query!(
+        r#"SELECT drop_id, status AS "status: OrderStatus", amount, currency FROM orders WHERE id = $1"#,
+        order_id
+    )
+    .fetch_optional(db)
+    .await?;
+    let Some(order) = order else { return Ok(()) };
+    let (drop_id, status, amount, currency) = (order.drop_id, order.status, order.amount, order.currency);
     let edge = &state.core.edge;
     match status {
         OrderStatus::Reserved => Ok(()),

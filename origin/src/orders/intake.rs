@@ -51,28 +51,28 @@ pub enum Inserted {
 /// transaction, unless an order with its id, or its buyer's key, exists.
 pub async fn insert(conn: &mut PgConnection, order: &NewOrder<'_>) -> sqlx::Result<Inserted> {
     users::ensure(&mut *conn, order.user_id, Role::Buyer).await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO orders (id, drop_id, user_id, idempotency_key, quantity, amount, currency, status,
                              status_detail, reserved_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT DO NOTHING",
+        order.id,
+        order.drop_id,
+        order.user_id,
+        order.idempotency_key,
+        order.quantity as i32,
+        order.amount.amount,
+        order.amount.currency,
+        order.status as OrderStatus,
+        order.detail,
+        order.reserved_at,
+        order.expires_at
     )
-    .bind(order.id)
-    .bind(order.drop_id)
-    .bind(order.user_id)
-    .bind(order.idempotency_key)
-    .bind(order.quantity as i32)
-    .bind(order.amount.amount)
-    .bind(&order.amount.currency)
-    .bind(order.status)
-    .bind(order.detail)
-    .bind(order.reserved_at)
-    .bind(order.expires_at)
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM orders WHERE id = $1").bind(order.id).fetch_optional(&mut *conn).await?;
+        let exists =
+            sqlx::query!("SELECT 1 AS one FROM orders WHERE id = $1", order.id).fetch_optional(&mut *conn).await?;
         return Ok(if exists.is_some() { Inserted::Existing } else { Inserted::KeyReused });
     }
     let event = DomainEvent::OrderReserved {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::events;
 use crate::payments::OrderSettlement;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OrderState {
     pub id: Uuid,
     pub drop_id: Uuid,
@@ -32,10 +32,6 @@ pub struct OrderState {
 }
 
 impl OrderState {
-    pub fn status(&self) -> OrderStatus {
-        self.status
-    }
-
     pub fn money(&self) -> Money {
         Money { amount: self.amount, currency: self.currency.trim().to_owned() }
     }
@@ -43,10 +39,12 @@ impl OrderState {
 
 /// Loads and locks an order until the transaction ends.
 pub async fn lock(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<OrderState>> {
-    sqlx::query_as(
-        "SELECT id, drop_id, user_id, quantity, status, amount, currency FROM orders WHERE id = $1 FOR UPDATE",
+    sqlx::query_as!(
+        OrderState,
+        r#"SELECT id, drop_id, user_id, quantity, status AS "status: OrderStatus", amount, currency
+           FROM orders WHERE id = $1 FOR UPDATE"#,
+        order_id
     )
-    .bind(order_id)
     .fetch_optional(conn)
     .await
 }
@@ -66,14 +64,16 @@ pub async fn move_to(
     to: OrderStatus,
     detail: Option<&str>,
 ) -> anyhow::Result<()> {
-    let from = order.status();
+    let from = order.status;
     anyhow::ensure!(allowed(from, to), "order {} cannot go from {from:?} to {to:?}", order.id);
-    sqlx::query("UPDATE orders SET status = $2, status_detail = $3, updated_at = now() WHERE id = $1")
-        .bind(order.id)
-        .bind(to)
-        .bind(detail)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE orders SET status = $2, status_detail = $3, updated_at = now() WHERE id = $1",
+        order.id,
+        to as OrderStatus,
+        detail
+    )
+    .execute(&mut *conn)
+    .await?;
     order.status = to;
     let (order_id, drop_id, user_id, quantity) = (order.id, order.drop_id, order.user_id, order.quantity as u32);
     let event = match to {
@@ -91,21 +91,6 @@ pub async fn move_to(
     };
     events::record(conn, event).await?;
     Ok(())
-}
-
-/// Moves the locked order to `to` unless it is there already or cannot go there;
-/// true when it moved.
-pub async fn move_if_allowed(
-    conn: &mut PgConnection,
-    order: &mut OrderState,
-    to: OrderStatus,
-    detail: Option<&str>,
-) -> anyhow::Result<bool> {
-    if !allowed(order.status, to) {
-        return Ok(false);
-    }
-    move_to(conn, order, to, detail).await?;
-    Ok(true)
 }
 
 /// What a payment's outcome does to its order (the payments area calls it inside

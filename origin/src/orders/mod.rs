@@ -52,23 +52,25 @@ pub fn router(state: OrdersState) -> Router {
 /// Units each drop has committed to orders (reserved or confirmed), for the drops
 /// that have any.
 pub async fn committed_units(db: impl PgExecutor<'_>, drop_ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, i64>> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT drop_id, SUM(quantity)::bigint FROM orders
-         WHERE drop_id = ANY($1) AND status IN ('reserved', 'confirmed') GROUP BY drop_id",
+    let rows = sqlx::query!(
+        r#"SELECT drop_id, SUM(quantity)::bigint AS "units!" FROM orders
+           WHERE drop_id = ANY($1) AND status IN ('reserved', 'confirmed') GROUP BY drop_id"#,
+        drop_ids
     )
-    .bind(drop_ids)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|r| (r.drop_id, r.units)).collect())
 }
 
 /// `/metrics` gauge: orders by state.
 pub fn gauges(core: &Core) -> BoxFuture<'_, anyhow::Result<()>> {
     async move {
-        let by_state: Vec<(OrderStatus, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status").fetch_all(&core.db).await?;
+        let by_state =
+            sqlx::query!(r#"SELECT status AS "status: OrderStatus", count(*) AS "n!" FROM orders GROUP BY status"#)
+                .fetch_all(&core.db)
+                .await?;
         for status in OrderStatus::iter() {
-            let n = by_state.iter().find(|(s, _)| *s == status).map(|(_, n)| *n).unwrap_or(0);
+            let n = by_state.iter().find(|r| r.status == status).map(|r| r.n).unwrap_or(0);
             metrics::gauge!("drops_orders", "state" => status.as_str()).set(n as f64);
         }
         Ok(())

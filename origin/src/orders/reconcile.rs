@@ -36,7 +36,6 @@ pub struct Repair {
     pub reason: String,
 }
 
-#[derive(sqlx::FromRow)]
 struct OrderRow {
     id: Uuid,
     status: OrderStatus,
@@ -58,15 +57,17 @@ pub async fn run_once(state: &OrdersState, drops: &[Uuid], grace: Duration) -> a
 pub async fn reconcile_drop(state: &OrdersState, drop_id: Uuid, grace: Duration) -> anyhow::Result<Vec<Repair>> {
     let Some(snapshot) = state.core.edge.snapshot(drop_id).await? else { return Ok(Vec::new()) };
     let grace_secs = grace.as_secs_f64();
-    let orders: HashMap<Uuid, OrderRow> = sqlx::query_as(
-        "SELECT id, status, updated_at < now() - make_interval(secs => $2) AS settled FROM orders WHERE drop_id = $1",
+    let orders: HashMap<Uuid, OrderRow> = sqlx::query_as!(
+        OrderRow,
+        r#"SELECT id, status AS "status: OrderStatus", updated_at < now() - make_interval(secs => $2) AS "settled!"
+           FROM orders WHERE drop_id = $1"#,
+        drop_id,
+        grace_secs
     )
-    .bind(drop_id)
-    .bind(grace_secs)
     .fetch_all(&state.core.db)
     .await?
     .into_iter()
-    .map(|o: OrderRow| (o.id, o))
+    .map(|o| (o.id, o))
     .collect();
     let mut repairs = Vec::new();
     for hold in &snapshot.holds {
@@ -177,13 +178,15 @@ async fn repair_pair(
 async fn record(state: &OrdersState, r: &Repair) -> anyhow::Result<()> {
     metrics::counter!("drops_reconcile_repairs_total", "repair" => r.repair).increment(1);
     tracing::warn!(drop_id = %r.drop_id, order_id = ?r.order_id, repair = r.repair, reason = %r.reason, "reconciliation repair");
-    sqlx::query("INSERT INTO reconcile_audit (id, drop_id, order_id, repair, reason) VALUES ($1, $2, $3, $4, $5)")
-        .bind(Uuid::now_v7())
-        .bind(r.drop_id)
-        .bind(r.order_id)
-        .bind(r.repair)
-        .bind(&r.reason)
-        .execute(&state.core.db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO reconcile_audit (id, drop_id, order_id, repair, reason) VALUES ($1, $2, $3, $4, $5)",
+        Uuid::now_v7(),
+        r.drop_id,
+        r.order_id,
+        r.repair,
+        r.reason
+    )
+    .execute(&state.core.db)
+    .await?;
     Ok(())
 }

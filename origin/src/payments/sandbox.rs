@@ -76,7 +76,6 @@ pub struct PayRequest {
     pub outcome: Outcome,
 }
 
-#[derive(sqlx::FromRow)]
 struct SandboxPayment {
     order_id: Uuid,
     amount: i64,
@@ -88,11 +87,14 @@ async fn find(state: &PaymentsState, reference: &str) -> ApiResult<SandboxPaymen
     if state.payments.provider.name() != "sandbox" {
         return Err(ApiError::not_found());
     }
-    sqlx::query_as("SELECT order_id, amount, currency, status FROM payments WHERE reference = $1")
-        .bind(reference)
-        .fetch_optional(&state.core.db)
-        .await?
-        .ok_or_else(ApiError::not_found)
+    sqlx::query_as!(
+        SandboxPayment,
+        r#"SELECT order_id, amount, currency, status AS "status: PaymentStatus" FROM payments WHERE reference = $1"#,
+        reference
+    )
+    .fetch_optional(&state.core.db)
+    .await?
+    .ok_or_else(ApiError::not_found)
 }
 
 async fn show(State(state): State<PaymentsState>, Path(reference): Path<String>) -> ApiResult<Json<Value>> {

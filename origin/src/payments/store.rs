@@ -24,14 +24,13 @@ pub enum PaymentStatus {
 }
 
 /// What other areas may know of an order's payment.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PaymentRecord {
     pub order_id: Uuid,
     pub status: PaymentStatus,
     pub reference: String,
 }
 
-#[derive(sqlx::FromRow)]
 struct HandleRow {
     order_id: Uuid,
     provider: String,
@@ -53,17 +52,17 @@ pub async fn ensure(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
     // The provider call happens outside any transaction: it may be slow, and it is
     // idempotent on the order id, so a race between two callers is harmless.
     let handle = payments.provider.create_payment(order_id, amount).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO payments (id, order_id, provider, reference, checkout_url, amount, currency)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+        Uuid::now_v7(),
+        order_id,
+        handle.provider,
+        handle.reference,
+        handle.checkout_url,
+        amount.amount,
+        amount.currency
     )
-    .bind(Uuid::now_v7())
-    .bind(order_id)
-    .bind(&handle.provider)
-    .bind(&handle.reference)
-    .bind(&handle.checkout_url)
-    .bind(amount.amount)
-    .bind(&amount.currency)
     .execute(db)
     .await?;
     Ok(handle)
@@ -71,19 +70,24 @@ pub async fn ensure(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
 
 /// How the buyer pays each of these orders (those that have a payment yet).
 pub async fn handles(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, PaymentHandle>> {
-    let rows: Vec<HandleRow> =
-        sqlx::query_as("SELECT order_id, provider, reference, checkout_url FROM payments WHERE order_id = ANY($1)")
-            .bind(order_ids)
-            .fetch_all(db)
-            .await?;
+    let rows = sqlx::query_as!(
+        HandleRow,
+        "SELECT order_id, provider, reference, checkout_url FROM payments WHERE order_id = ANY($1)",
+        order_ids
+    )
+    .fetch_all(db)
+    .await?;
     Ok(rows.into_iter().map(|r| (r.order_id, r.into())).collect())
 }
 
 pub async fn of_order(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<Option<PaymentRecord>> {
-    sqlx::query_as("SELECT order_id, status, reference FROM payments WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as!(
+        PaymentRecord,
+        r#"SELECT order_id, status AS "status: PaymentStatus", reference FROM payments WHERE order_id = $1"#,
+        order_id
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// Gives the order's money back, once: the payment row says when it is done.
@@ -95,12 +99,12 @@ pub async fn refund(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
     }
     let refund_ref = payments.provider.refund(order_id, &payment.reference, amount).await?;
     let mut tx = db.begin().await?;
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE payments SET status = 'refunded', refund_reference = $2, updated_at = now()
          WHERE order_id = $1 AND status <> 'refunded'",
+        order_id,
+        refund_ref
     )
-    .bind(order_id)
-    .bind(&refund_ref)
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 1 {

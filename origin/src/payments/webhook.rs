@@ -89,14 +89,14 @@ async fn receive(State(state): State<PaymentsState>, headers: HeaderMap, body: B
 async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiResult<Outcome> {
     let payload: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
     let mut tx = state.core.db.begin().await?;
-    let recorded = sqlx::query(
+    let recorded = sqlx::query!(
         "INSERT INTO webhook_events (id, event_type, payment_ref, payload) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO NOTHING",
+        event.id,
+        event.kind,
+        event.data.object.id,
+        payload
     )
-    .bind(&event.id)
-    .bind(&event.kind)
-    .bind(&event.data.object.id)
-    .bind(&payload)
     .execute(&mut *tx)
     .await?;
     if recorded.rows_affected() == 0 {
@@ -108,12 +108,14 @@ async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiRe
         _ => return finish(tx, &event.id, Outcome::Ignored).await,
     };
     let reference = &event.data.object.id;
-    let payment: Option<(Uuid, PaymentStatus)> =
-        sqlx::query_as("SELECT order_id, status FROM payments WHERE reference = $1 FOR UPDATE")
-            .bind(reference)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((order_id, status)) = payment else { return finish(tx, &event.id, Outcome::UnknownPayment).await };
+    let payment = sqlx::query!(
+        r#"SELECT order_id, status AS "status: PaymentStatus" FROM payments WHERE reference = $1 FOR UPDATE"#,
+        reference
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(payment) = payment else { return finish(tx, &event.id, Outcome::UnknownPayment).await };
+    let (order_id, status) = (payment.order_id, payment.status);
     let settlement = &state.payments.settlement;
     let outcome = match (succeeded, status) {
         (true, PaymentStatus::Refunded) => Outcome::Ignored,
@@ -135,18 +137,18 @@ async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiRe
 }
 
 async fn set_status(conn: &mut sqlx::PgConnection, order_id: Uuid, status: PaymentStatus) -> sqlx::Result<()> {
-    sqlx::query("UPDATE payments SET status = $2, updated_at = now() WHERE order_id = $1")
-        .bind(order_id)
-        .bind(status)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE payments SET status = $2, updated_at = now() WHERE order_id = $1",
+        order_id,
+        status as PaymentStatus
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 async fn finish(mut tx: sqlx::Transaction<'_, sqlx::Postgres>, event_id: &str, outcome: Outcome) -> ApiResult<Outcome> {
-    sqlx::query("UPDATE webhook_events SET outcome = $2 WHERE id = $1")
-        .bind(event_id)
-        .bind(outcome.as_str())
+    sqlx::query!("UPDATE webhook_events SET outcome = $2 WHERE id = $1", event_id, outcome.as_str())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
