@@ -129,14 +129,14 @@ pub fn next_attempt(sql: &SqlStorage) -> worker::Result<Option<i64>> {
 pub async fn send(cfg: &EdgeConfig, message: &Message) -> Delivery {
     let body = message.body.as_bytes();
     match message.kind {
-        Kind::Reservation => post(cfg, &TakeReservation, body).await,
+        Kind::Reservation => post(cfg, &TakeReservation {}, body).await,
         Kind::Expiry => post(cfg, &ReportExpiry { order_id: message.reservation_id }, body).await,
     }
 }
 
 /// Hands a reservation to the origin (the buy path's first attempt).
 pub async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> Delivery {
-    post(cfg, &TakeReservation, &handoff.to_bytes()).await
+    post(cfg, &TakeReservation {}, &handoff.to_bytes()).await
 }
 
 /// Something the origin answered that acknowledges a message.

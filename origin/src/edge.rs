@@ -110,7 +110,7 @@ impl EdgeClient {
 
     /// Evicts cached pages at the edge; returns how many were cached.
     pub async fn purge(&self, paths: &[String]) -> anyhow::Result<usize> {
-        Ok(self.call(&Purge, &PurgeRequest { paths: paths.to_vec() }).await?.evicted)
+        Ok(self.call(&Purge {}, &PurgeRequest { paths: paths.to_vec() }).await?.evicted)
     }
 }
 

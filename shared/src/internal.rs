@@ -146,137 +146,49 @@ impl<'a> Params<'a> {
     }
 }
 
-/// origin: the edge hands over a reservation its inventory object granted
-/// (idempotent on the reservation id, which is the order id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TakeReservation;
+/// Defines each endpoint: a struct of its path parameters (each `Display` and
+/// `FromStr`, named as in the path) and its [`Endpoint`] implementation.
+macro_rules! endpoints {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident { $($field:ident: $ty:ty),* } = $method:ident $path:literal, $request:ty => $response:ty;
+    )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name { $(pub $field: $ty),* }
 
-impl Endpoint for TakeReservation {
-    const METHOD: Method = Method::Post;
-    const PATH: &'static str = "/internal/v1/reservations";
-    type Request = ReservationHandoff;
-    type Response = ReservationAck;
+        impl Endpoint for $name {
+            const METHOD: Method = Method::$method;
+            const PATH: &'static str = $path;
+            type Request = $request;
+            type Response = $response;
 
-    fn params(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
+            fn params(&self) -> Vec<(&'static str, String)> {
+                vec![$((stringify!($field), self.$field.to_string())),*]
+            }
 
-    fn from_params(_: &Params<'_>) -> Option<Self> {
-        Some(Self)
-    }
+            fn from_params(_params: &Params<'_>) -> Option<Self> {
+                Some(Self { $($field: _params.get(stringify!($field))?.parse().ok()?),* })
+            }
+        }
+    )*};
 }
 
-/// origin: the edge let a hold run out unpaid; its units are back in stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReportExpiry {
-    pub order_id: Uuid,
-}
-
-impl Endpoint for ReportExpiry {
-    const METHOD: Method = Method::Post;
-    const PATH: &'static str = "/internal/v1/orders/{order_id}/expired";
-    type Request = HoldExpiry;
-    type Response = ExpiryAck;
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![("order_id", self.order_id.to_string())]
-    }
-
-    fn from_params(p: &Params<'_>) -> Option<Self> {
-        Some(Self { order_id: p.id("order_id")? })
-    }
-}
-
-/// edge: the origin creates or updates a drop's inventory; answers the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PutTerms {
-    pub drop_id: Uuid,
-}
-
-impl Endpoint for PutTerms {
-    const METHOD: Method = Method::Post;
-    const PATH: &'static str = "/internal/v1/drops/{drop_id}/inventory";
-    type Request = InventoryTerms;
-    type Response = InventorySnapshot;
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![("drop_id", self.drop_id.to_string())]
-    }
-
-    fn from_params(p: &Params<'_>) -> Option<Self> {
-        Some(Self { drop_id: p.id("drop_id")? })
-    }
-}
-
-/// edge: the full inventory of a drop, for reconciliation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GetInventory {
-    pub drop_id: Uuid,
-}
-
-impl Endpoint for GetInventory {
-    const METHOD: Method = Method::Get;
-    const PATH: &'static str = PutTerms::PATH;
-    type Request = Empty;
-    type Response = InventorySnapshot;
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![("drop_id", self.drop_id.to_string())]
-    }
-
-    fn from_params(p: &Params<'_>) -> Option<Self> {
-        Some(Self { drop_id: p.id("drop_id")? })
-    }
-}
-
-/// edge: sell a hold, return its units, or take released units again (idempotent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MoveHold {
-    pub drop_id: Uuid,
-    pub reservation_id: Uuid,
-    pub action: HoldAction,
-}
-
-impl Endpoint for MoveHold {
-    const METHOD: Method = Method::Post;
-    const PATH: &'static str = "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}";
-    type Request = Empty;
-    type Response = HoldOutcome;
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("drop_id", self.drop_id.to_string()),
-            ("reservation_id", self.reservation_id.to_string()),
-            ("action", self.action.as_str().to_owned()),
-        ]
-    }
-
-    fn from_params(p: &Params<'_>) -> Option<Self> {
-        Some(Self {
-            drop_id: p.id("drop_id")?,
-            reservation_id: p.id("reservation_id")?,
-            action: p.get("action")?.parse().ok()?,
-        })
-    }
-}
-
-/// edge: evict cached pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Purge;
-
-impl Endpoint for Purge {
-    const METHOD: Method = Method::Post;
-    const PATH: &'static str = "/internal/v1/purge";
-    type Request = PurgeRequest;
-    type Response = PurgeAck;
-
-    fn params(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
-
-    fn from_params(_: &Params<'_>) -> Option<Self> {
-        Some(Self)
-    }
+endpoints! {
+    /// origin: the edge hands over a reservation its inventory object granted
+    /// (idempotent on the reservation id, which is the order id).
+    TakeReservation {} = Post "/internal/v1/reservations", ReservationHandoff => ReservationAck;
+    /// origin: the edge let a hold run out unpaid; its units are back in stock.
+    ReportExpiry { order_id: Uuid } = Post "/internal/v1/orders/{order_id}/expired", HoldExpiry => ExpiryAck;
+    /// edge: the origin creates or updates a drop's inventory; answers the snapshot.
+    PutTerms { drop_id: Uuid } = Post "/internal/v1/drops/{drop_id}/inventory", InventoryTerms => InventorySnapshot;
+    /// edge: the full inventory of a drop, for reconciliation.
+    GetInventory { drop_id: Uuid } = Get "/internal/v1/drops/{drop_id}/inventory", Empty => InventorySnapshot;
+    /// edge: sell a hold, return its units, or take released units again (idempotent).
+    MoveHold { drop_id: Uuid, reservation_id: Uuid, action: HoldAction } =
+        Post "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}", Empty => HoldOutcome;
+    /// edge: evict cached pages.
+    Purge {} = Post "/internal/v1/purge", PurgeRequest => PurgeAck;
 }
 
 /// The routes the edge serves, matched from a request line.
@@ -297,7 +209,9 @@ impl EdgeRoute {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum HoldAction {
@@ -444,14 +358,14 @@ mod tests {
     fn every_route_parses_back_from_its_own_path() {
         let d = Uuid::from_u128(1);
         let r = Uuid::from_u128(2);
-        round_trip(TakeReservation);
+        round_trip(TakeReservation {});
         round_trip(ReportExpiry { order_id: r });
         round_trip(PutTerms { drop_id: d });
         round_trip(GetInventory { drop_id: d });
         for action in [HoldAction::Sell, HoldAction::Release, HoldAction::Reinstate] {
             round_trip(MoveHold { drop_id: d, reservation_id: r, action });
         }
-        round_trip(Purge);
+        round_trip(Purge {});
         assert_eq!(
             MoveHold { drop_id: d, reservation_id: r, action: HoldAction::Reinstate }.path(),
             format!("/internal/v1/drops/{d}/holds/{r}/reinstate")

@@ -143,35 +143,56 @@ async fn create_drop(
         // Someone else's product: do not reveal that it exists.
         return Err(ApiError::code(ErrorCode::NotFound, "no such product"));
     }
-    let drop_id = Uuid::now_v7();
-    let mut tx = db.begin().await?;
+    let drop = save(&state, db.begin().await?, Uuid::now_v7(), creator_id, &body, Change::Created).await?;
+    Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
+}
+
+enum Change {
+    Created,
+    Updated,
+}
+
+/// Writes a drop's terms (a new drop, or a change before it starts) with its event
+/// in `tx`, then gives the edge the terms; returns the drop as it now is.
+async fn save(
+    state: &CatalogueState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    drop_id: Uuid,
+    creator_id: Uuid,
+    sale: &CreateDrop,
+    change: Change,
+) -> ApiResult<DropRow> {
     sqlx::query!(
         "INSERT INTO drops (id, product_id, creator_id, price_amount, currency, stock, max_per_user,
                             starts_at, ends_at, hold_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET price_amount = EXCLUDED.price_amount, currency = EXCLUDED.currency,
+             stock = EXCLUDED.stock, max_per_user = EXCLUDED.max_per_user, starts_at = EXCLUDED.starts_at,
+             ends_at = EXCLUDED.ends_at, hold_seconds = EXCLUDED.hold_seconds,
+             inventory_synced_at = NULL, updated_at = now()",
         drop_id,
-        body.product_id,
+        sale.product_id,
         creator_id,
-        body.price.amount,
-        body.price.currency,
-        body.stock as i32,
-        body.max_per_user as i32,
-        body.starts_at,
-        body.ends_at,
-        body.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32
+        sale.price.amount,
+        sale.price.currency,
+        sale.stock as i32,
+        sale.max_per_user as i32,
+        sale.starts_at,
+        sale.ends_at,
+        sale.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32
     )
     .execute(&mut *tx)
     .await?;
-    events::record(
-        &mut tx,
-        DomainEvent::DropCreated { drop_id, creator_id, starts_at: body.starts_at, ends_at: body.ends_at },
-    )
-    .await?;
+    let (starts_at, ends_at) = (sale.starts_at, sale.ends_at);
+    let event = match change {
+        Change::Created => DomainEvent::DropCreated { drop_id, creator_id, starts_at, ends_at },
+        Change::Updated => DomainEvent::DropUpdated { drop_id, creator_id, starts_at, ends_at },
+    };
+    events::record(&mut tx, event).await?;
     tx.commit().await?;
-
     let drop = load_drop(&state.core, drop_id).await?;
     terms::push(&state.core, &drop).await;
-    Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
+    Ok(drop)
 }
 
 async fn show_drop(State(state): State<CatalogueState>, Path(drop_id): Path<String>) -> ApiResult<Json<DropCard>> {
@@ -272,28 +293,6 @@ async fn update_drop(
         hold_seconds: Some(current.hold_seconds as u32),
     };
     let next = body.apply(&current)?;
-    sqlx::query!(
-        "UPDATE drops SET price_amount = $2, currency = $3, stock = $4, max_per_user = $5, starts_at = $6,
-                          ends_at = $7, hold_seconds = $8, inventory_synced_at = NULL, updated_at = now()
-         WHERE id = $1",
-        drop_id,
-        next.price.amount,
-        next.price.currency,
-        next.stock as i32,
-        next.max_per_user as i32,
-        next.starts_at,
-        next.ends_at,
-        next.hold_seconds.unwrap_or(state.core.settings.orders.hold_seconds) as i32
-    )
-    .execute(&mut *tx)
-    .await?;
-    events::record(
-        &mut tx,
-        DomainEvent::DropUpdated { drop_id, creator_id, starts_at: next.starts_at, ends_at: next.ends_at },
-    )
-    .await?;
-    tx.commit().await?;
-    let drop = load_drop(&state.core, drop_id).await?;
-    terms::push(&state.core, &drop).await;
+    let drop = save(&state, tx, drop_id, creator_id, &next, Change::Updated).await?;
     Ok(Json(drop.card(Utc::now())))
 }

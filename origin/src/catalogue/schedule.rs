@@ -15,34 +15,39 @@ use crate::state::Core;
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// Announces every start and end that is due; returns how many events it wrote.
-/// Each claim marks the drops whose moment has passed and that are not announced
-/// yet, skipping rows another scheduler holds.
+/// One claim marks the drops whose start or end has passed unannounced, skipping
+/// rows another scheduler holds, and says which of the two each was due for.
 pub async fn announce(core: &Core) -> anyhow::Result<usize> {
     let mut tx = core.db.begin().await?;
-    let started = sqlx::query!(
-        "UPDATE drops SET started_announced_at = now()
-         WHERE id IN (SELECT id FROM drops WHERE started_announced_at IS NULL AND starts_at <= now()
-                      ORDER BY starts_at LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, creator_id"
+    let claimed = sqlx::query!(
+        r#"WITH due AS (
+             SELECT id, started_announced_at IS NULL AND starts_at <= now() AS starts,
+                        ended_announced_at IS NULL AND ends_at <= now() AS ends
+             FROM drops
+             WHERE (started_announced_at IS NULL AND starts_at <= now())
+                OR (ended_announced_at IS NULL AND ends_at <= now())
+             ORDER BY starts_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+           UPDATE drops d
+           SET started_announced_at = CASE WHEN due.starts THEN now() ELSE d.started_announced_at END,
+               ended_announced_at = CASE WHEN due.ends THEN now() ELSE d.ended_announced_at END
+           FROM due WHERE d.id = due.id
+           RETURNING d.id, d.creator_id, due.starts AS "starts!", due.ends AS "ends!""#
     )
     .fetch_all(&mut *tx)
     .await?;
-    let ended = sqlx::query!(
-        "UPDATE drops SET ended_announced_at = now()
-         WHERE id IN (SELECT id FROM drops WHERE ended_announced_at IS NULL AND ends_at <= now()
-                      ORDER BY ends_at LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, creator_id"
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let due = started
-        .iter()
-        .map(|d| DomainEvent::DropStarted { drop_id: d.id, creator_id: d.creator_id })
-        .chain(ended.iter().map(|d| DomainEvent::DropEnded { drop_id: d.id, creator_id: d.creator_id }))
-        .collect::<Vec<_>>();
-    for event in &due {
-        events::record(&mut tx, event.clone()).await?;
+    let mut written = 0;
+    for d in claimed {
+        // A drop may start and end in one tick (a short window, a scheduler that was
+        // away): its start is announced first.
+        if d.starts {
+            events::record(&mut tx, DomainEvent::DropStarted { drop_id: d.id, creator_id: d.creator_id }).await?;
+            written += 1;
+        }
+        if d.ends {
+            events::record(&mut tx, DomainEvent::DropEnded { drop_id: d.id, creator_id: d.creator_id }).await?;
+            written += 1;
+        }
     }
     tx.commit().await?;
-    Ok(due.len())
+    Ok(written)
 }
