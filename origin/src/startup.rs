@@ -46,6 +46,7 @@ pub struct App {
 impl App {
     /// Connects (see [`Core::connect`]) and builds every area's state.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        metrics::handle();
         let core = Core::connect(settings).await?;
         Ok(App {
             payments: Payments::new(&core.settings, Arc::new(orders::lifecycle::Settlement))?,

@@ -27,7 +27,6 @@ impl Core {
     /// Connects to Postgres (applying pending migrations) and prepares the clients
     /// for Redis and the edge. Used by the server and by the one-off commands.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        crate::metrics::handle();
         let db = connect_db(&settings).await?;
         MIGRATOR.run(&db).await?;
         Ok(Core {
