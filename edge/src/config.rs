@@ -23,9 +23,6 @@ pub struct EdgeConfig {
     pub edge_to_origin_secret: String,
     /// `ORIGIN_TO_EDGE_SECRET`: verifies calls from the origin to the edge.
     pub origin_to_edge_secret: String,
-    /// `FORWARD_TIMEOUT_MS`: how long the buy path waits for the origin before
-    /// answering without a payment.
-    pub forward_timeout_ms: u64,
     /// `FORWARD_RETRY_MAX_MS`: longest pause between retries of a message the
     /// origin has not acknowledged.
     pub forward_retry_max_ms: u64,
@@ -80,7 +77,6 @@ impl EdgeConfig {
             jwt_secret: required("JWT_SECRET")?,
             edge_to_origin_secret: required("EDGE_TO_ORIGIN_SECRET")?,
             origin_to_edge_secret: required("ORIGIN_TO_EDGE_SECRET")?,
-            forward_timeout_ms: number("FORWARD_TIMEOUT_MS", 2_000).max(0) as u64,
             forward_retry_max_ms: number("FORWARD_RETRY_MAX_MS", 5_000).max(0) as u64,
             pages: PagePolicy {
                 fresh_ms: number("PAGE_FRESH_SECS", 2) * 1000,
@@ -116,7 +112,7 @@ mod tests {
         let cfg = EdgeConfig::parse(lookup(&SECRETS)).unwrap_or_else(|m| panic!("{m}"));
         assert_eq!(cfg.origin_url, "http://origin");
         assert_eq!(cfg.pages, PagePolicy { fresh_ms: 2_000, grace_ms: 30_000, stale_if_error_ms: 86_400_000 });
-        assert_eq!((cfg.forward_timeout_ms, cfg.sold_out_memo_ms), (2_000, 1_000));
+        assert_eq!((cfg.forward_retry_max_ms, cfg.sold_out_memo_ms), (5_000, 1_000));
         assert_eq!(cfg.public_base_url, None);
         assert_eq!(EdgeConfig::parse(lookup(&SECRETS[..3])).err(), Some("ORIGIN_TO_EDGE_SECRET"));
         let mut tuned = SECRETS.to_vec();

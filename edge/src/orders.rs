@@ -26,7 +26,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
         return Err(Problem::new(ErrorCode::InvalidRequest, Some("field `quantity`: must be at least 1".into())).into());
     }
     if sold_out::known(drop_id, identity.user_id) {
-        return Err(ErrorCode::SoldOut.into());
+        return Err(Problem::sold_out(0).into());
     }
     let command = ReserveCommand { user_id: identity.user_id, idempotency_key: key, quantity: order.quantity };
     let mut answer = inventory_object::call(env, drop_id, &Command::Reserve(command)).await?;
@@ -35,7 +35,9 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     }
     let body = answer.bytes().await?;
     let problem: Option<Problem> = serde_json::from_slice(&body).ok();
-    if problem.as_ref().is_some_and(|p| p.code == ErrorCode::SoldOut) {
+    // Only "nothing remains" is worth remembering: a buyer asking for fewer units
+    // than one who was refused may still get them.
+    if problem.as_ref().is_some_and(|p| p.code == ErrorCode::SoldOut && p.remaining == Some(0)) {
         sold_out::learn(env, drop_id).await;
     }
     Ok(problem_bytes(409, body)?)
@@ -48,13 +50,17 @@ fn problem_bytes(status: u16, body: Vec<u8>) -> worker::Result<worker::Response>
 }
 
 /// "Sold out" answered by the Worker, without waking the inventory object: once the
-/// object said a drop is sold out, this isolate answers so itself for a short while
-/// (`SOLD_OUT_MEMO_MS`, so units coming back from a release are seen soon), except
-/// to buyers who hold units, whose request may be a replay only the object can give.
+/// object said nothing remains of a drop, this isolate answers so itself for a
+/// short while (`SOLD_OUT_MEMO_MS`, so units coming back from a release are seen
+/// soon), except to buyers who may be replaying a purchase (the object names them
+/// in a compact set, a Bloom filter: a "maybe" is sent to the object, which alone
+/// can replay an answer).
 mod sold_out {
     use std::cell::RefCell;
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
 
+    use drops_shared::bloom::UserFilter;
+    use serde::Deserialize;
     use uuid::Uuid;
     use worker::Env;
 
@@ -64,7 +70,13 @@ mod sold_out {
 
     struct Memo {
         until_ms: i64,
-        holders: HashSet<Uuid>,
+        replayers: UserFilter,
+    }
+
+    #[derive(Deserialize)]
+    struct Answer {
+        remaining: u32,
+        replayers: UserFilter,
     }
 
     thread_local! {
@@ -73,19 +85,24 @@ mod sold_out {
 
     pub fn known(drop_id: Uuid, user_id: Uuid) -> bool {
         MEMOS.with(|m| {
-            m.borrow().get(&drop_id).is_some_and(|memo| now_ms() < memo.until_ms && !memo.holders.contains(&user_id))
+            m.borrow().get(&drop_id).is_some_and(|memo| now_ms() < memo.until_ms && !memo.replayers.may_hold(&user_id))
         })
     }
 
     pub async fn learn(env: &Env, drop_id: Uuid) {
         let Ok(cfg) = EdgeConfig::get(env) else { return };
-        let memo_ms = cfg.sold_out_memo_ms;
-        let holders = async {
-            let mut resp = inventory_object::call(env, drop_id, &Command::Holders).await?;
-            resp.json::<Option<HashSet<Uuid>>>().await
+        let memo = async {
+            let mut resp = inventory_object::call(env, drop_id, &Command::SoldOutMemo).await?;
+            resp.json::<Answer>().await
         };
-        if let Ok(Some(holders)) = holders.await {
-            MEMOS.with(|m| m.borrow_mut().insert(drop_id, Memo { until_ms: now_ms() + memo_ms, holders }));
+        match memo.await {
+            Ok(Answer { remaining: 0, replayers }) => {
+                let Some(replayers) = replayers.ready() else { return };
+                let until_ms = now_ms() + cfg.sold_out_memo_ms;
+                MEMOS.with(|m| m.borrow_mut().insert(drop_id, Memo { until_ms, replayers }));
+            }
+            Ok(_) => {} // units came back meanwhile
+            Err(e) => worker::console_warn!("no sold-out memo for {drop_id}: {e}"),
         }
     }
 }

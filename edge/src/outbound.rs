@@ -1,14 +1,15 @@
 //! What a drop's inventory object owes the origin: reservations to hand over and
 //! notices of holds that ran out. Each message sits in the object's `outbound` table
 //! from the turn that created it until the origin acknowledges it, so a restart of
-//! the object, the edge or the origin loses none. The object's alarm delivers them
-//! with exponential backoff; an expiry notice waits until its reservation is delivered.
+//! the object, the edge or the origin loses none. The object's alarm delivers them,
+//! reservations in batches (one request, one insert at the origin), with exponential
+//! backoff while the origin fails; an expiry notice waits until its reservation is
+//! delivered.
 
 use std::time::Duration;
 
 use drops_shared::backoff::Backoff;
-use drops_shared::internal::{Body, Endpoint, ReportExpiry, ReservationAck, ReservationHandoff, TakeReservation};
-use drops_shared::problem::{ErrorCode, Problem};
+use drops_shared::internal::{Body, Endpoint, ReportExpiry, ReservationBatch, ReservationHandoff, TakeReservations};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use worker::{SqlStorage, SqlStorageValue};
@@ -17,9 +18,12 @@ use crate::config::EdgeConfig;
 use crate::origin;
 use crate::sqlite::{text, MinRow};
 
-/// Messages delivered per alarm run, and at once.
-const BATCH: i64 = 100;
-pub const CONCURRENCY: usize = 10;
+/// Messages one alarm run looks at.
+const DUE_AT_ONCE: i64 = 1_000;
+/// Reservations one request carries.
+pub const BATCH: usize = 100;
+/// Requests in flight at once.
+pub const CONCURRENCY: usize = 5;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
@@ -43,10 +47,8 @@ pub struct Message {
 }
 
 pub enum Delivery {
-    /// The origin has it (for a reservation: with the payment handle).
-    Acknowledged(Option<ReservationAck>),
-    /// The buyer had used this idempotency key for an order of another drop.
-    KeyReused,
+    /// The origin has these (reservation ids).
+    Acknowledged(Vec<Uuid>),
     /// Not now (origin down, slow or failing): retry later.
     Failed(String),
 }
@@ -96,7 +98,7 @@ pub fn due(sql: &SqlStorage, now: i64) -> worker::Result<Vec<Message>> {
                AND NOT (kind = 'expiry' AND EXISTS (
                  SELECT 1 FROM outbound r WHERE r.reservation_id = o.reservation_id AND r.kind = 'reservation'))
              ORDER BY kind DESC, next_attempt_ms LIMIT ?",
-            vec![SqlStorageValue::Integer(now), SqlStorageValue::Integer(BATCH)],
+            vec![SqlStorageValue::Integer(now), SqlStorageValue::Integer(DUE_AT_ONCE)],
         )?
         .to_array()?;
     Ok(rows
@@ -126,54 +128,37 @@ pub fn next_attempt(sql: &SqlStorage) -> worker::Result<Option<i64>> {
     Ok(rows.first().and_then(|r| r.t).map(|t| t as i64))
 }
 
-pub async fn send(cfg: &EdgeConfig, message: &Message) -> Delivery {
-    let body = message.body.as_bytes();
-    match message.kind {
-        Kind::Reservation => post(cfg, &TakeReservation {}, body).await,
-        Kind::Expiry => post(cfg, &ReportExpiry { order_id: message.reservation_id }, body).await,
+/// Hands these reservations to the origin in one request.
+pub async fn send_reservations(cfg: &EdgeConfig, messages: &[&Message]) -> Delivery {
+    let reservations: Result<Vec<ReservationHandoff>, _> =
+        messages.iter().map(|m| serde_json::from_str(&m.body)).collect();
+    let batch = match reservations {
+        Ok(reservations) => ReservationBatch { reservations },
+        Err(e) => return Delivery::Failed(format!("a queued reservation does not read: {e}")),
+    };
+    match post(cfg, &TakeReservations {}, &batch.to_bytes()).await {
+        Ok(taken) => Delivery::Acknowledged(taken.orders),
+        Err(why) => Delivery::Failed(why),
     }
 }
 
-/// Hands a reservation to the origin (the buy path's first attempt).
-pub async fn forward(cfg: &EdgeConfig, handoff: &ReservationHandoff) -> Delivery {
-    post(cfg, &TakeReservation {}, &handoff.to_bytes()).await
-}
-
-/// Something the origin answered that acknowledges a message.
-trait Acknowledgement {
-    fn ack(self) -> Option<ReservationAck>;
-}
-
-impl Acknowledgement for ReservationAck {
-    fn ack(self) -> Option<ReservationAck> {
-        Some(self)
+/// Tells the origin a hold ran out.
+pub async fn send_expiry(cfg: &EdgeConfig, message: &Message) -> Delivery {
+    match post(cfg, &ReportExpiry { order_id: message.reservation_id }, message.body.as_bytes()).await {
+        Ok(ack) => Delivery::Acknowledged(vec![ack.order_id]),
+        Err(why) => Delivery::Failed(why),
     }
 }
 
-impl Acknowledgement for drops_shared::internal::ExpiryAck {
-    fn ack(self) -> Option<ReservationAck> {
-        None
-    }
-}
-
-async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Delivery
-where
-    E::Response: Acknowledgement,
-{
+async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Result<E::Response, String> {
     let attempt = async {
         let mut resp = origin::signed(cfg, route, body).await?;
         let status = resp.status_code();
         let answer = resp.bytes().await?;
-        if (200..300).contains(&status) {
-            let ack = E::Response::from_bytes(&answer)
-                .map_err(|p| worker::Error::RustError(format!("unreadable acknowledgement: {:?}", p.detail)))?;
-            return Ok(Delivery::Acknowledged(ack.ack()));
+        if !(200..300).contains(&status) {
+            return Ok(Err(format!("origin answered {status}")));
         }
-        let problem: Option<Problem> = serde_json::from_slice(&answer).ok();
-        if problem.is_some_and(|p| p.code == ErrorCode::IdempotencyKeyReused) {
-            return Ok(Delivery::KeyReused);
-        }
-        Ok(Delivery::Failed(format!("origin answered {status}")))
+        Ok(E::Response::from_bytes(&answer).map_err(|p| format!("unreadable acknowledgement: {:?}", p.detail)))
     };
-    attempt.await.unwrap_or_else(|e: worker::Error| Delivery::Failed(e.to_string()))
+    attempt.await.unwrap_or_else(|e: worker::Error| Err(e.to_string()))
 }

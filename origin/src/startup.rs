@@ -173,6 +173,22 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
             async move { followers::fanout::round(&c).await }
         });
     }
+    let p = app.payments_state();
+    workers.every_or_woken(
+        "payment preparer",
+        payments::preparer::IDLE,
+        {
+            let payments = app.payments.clone();
+            move || {
+                let payments = payments.clone();
+                async move { payments.woken().await }
+            }
+        },
+        move || {
+            let p = p.clone();
+            async move { payments::preparer::round(&p).await }
+        },
+    );
     let n = app.notifications.clone();
     workers.every("push sender", notifications::push::IDLE, move || {
         let n = n.clone();

@@ -42,10 +42,21 @@ impl Workers {
     /// Runs `round` every `period` until stopped. A failed round is logged under
     /// `name` and the next one runs a period later; a round that says [`Next::Now`]
     /// is followed at once.
-    pub fn every<F, Fut>(&self, name: &'static str, period: Duration, mut round: F)
+    pub fn every<F, Fut>(&self, name: &'static str, period: Duration, round: F)
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<Next>> + Send + 'static,
+    {
+        self.every_or_woken(name, period, std::future::pending::<()>, round)
+    }
+
+    /// Like [`Self::every`], and also as soon as `woken()` resolves.
+    pub fn every_or_woken<F, Fut, W, WFut>(&self, name: &'static str, period: Duration, mut woken: W, mut round: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<Next>> + Send + 'static,
+        W: FnMut() -> WFut + Send + 'static,
+        WFut: Future<Output = ()> + Send + 'static,
     {
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
@@ -63,6 +74,7 @@ impl Workers {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(period) => {}
+                    _ = woken() => {}
                 }
             }
         });

@@ -7,8 +7,17 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 pub async fn ensure(db: impl PgExecutor<'_>, user_id: Uuid, role: Role) -> sqlx::Result<()> {
-    sqlx::query!("INSERT INTO users (id, role) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", user_id, role as Role)
-        .execute(db)
-        .await?;
+    ensure_all(db, &[user_id], role).await
+}
+
+/// [`ensure`] for many users of one role, in one statement.
+pub async fn ensure_all(db: impl PgExecutor<'_>, user_ids: &[Uuid], role: Role) -> sqlx::Result<()> {
+    sqlx::query!(
+        "INSERT INTO users (id, role) SELECT id, $2 FROM UNNEST($1::uuid[]) AS u(id) ON CONFLICT (id) DO NOTHING",
+        user_ids,
+        role as Role
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }

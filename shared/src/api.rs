@@ -95,7 +95,13 @@ impl OrderStatus {
 pub struct PaymentHandle {
     pub provider: String,
     pub reference: String,
-    pub checkout_url: String,
+    /// Where the buyer pays (the sandbox's checkout page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_url: Option<String>,
+    /// What the app confirms the payment with (Stripe.js, a mobile SDK); the
+    /// order's owner alone ever sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 /// The 201 body of `POST /v1/drops/{id}/orders`.

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "data")]
 pub enum DomainEvent {
     DropCreated {
@@ -78,6 +78,11 @@ pub enum DomainEvent {
         order_id: Uuid,
         reference: String,
     },
+    /// The order's payment is prepared with the provider: the buyer can pay.
+    PaymentReady {
+        order_id: Uuid,
+        user_id: Uuid,
+    },
     /// Money went back to the buyer.
     PaymentRefunded {
         order_id: Uuid,
@@ -91,29 +96,19 @@ impl DomainEvent {
     /// The order this event is about, if it is about one.
     pub fn order_id(&self) -> Option<Uuid> {
         match self {
-            Self::DropCreated { .. } | Self::DropUpdated { .. } | Self::DropStarted { .. } | Self::DropEnded { .. } => {
-                None
-            }
+            Self::DropCreated { .. }
+            | Self::DropUpdated { .. }
+            | Self::DropStarted { .. }
+            | Self::DropEnded { .. }
+            | Self::FollowChanged { .. } => None,
             other => Some(other.aggregate_id()),
         }
     }
 
-    /// The event's type name, as stored in the outbox's `event_type` column.
+    /// The event's type name, as stored in the outbox's `event_type` column (the
+    /// same as its serde tag).
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::DropCreated { .. } => "DropCreated",
-            Self::DropUpdated { .. } => "DropUpdated",
-            Self::DropStarted { .. } => "DropStarted",
-            Self::DropEnded { .. } => "DropEnded",
-            Self::FollowChanged { .. } => "FollowChanged",
-            Self::OrderReserved { .. } => "OrderReserved",
-            Self::OrderConfirmed { .. } => "OrderConfirmed",
-            Self::OrderFailed { .. } => "OrderFailed",
-            Self::OrderCancelled { .. } => "OrderCancelled",
-            Self::OrderExpired { .. } => "OrderExpired",
-            Self::PaymentSucceeded { .. } => "PaymentSucceeded",
-            Self::PaymentRefunded { .. } => "PaymentRefunded",
-        }
+        self.into()
     }
 
     /// The entity the event is about; consumers partition and order by it.
@@ -130,6 +125,7 @@ impl DomainEvent {
             | Self::OrderCancelled { order_id, .. }
             | Self::OrderExpired { order_id, .. }
             | Self::PaymentSucceeded { order_id, .. }
+            | Self::PaymentReady { order_id, .. }
             | Self::PaymentRefunded { order_id, .. } => *order_id,
         }
     }
@@ -161,6 +157,7 @@ mod tests {
         };
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["type"], "OrderReserved");
+        assert_eq!(e.event.type_name(), "OrderReserved", "the outbox names it as serde tags it");
         assert_eq!(serde_json::from_value::<EventEnvelope>(json).unwrap(), e);
     }
 }

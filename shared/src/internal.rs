@@ -7,7 +7,7 @@
 //!
 //! | endpoint | served by | method, path |
 //! | --- | --- | --- |
-//! | [`TakeReservation`] | origin | `POST /internal/v1/reservations` |
+//! | [`TakeReservations`] | origin | `POST /internal/v1/reservations` |
 //! | [`ReportExpiry`] | origin | `POST /internal/v1/orders/{order_id}/expired` |
 //! | [`PutTerms`] | edge | `POST /internal/v1/drops/{drop_id}/inventory` |
 //! | [`GetInventory`] | edge | `GET /internal/v1/drops/{drop_id}/inventory` |
@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::{Money, OrderStatus, PaymentHandle};
+use crate::api::{Money, OrderStatus};
 use crate::problem::Problem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
@@ -71,8 +71,8 @@ macro_rules! json_bodies {
 }
 
 json_bodies!(
-    ReservationHandoff,
-    ReservationAck,
+    ReservationBatch,
+    ReservationsTaken,
     HoldExpiry,
     ExpiryAck,
     InventoryTerms,
@@ -175,9 +175,9 @@ macro_rules! endpoints {
 }
 
 endpoints! {
-    /// origin: the edge hands over a reservation its inventory object granted
-    /// (idempotent on the reservation id, which is the order id).
-    TakeReservation {} = Post "/internal/v1/reservations", ReservationHandoff => ReservationAck;
+    /// origin: the edge hands over reservations its inventory object granted, a
+    /// batch at a time (idempotent on each reservation id, which is the order id).
+    TakeReservations {} = Post "/internal/v1/reservations", ReservationBatch => ReservationsTaken;
     /// origin: the edge let a hold run out unpaid; its units are back in stock.
     ReportExpiry { order_id: Uuid } = Post "/internal/v1/orders/{order_id}/expired", HoldExpiry => ExpiryAck;
     /// edge: the origin creates or updates a drop's inventory; answers the snapshot.
@@ -228,8 +228,8 @@ impl HoldAction {
     }
 }
 
-/// Body of [`TakeReservation`]: a hold the inventory object granted. The
-/// reservation id is the order id the buyer was given.
+/// One hold the inventory object granted, as the origin takes it. The reservation
+/// id is the order id the buyer was given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationHandoff {
@@ -243,11 +243,18 @@ pub struct ReservationHandoff {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The origin's answer: it has the order, and this is how the buyer pays.
+/// Body of [`TakeReservations`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReservationAck {
-    pub order_id: Uuid,
-    pub payment: Option<PaymentHandle>,
+#[serde(deny_unknown_fields)]
+pub struct ReservationBatch {
+    pub reservations: Vec<ReservationHandoff>,
+}
+
+/// The origin's answer: it has an order for each of these reservations (new or
+/// from an earlier delivery), committed before it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationsTaken {
+    pub orders: Vec<Uuid>,
 }
 
 /// Body of [`PutTerms`]: the terms a drop sells on.
@@ -358,7 +365,7 @@ mod tests {
     fn every_route_parses_back_from_its_own_path() {
         let d = Uuid::from_u128(1);
         let r = Uuid::from_u128(2);
-        round_trip(TakeReservation {});
+        round_trip(TakeReservations {});
         round_trip(ReportExpiry { order_id: r });
         round_trip(PutTerms { drop_id: d });
         round_trip(GetInventory { drop_id: d });

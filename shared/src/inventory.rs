@@ -27,11 +27,16 @@ pub struct Hold {
 /// Why a reservation was refused. Nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    InvalidQuantity { max_per_user: u32 },
+    InvalidQuantity {
+        max_per_user: u32,
+    },
     NotStarted,
     Ended,
     LimitReached,
-    SoldOut,
+    /// Fewer units remain than were asked for.
+    SoldOut {
+        remaining: u32,
+    },
     DuplicateReservation,
 }
 
@@ -48,7 +53,7 @@ impl Rejection {
                 ErrorCode::PurchaseLimitReached,
                 Some("you already hold the most units this drop allows per buyer".into()),
             ),
-            Self::SoldOut => ErrorCode::SoldOut.into(),
+            Self::SoldOut { remaining } => Problem::sold_out(remaining),
             Self::DuplicateReservation => ErrorCode::Conflict.into(),
         }
     }
@@ -189,7 +194,7 @@ impl Inventory {
             return Err(Rejection::LimitReached);
         }
         if self.remaining() < quantity {
-            return Err(Rejection::SoldOut);
+            return Err(Rejection::SoldOut { remaining: self.remaining() });
         }
         if self.holds.contains_key(&reservation_id) {
             return Err(Rejection::DuplicateReservation);
@@ -298,10 +303,14 @@ mod tests {
         let hold = inv.reserve(id(1), id(100), 2, 5_000).unwrap();
         assert_eq!(hold.expires_at_ms, 65_000);
         assert_eq!(inv.reserve(id(2), id(100), 1, 5_000), Err(Rejection::LimitReached));
-        assert_eq!(inv.reserve(id(3), id(101), 2, 5_000), Err(Rejection::SoldOut));
+        assert_eq!(
+            inv.reserve(id(3), id(101), 2, 5_000),
+            Err(Rejection::SoldOut { remaining: 1 }),
+            "one left, two asked for"
+        );
         assert!(inv.reserve(id(3), id(101), 1, 5_000).is_ok());
         assert_eq!(inv.remaining(), 0);
-        assert_eq!(inv.reserve(id(1), id(102), 1, 5_000), Err(Rejection::SoldOut));
+        assert_eq!(inv.reserve(id(1), id(102), 1, 5_000), Err(Rejection::SoldOut { remaining: 0 }));
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Problem {
     pub code: ErrorCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `sold_out`: the units that remain (fewer than were asked for; 0 when none do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u32>,
 }
 
 impl Problem {
@@ -123,7 +126,17 @@ impl Problem {
             status: code.status(),
             code,
             detail: detail.into(),
+            remaining: None,
         }
+    }
+
+    /// 409 `sold_out`, saying how many units remain.
+    pub fn sold_out(remaining: u32) -> Self {
+        let detail = match remaining {
+            0 => "nothing remains".to_owned(),
+            n => format!("only {n} unit(s) remain"),
+        };
+        Self { remaining: Some(remaining), ..Self::new(ErrorCode::SoldOut, Some(detail)) }
     }
 
     pub fn with_status(mut self, status: u16) -> Self {

@@ -13,6 +13,7 @@
 //! [`Stack::exclusive`] instead and runs alone.
 
 pub mod client;
+pub mod stripe_double;
 
 use std::net::TcpListener;
 use std::ops::Deref;
@@ -26,6 +27,9 @@ use secrecy::SecretString;
 use tokio::sync::{oneshot, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use client::{Buyer, Client, DropSpec};
+
+/// The messages a notification socket received, in order.
+pub type Socket = std::sync::Arc<Mutex<Vec<serde_json::Value>>>;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 pub const EDGE_TO_ORIGIN_SECRET: &str = "test-edge-to-origin-secret-0123456789abcdef";
@@ -49,6 +53,8 @@ struct RunningOrigin {
     stop: oneshot::Sender<()>,
     stopped: oneshot::Receiver<()>,
     app: drops_origin::App,
+    /// Started with settings other than the stack's own.
+    tweaked: bool,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -56,10 +62,32 @@ static STACK: OnceLock<Stack> = OnceLock::new();
 static GATE: RwLock<()> = RwLock::const_new(());
 
 /// A test's use of the stack; the stack is the test's alone while an
-/// `Lease<Exclusive>` is held.
+/// `Lease<Exclusive>` is held. An exclusive lease puts the origin back as the other
+/// tests expect it (running, on the stack's settings) when it ends, even when its
+/// test failed halfway.
 pub struct Lease<G> {
     _gate: G,
     stack: &'static Stack,
+    restore: bool,
+}
+
+impl<G> Drop for Lease<G> {
+    fn drop(&mut self) {
+        let stack = self.stack;
+        if self.restore && !stack.origin_as_configured() {
+            // On a thread of its own: this may run inside a test's runtime.
+            let restored = std::thread::spawn(move || {
+                stack.runtime.block_on(async {
+                    stack.stop_origin().await;
+                    stack.start_origin().await;
+                })
+            })
+            .join();
+            if restored.is_err() {
+                eprintln!("the origin could not be restored after an exclusive test");
+            }
+        }
+    }
 }
 
 pub type Shared = RwLockReadGuard<'static, ()>;
@@ -109,13 +137,13 @@ impl Stack {
     /// The stack, alongside the other tests that hold a shared lease.
     pub async fn shared() -> Lease<Shared> {
         let gate = GATE.read().await;
-        Lease { _gate: gate, stack: Self::get() }
+        Lease { _gate: gate, stack: Self::get(), restore: false }
     }
 
     /// The stack, with no other test running until the lease is dropped.
     pub async fn exclusive() -> Lease<Exclusive> {
         let gate = GATE.write().await;
-        Lease { _gate: gate, stack: Self::get() }
+        Lease { _gate: gate, stack: Self::get(), restore: true }
     }
 
     fn start() -> anyhow::Result<Stack> {
@@ -166,12 +194,12 @@ impl Stack {
             runtime,
             origin: Mutex::new(None),
         };
-        stack.serve(app);
+        stack.serve(app, false);
         stack.start_wrangler(edge_port)?;
         Ok(stack)
     }
 
-    fn serve(&self, app: Application) {
+    fn serve(&self, app: Application, tweaked: bool) {
         let state = app.app().clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -186,7 +214,8 @@ impl Stack {
             }
             let _ = done_tx.send(());
         });
-        *self.origin.lock().expect("origin lock") = Some(RunningOrigin { stop: stop_tx, stopped: done_rx, app: state });
+        *self.origin.lock().expect("origin lock") =
+            Some(RunningOrigin { stop: stop_tx, stopped: done_rx, app: state, tweaked });
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
@@ -199,7 +228,6 @@ impl Stack {
             format!("JWT_SECRET:{JWT_SECRET}"),
             format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
             format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
-            "FORWARD_TIMEOUT_MS:2000".to_owned(),
             "FORWARD_RETRY_MAX_MS:2000".to_owned(),
         ];
         let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
@@ -263,12 +291,21 @@ impl Stack {
 
     /// Starts the origin again, on the same port.
     pub async fn start_origin(&self) {
-        self.start_origin_with(|_| {}).await
+        self.start_origin_on(|_| {}, false).await
+    }
+
+    /// The origin runs, on the stack's own settings.
+    fn origin_as_configured(&self) -> bool {
+        self.origin.lock().expect("origin lock").as_ref().is_some_and(|o| !o.tweaked)
     }
 
     /// Starts the origin again, on the same port, with its settings changed by
     /// `tweak` until the next start.
-    pub async fn start_origin_with(&self, tweak: fn(&mut Settings)) {
+    pub async fn start_origin_with(&self, tweak: impl FnOnce(&mut Settings)) {
+        self.start_origin_on(tweak, true).await
+    }
+
+    async fn start_origin_on(&self, tweak: impl FnOnce(&mut Settings), tweaked: bool) {
         let mut settings = self.settings.clone();
         tweak(&mut settings);
         let app = self
@@ -277,7 +314,7 @@ impl Stack {
             .await
             .expect("origin build task")
             .expect("origin restarts on its port");
-        self.serve(app);
+        self.serve(app, tweaked);
     }
 
     /// Runs `f` with the running origin's state, on the origin's runtime (its pools
@@ -300,6 +337,30 @@ impl Stack {
             .expect("the edge knows the drop")
     }
 
+    /// Waits until consumer group `consumer` has handled every event about
+    /// `aggregate_id` so far, and, for a drop that has started, its `DropStarted`.
+    pub async fn wait_consumed(&self, aggregate_id: uuid::Uuid, consumer: &str) {
+        let db = self.db().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (unannounced, pending): (bool, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM drops WHERE id = $1 AND starts_at <= now() AND started_announced_at IS NULL),
+                        (SELECT count(*) FROM outbox o WHERE o.aggregate_id = $1 AND NOT EXISTS
+                           (SELECT 1 FROM processed_events p WHERE p.consumer = $2 AND p.event_id = o.id))",
+            )
+            .bind(aggregate_id)
+            .bind(consumer)
+            .fetch_one(&db)
+            .await
+            .expect("outbox and consumer state");
+            if !unannounced && pending == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{consumer} has {pending} event(s) of {aggregate_id} pending");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A fresh connection pool on the test database, for the calling test's runtime.
     pub async fn db(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
@@ -311,5 +372,30 @@ impl Stack {
 
     pub fn client(&self) -> Client {
         Client::new(self)
+    }
+
+    /// Opens `who`'s notification socket through the edge and collects what
+    /// arrives on it (once the server's hello says the user is present).
+    pub async fn listen(&self, who: &Buyer) -> (Socket, tokio::task::JoinHandle<()>) {
+        use futures::StreamExt;
+        let url = format!("{}/v1/notifications/stream?access_token={}", self.edge_url.replace("http", "ws"), who.token);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the stream opens through the edge");
+        let got: Socket = Socket::default();
+        let sink = got.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(msg)) = socket.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                        sink.lock().expect("socket messages").push(v);
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.lock().expect("socket messages").iter().any(|m| m["kind"] == "hello") {
+            assert!(Instant::now() < deadline, "no hello on the socket");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (got, task)
     }
 }

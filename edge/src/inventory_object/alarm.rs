@@ -70,43 +70,61 @@ impl DropInventory {
         written
     }
 
-    /// Delivers what the origin has not acknowledged yet. One probe first: if the
-    /// origin is still down, every due message backs off without a request each.
+    /// Delivers what the origin has not acknowledged yet: reservations in batches,
+    /// then expiry notices. If a batch fails (the origin is down or failing), every
+    /// due message backs off without a request of its own.
     async fn deliver_outbound(&self, cfg: &EdgeConfig, now: i64) -> worker::Result<()> {
         let due = outbound::due(&self.sql(), now)?;
-        let Some((probe, rest)) = due.split_first() else { return Ok(()) };
-        if !self.deliver(cfg, probe, now).await? {
-            for message in rest {
+        let (reservations, expiries): (Vec<_>, Vec<_>) = due.iter().partition(|m| m.kind == Kind::Reservation);
+        let batches: Vec<Vec<&outbound::Message>> =
+            reservations.chunks(outbound::BATCH).map(<[&outbound::Message]>::to_vec).collect();
+        let mut origin_up = true;
+        for wave in batches.chunks(outbound::CONCURRENCY) {
+            let sent = join_all(wave.iter().map(|batch| self.deliver_batch(cfg, batch))).await;
+            origin_up = sent.into_iter().collect::<worker::Result<Vec<bool>>>()?.into_iter().all(|ok| ok);
+            if !origin_up {
+                break;
+            }
+        }
+        if !origin_up {
+            for message in &due {
                 outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)?;
             }
             return Ok(());
         }
-        for chunk in rest.chunks(outbound::CONCURRENCY) {
-            join_all(chunk.iter().map(|m| self.deliver(cfg, m, now))).await;
+        for wave in expiries.chunks(outbound::CONCURRENCY) {
+            join_all(wave.iter().map(|m| self.deliver_expiry(cfg, m, now))).await;
         }
         Ok(())
     }
 
-    /// Delivers one message; true when the origin took it.
-    async fn deliver(&self, cfg: &EdgeConfig, message: &outbound::Message, now: i64) -> worker::Result<bool> {
-        match outbound::send(cfg, message).await {
-            Delivery::Acknowledged(_) => {
-                outbound::settled(&self.sql(), message.reservation_id, message.kind)?;
-                Ok(true)
-            }
-            Delivery::KeyReused => {
-                worker::console_warn!("reservation {} reused another order's key; voided", message.reservation_id);
-                self.void(message.reservation_id)?;
+    /// Hands a batch of reservations over; true when the origin took it.
+    async fn deliver_batch(&self, cfg: &EdgeConfig, batch: &[&outbound::Message]) -> worker::Result<bool> {
+        match outbound::send_reservations(cfg, batch).await {
+            Delivery::Acknowledged(ids) => {
+                for id in ids {
+                    outbound::settled(&self.sql(), id, Kind::Reservation)?;
+                }
                 Ok(true)
             }
             Delivery::Failed(why) => {
+                worker::console_warn!("a batch of {} reservations was not taken: {why}", batch.len());
+                Ok(false)
+            }
+        }
+    }
+
+    /// Tells the origin one hold ran out; backs it off if that fails.
+    async fn deliver_expiry(&self, cfg: &EdgeConfig, message: &outbound::Message, now: i64) -> worker::Result<()> {
+        match outbound::send_expiry(cfg, message).await {
+            Delivery::Acknowledged(_) => outbound::settled(&self.sql(), message.reservation_id, Kind::Expiry),
+            Delivery::Failed(why) => {
                 worker::console_warn!(
-                    "delivery of {} failed (attempt {}): {why}",
+                    "expiry notice of {} failed (attempt {}): {why}",
                     message.reservation_id,
                     message.attempts + 1
                 );
-                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)?;
-                Ok(false)
+                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)
             }
         }
     }

@@ -16,8 +16,9 @@ pub enum Command {
     PutTerms { terms: InventoryTerms },
     /// Everything, for reconciliation.
     Snapshot,
-    /// Who holds units (for the Worker's sold-out answer), or `null` when too many.
-    Holders,
+    /// What the Worker needs to answer "sold out" by itself: the units that
+    /// remain and who may replay a purchase.
+    SoldOutMemo,
     /// Sell, release or reinstate a hold, on the origin's word.
     MoveHold { reservation_id: Uuid, action: HoldAction },
 }
@@ -45,7 +46,7 @@ mod tests {
         assert_eq!(wire["quantity"], 2);
         let move_hold = Command::MoveHold { reservation_id: Uuid::from_u128(2), action: HoldAction::Reinstate };
         assert_eq!(serde_json::to_value(&move_hold).unwrap()["action"], "reinstate");
-        for command in [reserve, move_hold, Command::Stock, Command::Snapshot, Command::Holders] {
+        for command in [reserve, move_hold, Command::Stock, Command::Snapshot, Command::SoldOutMemo] {
             let back: Command = serde_json::from_slice(&serde_json::to_vec(&command).unwrap()).unwrap();
             assert_eq!(back, command);
         }

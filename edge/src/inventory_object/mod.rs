@@ -20,7 +20,6 @@ mod routes;
 mod storage;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 
 use drops_shared::inventory::Inventory;
 use drops_shared::problem::ErrorCode;
@@ -49,8 +48,6 @@ pub struct DropInventory {
     /// `None` until the origin has created this drop's inventory.
     inventory: RefCell<Option<Inventory>>,
     drop_id: Cell<Option<Uuid>>,
-    /// (user, key) of reservations whose first answer is still being prepared.
-    in_flight: RefCell<HashSet<(Uuid, String)>>,
     /// The alarm this instance has set, to avoid re-setting it on every request.
     alarm_at: Cell<Option<i64>>,
     /// Buy attempts decided since this instance loaded.
@@ -92,7 +89,6 @@ impl worker::DurableObject for DropInventory {
             env,
             inventory: RefCell::new(None),
             drop_id: Cell::new(None),
-            in_flight: RefCell::new(HashSet::new()),
             alarm_at: Cell::new(None),
             decisions: Cell::new(0),
         };

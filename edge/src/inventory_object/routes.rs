@@ -1,31 +1,41 @@
 //! The inventory object's answer to each [`Command`]. The buy decision
 //! ([`DropInventory::decide`]) is synchronous: stock, limit, window, idempotency
-//! and every write it implies, in one turn.
+//! and every write it implies, in one turn; the buyer has the answer as soon as
+//! those writes commit, and the reservation reaches the origin with the next
+//! batch the alarm sends.
 
 use drops_shared::api::{CreateOrderRequest, DropStatus, OrderCreated, OrderStatus, StockResponse};
+use drops_shared::bloom::UserFilter;
 use drops_shared::internal::{
     HoldAction, HoldOutcome, HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms, ReservationHandoff,
 };
 use drops_shared::inventory::{Hold, HoldError, Transition};
 use drops_shared::problem::{ErrorCode, Problem};
-use futures_util::future::{select, Either};
+use serde::Serialize;
 use uuid::Uuid;
-use worker::Delay;
 
 use super::storage::{self, Answer, IDEMPOTENCY_TTL_MS};
 use super::{Command, DropInventory, ReserveCommand};
-use crate::config::EdgeConfig;
 use crate::http::{json, json_bytes, new_id, now_ms, EdgeError, EdgeResult};
-use crate::outbound::{self, Delivery, Kind};
+use crate::outbound::{self, Kind};
 
-/// Above this many buyers the sold-out shortcut at the Worker is not used.
-const MAX_HOLDERS_SHARED: usize = 10_000;
+/// How long the first reservation of a batch waits for others before the alarm
+/// hands them to the origin together.
+const BATCH_WINDOW_MS: i64 = 20;
+
+/// What the Worker needs to answer "sold out" by itself: how many units remain,
+/// and who may replay a purchase (and so must still be asked about).
+#[derive(Serialize)]
+pub struct SoldOutMemo {
+    pub remaining: u32,
+    pub replayers: UserFilter,
+}
 
 // Lives for one call on the stack; boxing would only add an allocation per buy.
 #[allow(clippy::large_enum_variant)]
 enum Decision {
     Replay { status: u16, body: String },
-    Fresh { body: OrderCreated, handoff: ReservationHandoff },
+    Fresh { body: OrderCreated },
 }
 
 fn key_reused() -> Problem {
@@ -82,7 +92,7 @@ impl DropInventory {
             Command::Stock => self.stock(),
             Command::PutTerms { terms } => self.put_terms(drop_id, terms),
             Command::Snapshot => self.snapshot(),
-            Command::Holders => self.holders(),
+            Command::SoldOutMemo => self.sold_out_memo(),
             Command::MoveHold { reservation_id, action } => self.move_hold(reservation_id, action),
         }
     }
@@ -103,15 +113,11 @@ impl DropInventory {
     }
 
     /// The decision, in one synchronous turn.
-    fn decide(&self, cmd: &ReserveCommand, now: i64, retry_after_ms: i64) -> EdgeResult<Decision> {
+    fn decide(&self, cmd: &ReserveCommand, now: i64) -> EdgeResult<Decision> {
         self.decisions.set(self.decisions.get() + 1);
         let mut guard = self.inventory.borrow_mut();
         let inv = guard.as_mut().ok_or(ErrorCode::NotFound)?;
         let drop_id = self.drop_id.get().ok_or(ErrorCode::NotFound)?;
-        let flight = (cmd.user_id, cmd.idempotency_key.clone());
-        if self.in_flight.borrow().contains(&flight) {
-            return Err(ErrorCode::IdempotencyKeyInProgress.into());
-        }
         let fingerprint = fingerprint(cmd);
         let sql = self.sql();
         if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, now - IDEMPOTENCY_TTL_MS)? {
@@ -141,66 +147,31 @@ impl DropInventory {
                     at_ms: now,
                 },
             )?;
-            outbound::enqueue(&sql, reservation_id, Kind::Reservation, &handoff, now + retry_after_ms)
+            outbound::enqueue(&sql, reservation_id, Kind::Reservation, &handoff, now)
         })();
         drop(guard);
         if let Err(e) = written {
             self.resync();
             return Err(e.into());
         }
-        self.in_flight.borrow_mut().insert(flight);
-        Ok(Decision::Fresh { body, handoff })
+        Ok(Decision::Fresh { body })
     }
 
     async fn reserve(&self, cmd: ReserveCommand) -> EdgeResult {
-        let cfg = EdgeConfig::get(&self.env)?;
         let now = now_ms();
-        let timeout = cfg.forward_timeout_ms as i64;
-        let (mut body, handoff) = match self.decide(&cmd, now, timeout + 1_000)? {
+        match self.decide(&cmd, now)? {
             Decision::Replay { status, body } => {
                 let resp = json_bytes(status, body.into_bytes())?;
                 resp.headers().set("idempotent-replayed", "true")?;
-                return Ok(resp);
+                Ok(resp)
             }
-            Decision::Fresh { body, handoff } => (body, handoff),
-        };
-        let flight = (cmd.user_id, cmd.idempotency_key.clone());
-        let outcome = async {
-            self.alarm_by(now + timeout + 1_000).await?;
-            let forwarded = select(
-                Box::pin(outbound::forward(&cfg, &handoff)),
-                Box::pin(Delay::from(std::time::Duration::from_millis(cfg.forward_timeout_ms))),
-            )
-            .await;
-            match forwarded {
-                Either::Left((Delivery::Acknowledged(Some(ack)), _)) => {
-                    body.payment = ack.payment;
-                    let body_json = serde_json::to_string(&body).map_err(internal)?;
-                    let sql = self.sql();
-                    storage::update_answer(&sql, cmd.user_id, &cmd.idempotency_key, &body_json)?;
-                    outbound::settled(&sql, handoff.reservation_id, Kind::Reservation)?;
+            Decision::Fresh { body } => {
+                if let Err(e) = self.alarm_by(now + BATCH_WINDOW_MS).await {
+                    // The reservation stands; the next request or alarm sets it.
+                    worker::console_warn!("alarm not set after reserving {}: {e}", body.order_id);
                 }
-                Either::Left((Delivery::KeyReused, _)) => {
-                    self.void(handoff.reservation_id)?;
-                    return Err(key_reused().into());
-                }
-                Either::Left((Delivery::Acknowledged(None) | Delivery::Failed(_), _)) => {
-                    worker::console_warn!("forward of {} failed; the alarm retries it", handoff.reservation_id)
-                }
-                Either::Right(_) => {}
-            }
-            EdgeResult::<()>::Ok(())
-        }
-        .await;
-        self.in_flight.borrow_mut().remove(&flight);
-        match outcome {
-            Err(EdgeError::Problem(p)) => Err(p.into()),
-            Err(EdgeError::Worker(e)) => {
-                // The reservation stands: the alarm forwards it later.
-                worker::console_warn!("after reserving {}: {e}", handoff.reservation_id);
                 json(201, &body)
             }
-            Ok(()) => json(201, &body),
         }
     }
 
@@ -230,16 +201,13 @@ impl DropInventory {
         self.snapshot()
     }
 
-    /// Who holds units, so the Worker can answer everyone else "sold out" by itself
-    /// (and still send a holder's replay here). `null` when too many to be worth it.
-    fn holders(&self) -> EdgeResult {
-        let inv = self.inventory.borrow();
-        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
-        let holders: Vec<&Uuid> = inv.holders().take(MAX_HOLDERS_SHARED + 1).collect();
-        if holders.len() > MAX_HOLDERS_SHARED {
-            return json(200, &serde_json::Value::Null);
-        }
-        json(200, &holders)
+    /// What the Worker needs to answer "sold out" itself: the units that remain,
+    /// and a compact set of every buyer who may replay a purchase (anyone with an
+    /// answer recorded in the last 24 h), whom only this object may answer.
+    fn sold_out_memo(&self) -> EdgeResult {
+        let remaining = self.inventory.borrow().as_ref().ok_or(ErrorCode::NotFound)?.remaining();
+        let replayers = storage::recent_buyers(&self.sql(), now_ms())?;
+        json(200, &SoldOutMemo { remaining, replayers: UserFilter::of(&replayers) })
     }
 
     fn snapshot(&self) -> EdgeResult {
@@ -299,19 +267,6 @@ impl DropInventory {
             }
         }
         json(200, &HoldOutcome { reservation_id, state: transition.state, changed: transition.changed, remaining })
-    }
-
-    /// Undoes a reservation the origin refused: its units return, its records go.
-    pub(super) fn void(&self, reservation_id: Uuid) -> worker::Result<()> {
-        let released = self.inventory.borrow_mut().as_mut().map(|inv| inv.release(reservation_id));
-        let sql = self.sql();
-        if let Some(Ok(t)) = released {
-            if t.changed {
-                storage::set_hold_state(&sql, reservation_id, HoldState::Released)?;
-            }
-        }
-        outbound::settled(&sql, reservation_id, Kind::Reservation)?;
-        storage::forget_answer(&sql, reservation_id)
     }
 }
 

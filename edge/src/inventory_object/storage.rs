@@ -174,21 +174,6 @@ pub fn record_answer(sql: &SqlStorage, a: &Answer<'_>) -> worker::Result<()> {
     Ok(())
 }
 
-/// Replaces the recorded answer of (user, key) (once it carries the payment).
-pub fn update_answer(sql: &SqlStorage, user_id: Uuid, key: &str, body: &str) -> worker::Result<()> {
-    sql.exec(
-        "UPDATE idempotency SET body = ? WHERE user_id = ? AND key = ?",
-        vec![text(body), text(user_id), text(key)],
-    )?;
-    Ok(())
-}
-
-/// Forgets the answer given for a reservation (it was voided).
-pub fn forget_answer(sql: &SqlStorage, reservation_id: Uuid) -> worker::Result<()> {
-    sql.exec("DELETE FROM idempotency WHERE reservation_id = ?", vec![text(reservation_id)])?;
-    Ok(())
-}
-
 /// Drops answers older than the idempotency window.
 pub fn sweep_answers(sql: &SqlStorage, now_ms: i64) -> worker::Result<()> {
     sql.exec("DELETE FROM idempotency WHERE created_at_ms <= ?", vec![int(now_ms - IDEMPOTENCY_TTL_MS)])?;
@@ -199,6 +184,21 @@ pub fn sweep_answers(sql: &SqlStorage, now_ms: i64) -> worker::Result<()> {
 pub fn next_sweep(sql: &SqlStorage) -> worker::Result<Option<i64>> {
     let rows: Vec<MinRow> = sql.exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?.to_array()?;
     Ok(rows.first().and_then(|r| r.t).map(|t| t as i64 + IDEMPOTENCY_TTL_MS))
+}
+
+/// Every buyer with an answer recorded in the idempotency window: who may replay.
+pub fn recent_buyers(sql: &SqlStorage, now_ms: i64) -> worker::Result<Vec<Uuid>> {
+    #[derive(Deserialize)]
+    struct UserRow {
+        user_id: String,
+    }
+    let rows: Vec<UserRow> = sql
+        .exec(
+            "SELECT DISTINCT user_id FROM idempotency WHERE created_at_ms > ?",
+            vec![int(now_ms - IDEMPOTENCY_TTL_MS)],
+        )?
+        .to_array()?;
+    Ok(rows.iter().filter_map(|r| Uuid::parse_str(&r.user_id).ok()).collect())
 }
 
 /// The buyer's key of each reservation whose answer is still kept.

@@ -24,19 +24,35 @@ pub fn stream_key(prefix: &str) -> String {
 }
 
 /// Writes `event` to the outbox, in the caller's transaction.
-pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result<Uuid> {
-    let envelope = EventEnvelope { id: Uuid::now_v7(), occurred_at: Utc::now(), event };
-    let payload = serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+pub async fn record(conn: &mut PgConnection, event: DomainEvent) -> sqlx::Result<()> {
+    record_all(conn, vec![event]).await
+}
+
+/// Writes `events` to the outbox in one statement, in the caller's transaction.
+pub async fn record_all(conn: &mut PgConnection, events: Vec<DomainEvent>) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut types, mut aggregates, mut payloads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for event in events {
+        let envelope = EventEnvelope { id: Uuid::now_v7(), occurred_at: Utc::now(), event };
+        ids.push(envelope.id);
+        types.push(envelope.event.type_name().to_owned());
+        aggregates.push(envelope.event.aggregate_id());
+        payloads.push(serde_json::to_value(&envelope).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    // In the order given: `seq` follows the row order of one insert.
     sqlx::query!(
-        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
-        envelope.id,
-        envelope.event.type_name(),
-        envelope.event.aggregate_id(),
-        payload
+        "INSERT INTO outbox (id, event_type, aggregate_id, payload)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::jsonb[])",
+        &ids,
+        &types,
+        &aggregates,
+        &payloads
     )
     .execute(conn)
     .await?;
-    Ok(envelope.id)
+    Ok(())
 }
 
 /// `/metrics` gauges: the outbox backlog and each consumer group's lag.

@@ -19,6 +19,7 @@ use super::{push, NotificationsState};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{path_id, AuthUser, StrictQuery};
 use crate::paging::{self, PageQuery};
+use crate::payments;
 use crate::state::Core;
 
 pub const CONSUMER: &str = "notifications";
@@ -119,8 +120,12 @@ fn notification_for(event: &DomainEvent) -> Option<(Uuid, &'static str, Value)> 
     }
 }
 
-/// The consumer: store, then deliver live or queue a push.
+/// The consumer: store, then deliver live or queue a push; `order_payment_ready` is
+/// ephemeral, for the buyer's socket only.
 pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
+    if let DomainEvent::PaymentReady { order_id, user_id } = event.event {
+        return payment_ready(state, order_id, user_id).await;
+    }
     let Some((user_id, kind, payload)) = notification_for(&event.event) else { return Ok(()) };
     let mut tx = state.db.begin().await?;
     let id = sqlx::query_scalar!(
@@ -141,5 +146,20 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
         push::enqueue(&mut tx, event.id, &[user_id], &serde_json::to_value(&message)?).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Tells the buyer's open sockets how to pay (the payment's handle, which may hold
+/// a client secret: it goes to the order's owner only).
+async fn payment_ready(state: &Core, order_id: Uuid, user_id: Uuid) -> anyhow::Result<()> {
+    let Some(payment) = payments::store::handles(&state.db, &[order_id]).await?.remove(&order_id) else {
+        return Ok(());
+    };
+    let message = LiveMessage {
+        kind: "order_payment_ready".into(),
+        payload: json!({"order_id": order_id, "payment": payment}),
+        id: None,
+    };
+    live::send(state, &[user_id], &message).await?;
     Ok(())
 }

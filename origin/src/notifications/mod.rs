@@ -2,9 +2,9 @@
 //! presence in Redis ([`live`]), and push to users who are offline ([`push`]).
 //!
 //! Owns the tables `notifications`, `push_subscriptions`, `push_messages` and
-//! `push_deliveries`, and the Redis presence keys and live channels. Stands on
-//! nothing but the plumbing: other areas deliver through [`live::send`] and
-//! [`push::enqueue`].
+//! `push_deliveries`, and the Redis presence keys and live channels. Stands on the
+//! payments area (a payment ready to pay is told to its buyer); other areas
+//! deliver through [`live::send`] and [`push::enqueue`].
 
 pub mod inbox;
 pub mod live;

@@ -2,6 +2,8 @@
 //! its existence is not theirs to know.
 
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -74,12 +76,20 @@ async fn load_order(state: &OrdersState, order_id: Uuid, user_id: Uuid) -> ApiRe
     load(state, user_id, &[order_id]).await?.pop().ok_or_else(ApiError::not_found)
 }
 
+/// While a reserved order's payment is being prepared, `Retry-After: 1` says when
+/// to look again.
 async fn show_order(
     State(state): State<OrdersState>,
     user: AuthUser,
     Path(order_id): Path<String>,
-) -> ApiResult<Json<Order>> {
-    Ok(Json(load_order(&state, path_id(&order_id)?, user.0.user_id).await?))
+) -> ApiResult<Response> {
+    let order = load_order(&state, path_id(&order_id)?, user.0.user_id).await?;
+    let preparing = order.payment.is_none() && order.status == OrderStatus::Reserved;
+    let mut response = Json(order).into_response();
+    if preparing {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
 }
 
 /// The buyer gives up a reservation: its units go back at once.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use drops_shared::api::{Money, OrderStatus};
 use drops_shared::auth::Role;
 use drops_shared::events::DomainEvent;
-use drops_shared::internal::{Endpoint, ExpiryAck, ReportExpiry, ReservationAck, TakeReservation};
+use drops_shared::internal::{Endpoint, ExpiryAck, ReportExpiry, ReservationsTaken, TakeReservations};
 use drops_shared::problem::ErrorCode;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -16,11 +16,15 @@ use uuid::Uuid;
 use super::{lifecycle, OrdersState};
 use crate::error::ApiError;
 use crate::extract::{method_of, Answer, Signed};
+use crate::payments::store::PaymentRequest;
 use crate::{events, payments, users};
+
+/// Most reservations one handoff may carry (the edge sends at most 100).
+const MAX_BATCH: usize = 500;
 
 pub fn router() -> Router<OrdersState> {
     Router::new()
-        .route(TakeReservation::PATH, on(method_of::<TakeReservation>(), take_reservation))
+        .route(TakeReservations::PATH, on(method_of::<TakeReservations>(), take_reservations))
         .route(ReportExpiry::PATH, on(method_of::<ReportExpiry>(), hold_expired))
 }
 
@@ -38,79 +42,93 @@ pub struct NewOrder<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
-    New,
-    /// An order with this id exists: a repeated handoff.
-    Existing,
-    /// The buyer used this idempotency key for another order.
-    KeyReused,
-}
-
-/// Inserts the order (and its buyer, and its `OrderReserved` event) in the caller's
-/// transaction, unless an order with its id, or its buyer's key, exists.
-pub async fn insert(conn: &mut PgConnection, order: &NewOrder<'_>) -> sqlx::Result<Inserted> {
-    users::ensure(&mut *conn, order.user_id, Role::Buyer).await?;
+/// Inserts the orders whose ids are new, with their buyers, their `OrderReserved`
+/// events and a request for each one's payment, in the caller's transaction and a
+/// handful of statements however many there are. Returns the ids it inserted (an
+/// id already there is a repeated handoff).
+pub async fn insert_all(conn: &mut PgConnection, orders: &[NewOrder<'_>]) -> sqlx::Result<Vec<Uuid>> {
+    let users: Vec<Uuid> = orders.iter().map(|o| o.user_id).collect();
+    users::ensure_all(&mut *conn, &users, Role::Buyer).await?;
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+    let drops: Vec<Uuid> = orders.iter().map(|o| o.drop_id).collect();
+    let keys: Vec<String> = orders.iter().map(|o| o.idempotency_key.to_owned()).collect();
+    let quantities: Vec<i32> = orders.iter().map(|o| o.quantity as i32).collect();
+    let amounts: Vec<i64> = orders.iter().map(|o| o.amount.amount).collect();
+    let currencies: Vec<String> = orders.iter().map(|o| o.amount.currency.clone()).collect();
+    let statuses: Vec<String> = orders.iter().map(|o| o.status.as_str().to_owned()).collect();
+    let details: Vec<Option<String>> = orders.iter().map(|o| o.detail.map(str::to_owned)).collect();
+    let reserved_at: Vec<DateTime<Utc>> = orders.iter().map(|o| o.reserved_at).collect();
+    let expires_at: Vec<DateTime<Utc>> = orders.iter().map(|o| o.expires_at).collect();
     let inserted = sqlx::query!(
         "INSERT INTO orders (id, drop_id, user_id, idempotency_key, quantity, amount, currency, status,
                              status_detail, reserved_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT DO NOTHING",
-        order.id,
-        order.drop_id,
-        order.user_id,
-        order.idempotency_key,
-        order.quantity as i32,
-        order.amount.amount,
-        order.amount.currency,
-        order.status as OrderStatus,
-        order.detail,
-        order.reserved_at,
-        order.expires_at
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[], $6::int8[], $7::text[],
+                              $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[])
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+        &ids,
+        &drops,
+        &users,
+        &keys,
+        &quantities,
+        &amounts,
+        &currencies,
+        &statuses,
+        &details as &[Option<String>],
+        &reserved_at,
+        &expires_at
     )
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    if inserted.rows_affected() == 0 {
-        let exists =
-            sqlx::query!("SELECT 1 AS one FROM orders WHERE id = $1", order.id).fetch_optional(&mut *conn).await?;
-        return Ok(if exists.is_some() { Inserted::Existing } else { Inserted::KeyReused });
-    }
-    let event = DomainEvent::OrderReserved {
-        order_id: order.id,
-        drop_id: order.drop_id,
-        user_id: order.user_id,
-        quantity: order.quantity,
-    };
-    events::record(conn, event).await?;
-    Ok(Inserted::New)
+    let new: std::collections::HashSet<Uuid> = inserted.iter().map(|r| r.id).collect();
+    let new_orders: Vec<&NewOrder<'_>> = orders.iter().filter(|o| new.contains(&o.id)).collect();
+    let reserved = new_orders.iter().map(|o| DomainEvent::OrderReserved {
+        order_id: o.id,
+        drop_id: o.drop_id,
+        user_id: o.user_id,
+        quantity: o.quantity,
+    });
+    events::record_all(&mut *conn, reserved.collect()).await?;
+    let requests: Vec<PaymentRequest> = new_orders
+        .iter()
+        .map(|o| PaymentRequest { order_id: o.id, user_id: o.user_id, amount: o.amount.clone() })
+        .collect();
+    payments::store::request_all(&mut *conn, &requests).await?;
+    Ok(new_orders.iter().map(|o| o.id).collect())
 }
 
-#[tracing::instrument(skip_all, fields(order_id))]
-async fn take_reservation(State(state): State<OrdersState>, call: Signed<TakeReservation>) -> Answer<TakeReservation> {
-    let r = call.body;
-    tracing::Span::current().record("order_id", r.reservation_id.to_string());
-    let mut tx = state.core.db.begin().await?;
-    let order = NewOrder {
-        id: r.reservation_id,
-        drop_id: r.drop_id,
-        user_id: r.user_id,
-        idempotency_key: &r.idempotency_key,
-        quantity: r.quantity,
-        amount: &r.amount,
-        status: OrderStatus::Reserved,
-        detail: None,
-        reserved_at: r.reserved_at,
-        expires_at: r.expires_at,
-    };
-    if insert(&mut tx, &order).await? == Inserted::KeyReused {
-        return Err(ApiError::code(
-            ErrorCode::IdempotencyKeyReused,
-            "this buyer used the Idempotency-Key for another order",
-        ));
+/// A batch of reservations from the edge: one transaction, one insert.
+#[tracing::instrument(skip_all, fields(reservations = call.body.reservations.len()))]
+async fn take_reservations(
+    State(state): State<OrdersState>,
+    call: Signed<TakeReservations>,
+) -> Answer<TakeReservations> {
+    let batch = &call.body.reservations;
+    if batch.len() > MAX_BATCH {
+        return Err(ApiError::code(ErrorCode::PayloadTooLarge, format!("at most {MAX_BATCH} reservations a call")));
     }
+    let orders: Vec<NewOrder<'_>> = batch
+        .iter()
+        .map(|r| NewOrder {
+            id: r.reservation_id,
+            drop_id: r.drop_id,
+            user_id: r.user_id,
+            idempotency_key: &r.idempotency_key,
+            quantity: r.quantity,
+            amount: &r.amount,
+            status: OrderStatus::Reserved,
+            detail: None,
+            reserved_at: r.reserved_at,
+            expires_at: r.expires_at,
+        })
+        .collect();
+    let mut tx = state.core.db.begin().await?;
+    let inserted = insert_all(&mut tx, &orders).await?;
     tx.commit().await?;
-    let payment = payments::store::ensure(&state.core.db, &state.payments, r.reservation_id, &r.amount).await?;
-    Ok(Json(ReservationAck { order_id: r.reservation_id, payment: Some(payment) }))
+    if !inserted.is_empty() {
+        state.payments.wake();
+    }
+    Ok(Json(ReservationsTaken { orders: batch.iter().map(|r| r.reservation_id).collect() }))
 }
 
 /// The edge let a hold run out unpaid (its units are back in stock).

@@ -18,7 +18,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::events;
-use crate::payments::OrderSettlement;
+use crate::payments::{self, OrderSettlement};
 
 #[derive(Debug, Clone)]
 pub struct OrderState {
@@ -75,6 +75,10 @@ pub async fn move_to(
     .execute(&mut *conn)
     .await?;
     order.status = to;
+    if from == OrderStatus::Reserved && to != OrderStatus::Confirmed {
+        // Ended before its payment was prepared: nothing left to pay for.
+        payments::store::withdraw(&mut *conn, order.id).await?;
+    }
     let (order_id, drop_id, user_id, quantity) = (order.id, order.drop_id, order.user_id, order.quantity as u32);
     let event = match to {
         OrderStatus::Confirmed => DomainEvent::OrderConfirmed { order_id, drop_id, user_id, quantity },

@@ -24,9 +24,8 @@ use drops_shared::api::{Money, OrderStatus};
 use drops_shared::internal::{HoldSnapshot, HoldState, InventorySnapshot};
 use uuid::Uuid;
 
-use super::intake::{self, Inserted, NewOrder};
+use super::intake::{self, NewOrder};
 use super::{edge_sync, lifecycle, OrdersState};
-use crate::payments;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -115,11 +114,11 @@ async fn pull_in(
         expires_at: hold.expires_at,
     };
     let mut tx = state.core.db.begin().await?;
-    if intake::insert(&mut tx, &order).await? != Inserted::New {
+    if intake::insert_all(&mut tx, &[order]).await?.is_empty() {
         return Ok(None);
     }
     tx.commit().await?;
-    payments::store::ensure(&state.core.db, &state.payments, hold.reservation_id, &amount).await?;
+    state.payments.wake();
     Ok(Some(Repair {
         drop_id,
         order_id: Some(hold.reservation_id),

@@ -7,6 +7,7 @@
 //! to its order belongs to the orders area, which sits above this one: it plugs in
 //! as an [`OrderSettlement`] (see `startup`), so this area never imports it.
 
+pub mod preparer;
 pub mod sandbox;
 pub mod store;
 pub mod stripe;
@@ -48,11 +49,13 @@ pub trait OrderSettlement: Send + Sync {
     async fn payment_failed(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()>;
 }
 
-/// The payments area's handle: its provider and what settles orders.
+/// The payments area's handle: its provider, what settles orders, and the bell
+/// that wakes this instance's preparer when new requests are filed.
 #[derive(Clone)]
 pub struct Payments {
     pub provider: Arc<dyn PaymentProvider>,
     settlement: Arc<dyn OrderSettlement>,
+    requested: Arc<tokio::sync::Notify>,
 }
 
 impl Payments {
@@ -61,10 +64,20 @@ impl Payments {
         let provider: Arc<dyn PaymentProvider> = match &settings.payments.provider {
             ProviderSettings::Sandbox => Arc::new(sandbox::SandboxProvider::new(public_url)),
             ProviderSettings::Stripe { api_key, api_base } => {
-                Arc::new(stripe::StripeProvider::new(api_key.expose_secret(), api_base, public_url)?)
+                Arc::new(stripe::StripeProvider::new(api_key.expose_secret(), api_base)?)
             }
         };
-        Ok(Self { provider, settlement })
+        Ok(Self { provider, settlement, requested: Arc::default() })
+    }
+
+    /// New payment requests are committed: prepare them now rather than at the next look.
+    pub fn wake(&self) {
+        self.requested.notify_one();
+    }
+
+    /// Resolves when [`Self::wake`] was called (or at once if it was since the last time).
+    pub async fn woken(&self) {
+        self.requested.notified().await
     }
 }
 

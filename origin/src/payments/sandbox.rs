@@ -49,7 +49,8 @@ impl PaymentProvider for SandboxProvider {
         let reference = format!("pi_sbx_{}", order_id.simple());
         Ok(PaymentHandle {
             provider: self.name().to_owned(),
-            checkout_url: format!("{}/v1/sandbox/checkout/{reference}", self.public_url),
+            checkout_url: Some(format!("{}/v1/sandbox/checkout/{reference}", self.public_url)),
+            client_secret: None,
             reference,
         })
     }

@@ -1,12 +1,13 @@
-//! The `payments` rows: one per order, made the first time the order's payment is
-//! asked for, moved by the webhook, and marked refunded here. Other areas read and
+//! The `payments` rows (one per order, made by the [`super::preparer`] once the
+//! provider has the payment, moved by the webhook, marked refunded here) and the
+//! `payment_requests` the orders area files for new orders. Other areas read and
 //! change them only through these functions.
 
 use std::collections::HashMap;
 
 use drops_shared::api::{Money, PaymentHandle};
 use drops_shared::events::DomainEvent;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::Payments;
@@ -35,44 +36,93 @@ struct HandleRow {
     order_id: Uuid,
     provider: String,
     reference: String,
-    checkout_url: String,
+    checkout_url: Option<String>,
+    client_secret: Option<String>,
 }
 
 impl From<HandleRow> for PaymentHandle {
     fn from(r: HandleRow) -> Self {
-        PaymentHandle { provider: r.provider, reference: r.reference, checkout_url: r.checkout_url }
+        PaymentHandle {
+            provider: r.provider,
+            reference: r.reference,
+            checkout_url: r.checkout_url,
+            client_secret: r.client_secret,
+        }
     }
 }
 
-/// The order's payment, created with the provider the first time it is asked for.
-pub async fn ensure(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &Money) -> anyhow::Result<PaymentHandle> {
-    if let Some(handle) = handles(db, &[order_id]).await?.remove(&order_id) {
-        return Ok(handle);
+/// An order whose payment is to be prepared with the provider.
+#[derive(Debug, Clone)]
+pub struct PaymentRequest {
+    pub order_id: Uuid,
+    /// The buyer, told when the payment is ready.
+    pub user_id: Uuid,
+    pub amount: Money,
+}
+
+/// Files a payment request for each order, in the caller's transaction (a request
+/// already filed is kept).
+pub async fn request_all(conn: &mut PgConnection, requests: &[PaymentRequest]) -> sqlx::Result<()> {
+    if requests.is_empty() {
+        return Ok(());
     }
-    // The provider call happens outside any transaction: it may be slow, and it is
-    // idempotent on the order id, so a race between two callers is harmless.
-    let handle = payments.provider.create_payment(order_id, amount).await?;
+    let orders: Vec<Uuid> = requests.iter().map(|r| r.order_id).collect();
+    let users: Vec<Uuid> = requests.iter().map(|r| r.user_id).collect();
+    let amounts: Vec<i64> = requests.iter().map(|r| r.amount.amount).collect();
+    let currencies: Vec<String> = requests.iter().map(|r| r.amount.currency.clone()).collect();
     sqlx::query!(
-        "INSERT INTO payments (id, order_id, provider, reference, checkout_url, amount, currency)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO payment_requests (order_id, user_id, amount, currency)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[])
+         ON CONFLICT (order_id) DO NOTHING",
+        &orders,
+        &users,
+        &amounts,
+        &currencies
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Withdraws the order's payment request, if its payment is not prepared yet (the
+/// order ended before it was).
+pub async fn withdraw(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", order_id).execute(conn).await?;
+    Ok(())
+}
+
+/// Stores the payment the provider prepared for `request`, retires the request and
+/// tells the buyer (`PaymentReady`), in one transaction; a payment stored already
+/// is kept.
+pub async fn record_prepared(db: &PgPool, request: &PaymentRequest, handle: &PaymentHandle) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let stored = sqlx::query!(
+        "INSERT INTO payments (id, order_id, provider, reference, checkout_url, client_secret, amount, currency)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING",
         Uuid::now_v7(),
-        order_id,
+        request.order_id,
         handle.provider,
         handle.reference,
         handle.checkout_url,
-        amount.amount,
-        amount.currency
+        handle.client_secret,
+        request.amount.amount,
+        request.amount.currency
     )
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
-    Ok(handle)
+    sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", request.order_id).execute(&mut *tx).await?;
+    if stored.rows_affected() == 1 {
+        let ready = DomainEvent::PaymentReady { order_id: request.order_id, user_id: request.user_id };
+        events::record(&mut tx, ready).await?;
+    }
+    tx.commit().await
 }
 
 /// How the buyer pays each of these orders (those that have a payment yet).
 pub async fn handles(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, PaymentHandle>> {
     let rows = sqlx::query_as!(
         HandleRow,
-        "SELECT order_id, provider, reference, checkout_url FROM payments WHERE order_id = ANY($1)",
+        "SELECT order_id, provider, reference, checkout_url, client_secret FROM payments WHERE order_id = ANY($1)",
         order_ids
     )
     .fetch_all(db)

@@ -15,7 +15,6 @@ pub struct StripeProvider {
     http: reqwest::Client,
     api_key: String,
     base_url: String,
-    public_url: String,
 }
 
 /// A form request to Stripe: path, idempotency key and form fields.
@@ -81,12 +80,11 @@ pub fn parse_response<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) 
 }
 
 impl StripeProvider {
-    pub fn new(api_key: &str, base_url: &str, public_url: &str) -> anyhow::Result<Self> {
+    pub fn new(api_key: &str, base_url: &str) -> anyhow::Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
             api_key: api_key.to_owned(),
             base_url: base_url.trim_end_matches('/').to_owned(),
-            public_url: public_url.trim_end_matches('/').to_owned(),
         })
     }
 
@@ -120,10 +118,15 @@ impl PaymentProvider for StripeProvider {
 
     async fn create_payment(&self, order_id: Uuid, amount: &Money) -> anyhow::Result<PaymentHandle> {
         let intent: PaymentIntent = self.send(create_intent_request(order_id, amount)).await?;
+        let client_secret = intent
+            .client_secret
+            .ok_or_else(|| anyhow::anyhow!("stripe answered PaymentIntent {} without a client_secret", intent.id))?;
+        // No checkout page: the app confirms the intent with its client secret.
         Ok(PaymentHandle {
             provider: self.name().into(),
-            checkout_url: format!("{}/v1/checkout/{}", self.public_url, intent.id),
             reference: intent.id,
+            checkout_url: None,
+            client_secret: Some(client_secret),
         })
     }
 

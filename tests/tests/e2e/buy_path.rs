@@ -80,12 +80,17 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     let replay = client.buy(&buyer, drop_id, "same-key-0001", 1).await;
     assert_eq!(replay.status, StatusCode::CREATED);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body, "byte for byte");
     let db = stack.db().await;
     assert_eq!(wait_for_orders(&db, drop_id, 1).await, 1);
-    // The first answer may have been given before the payment was known; the stored one is final.
+    // Still the first answer once the origin has the order and its payment.
+    client
+        .wait_order(&buyer, replay.json()["order_id"].as_str().unwrap().parse().unwrap(), 20, |v| {
+            v["payment"].is_object()
+        })
+        .await;
     let again = client.buy(&buyer, drop_id, "same-key-0001", 1).await;
-    assert_eq!(again.body, replay.body);
-    assert_eq!(replay.json()["order_id"], first.json()["order_id"]);
+    assert_eq!(again.body, first.body);
 
     // Same key, another body: refused, nothing changes.
     let other_body = client.buy(&buyer, drop_id, "same-key-0001", 2).await;
@@ -102,18 +107,25 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     assert_eq!(wait_for_orders(&db, drop_id, 2).await, 2);
 }
 
+/// A key is scoped to its drop (API.md): the same key on another drop is another
+/// request, decided by that drop alone, and both orders reach the origin.
 #[tokio::test]
-async fn same_key_on_another_drop_is_refused_and_returns_the_units() {
+async fn the_same_key_on_another_drop_is_another_purchase() {
     let stack = Stack::shared().await;
     let client = stack.client();
     let first_drop = client.create_drop(DropSpec::live(5, 1)).await;
     let second_drop = client.create_drop(DropSpec::live(5, 1)).await;
     let buyer = Buyer::new();
-    assert_eq!(client.buy(&buyer, first_drop, "cross-drop-key", 1).await.status, StatusCode::CREATED);
-    let reused = client.buy(&buyer, second_drop, "cross-drop-key", 1).await;
-    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", reused.json());
-    assert_eq!(reused.code(), "idempotency_key_reused");
-    assert_eq!(client.remaining(second_drop).await, 5);
+    let first = client.buy(&buyer, first_drop, "cross-drop-key", 1).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let second = client.buy(&buyer, second_drop, "cross-drop-key", 1).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.json());
+    assert_eq!(second.header("idempotent-replayed"), None);
+    assert_ne!(second.json()["order_id"], first.json()["order_id"]);
+    assert_eq!((client.remaining(first_drop).await, client.remaining(second_drop).await), (4, 4));
+    let db = stack.db().await;
+    assert_eq!(wait_for_orders(&db, first_drop, 1).await, 1);
+    assert_eq!(wait_for_orders(&db, second_drop, 1).await, 1);
 }
 
 #[tokio::test]
@@ -301,6 +313,7 @@ async fn buyer_reads_their_orders_newest_first() {
         ids.push(a.json()["order_id"].as_str().unwrap().to_owned());
     }
     wait_for_orders(&stack.db().await, drop_id, 3).await;
+    client.wait_order(&buyer, ids[2].parse().unwrap(), 20, |v| v["payment"].is_object()).await;
     let page = client.get("/v1/orders?limit=2", Some(&buyer.token)).await.json();
     let got: Vec<_> =
         page["items"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().to_owned()).collect();

@@ -10,7 +10,6 @@ use drops_shared::auth::Role;
 use drops_tests::client::token;
 use drops_tests::{Buyer, Stack};
 use futures::future::join_all;
-use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -120,30 +119,6 @@ async fn paging_followers_while_200_follow_skips_and_repeats_no_one() {
     assert_eq!(follower_count(&client, creator_id, 300).await, 300);
 }
 
-/// Collects what arrives on a user's notification socket, through the edge.
-async fn listen(stack: &Stack, who: &Buyer) -> (Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>) {
-    let url = format!("{}/v1/notifications/stream?access_token={}", stack.edge_url.replace("http", "ws"), who.token);
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the stream opens through the edge");
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = got.clone();
-    let task = tokio::spawn(async move {
-        while let Some(Ok(msg)) = socket.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-        }
-    });
-    // The server says hello once the socket is registered and the user is present.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !got.lock().unwrap().iter().any(|m| m["kind"] == "hello") {
-        assert!(Instant::now() < deadline, "no hello on the socket");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (got, task)
-}
-
 /// A push receiver of the test's own: counts the signed callbacks it gets.
 async fn push_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     use axum::routing::post;
@@ -197,8 +172,8 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
         )
         .await;
     assert_eq!(put.status, StatusCode::NO_CONTENT);
-    let (socket, task) = listen(&stack, &online).await;
-    let (stranger_socket, stranger_task) = listen(&stack, &not_a_follower).await;
+    let (socket, task) = stack.listen(&online).await;
+    let (stranger_socket, stranger_task) = stack.listen(&not_a_follower).await;
 
     let drop_id = drop_starting_in(&client, &creator_token, product, 2).await;
     let started = Instant::now();

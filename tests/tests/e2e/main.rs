@@ -2,6 +2,7 @@
 //! the edge under `wrangler dev`) shared by every test; see `drops_tests::Stack`.
 //! One module per area of behaviour.
 
+mod async_buy;
 mod buy_path;
 mod coalescing;
 mod contract;

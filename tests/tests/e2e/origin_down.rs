@@ -107,6 +107,8 @@ async fn with_the_origin_down_a_stale_card_is_still_served() {
     let stack = Stack::exclusive().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
+    // Creating and starting the drop purge its card: let those go by first.
+    stack.wait_consumed(drop_id, "cache-purge").await;
     let fresh = client.get(&format!("/v1/drops/{drop_id}"), None).await;
     assert_eq!(fresh.status, StatusCode::OK);
     stack.stop_origin().await;
