@@ -1,10 +1,4 @@
 #!/usr/bin/env bash
-# Builds the edge Worker (Rust -> wasm32 -> JS shim) with local helper binaries:
-# worker-build would otherwise try to download them, and these machines reach
-# only the package registries.
+# Builds the edge Worker (see build-worker.sh).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$HOME/.cargo/bin/wasm-bindgen}"
-export ESBUILD_BIN="${ESBUILD_BIN:-$root/node_modules/.bin/esbuild}"
-cd "$root/edge"
-exec worker-build --release
+exec bash "$(dirname "${BASH_SOURCE[0]}")/build-worker.sh" edge

@@ -285,6 +285,15 @@ impl Client {
 }
 
 impl Client {
+    /// How many requests the origin has served, all routes together.
+    pub async fn origin_requests_total(&self) -> u64 {
+        let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("drops_http_requests_total{") && !l.contains("route=\"/metrics\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// How many `method route` requests the origin has served (its own counter).
     pub async fn origin_requests(&self, method: &str, route: &str) -> u64 {
         let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();

@@ -100,9 +100,10 @@ impl<G> Deref for Lease<G> {
         self.stack
     }
 }
-static WRANGLER_PGID: OnceLock<i32> = OnceLock::new();
+/// The process groups of the `wrangler dev`s this process started.
+static WRANGLER_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -110,16 +111,68 @@ fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-extern "C" fn kill_wrangler() {
-    if let Some(pgid) = WRANGLER_PGID.get() {
+extern "C" fn kill_wranglers() {
+    let groups = WRANGLER_GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+    for pgid in &groups {
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
         }
-        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for pgid in &groups {
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
+}
+
+/// Starts `wrangler dev` on `config` (relative to the repository root) at `port`,
+/// with `vars`, and waits until `ready_path` answers 2xx. Its process group is
+/// killed when this process exits.
+pub async fn wrangler_dev(config: &str, port: u16, vars: &[String], ready_path: &str) -> anyhow::Result<()> {
+    let root = repo_root();
+    let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
+    let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
+    cmd.current_dir(&root)
+        .args(["dev", "-c", config, "--ip", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--inspector-port", &free_port().to_string()])
+        .arg("--persist-to")
+        .arg(&state_dir)
+        .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for v in vars {
+        cmd.args(["--var", v]);
+    }
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let child: Child = cmd.spawn()?;
+    let first = {
+        let mut groups = WRANGLER_GROUPS.lock().expect("wrangler groups");
+        groups.push(child.id() as i32);
+        groups.len() == 1
+    };
+    if first {
+        unsafe {
+            libc::atexit(kill_wranglers);
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}{ready_path}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let http = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    anyhow::bail!("wrangler dev ({config}) did not become ready on {port}; its log:\n{log}")
 }
 
 impl Stack {
@@ -219,10 +272,6 @@ impl Stack {
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
-        let root = repo_root();
-        let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
-        let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
-        let log = std::fs::File::create(&log_path)?;
         let vars = [
             format!("ORIGIN_URL:{}", self.origin_url),
             format!("JWT_SECRET:{JWT_SECRET}"),
@@ -230,54 +279,7 @@ impl Stack {
             format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
             "FORWARD_RETRY_MAX_MS:2000".to_owned(),
         ];
-        let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
-        cmd.current_dir(&root)
-            .args([
-                "dev",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--inspector-port",
-                &free_port().to_string(),
-            ])
-            .arg("--persist-to")
-            .arg(&state_dir)
-            .args(["--log-level", "warn", "--show-interactive-dev-session=false"])
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("CI", "true")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for v in &vars {
-            cmd.args(["--var", v]);
-        }
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        let child: Child = cmd.spawn()?;
-        let _ = WRANGLER_PGID.set(child.id() as i32);
-        unsafe {
-            libc::atexit(kill_wrangler);
-        }
-        let health = format!("{}/healthz", self.edge_url);
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let ready = self.runtime.block_on(async {
-            let http = reqwest::Client::new();
-            while Instant::now() < deadline {
-                if let Ok(r) = http.get(&health).send().await {
-                    if r.status().is_success() {
-                        return true;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            false
-        });
-        if !ready {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            anyhow::bail!("wrangler dev did not become ready on {port}; its log:\n{log}");
-        }
-        Ok(())
+        self.runtime.block_on(wrangler_dev("wrangler.toml", port, &vars, "/healthz"))
     }
 
     /// Stops the origin (graceful: in-flight requests finish) and waits until it has.

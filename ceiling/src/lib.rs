@@ -1,0 +1,44 @@
+//! The ceilings the bench measures the edge against, under the same `wrangler dev`:
+//! - `GET /fixed`: a fixed JSON body, no binding touched (the request ceiling);
+//! - `POST /write`: one Durable Object doing one SQLite write per request (the
+//!   write ceiling of one inventory object).
+//!
+//! Not deployed: `ceiling/wrangler.toml` exists for the bench only.
+
+use worker::{durable_object, event, Context, Env, Method, Request, Response, Result, SqlStorageValue, State};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    match (req.method(), req.path().as_str()) {
+        (Method::Get, "/fixed") => Response::from_json(&serde_json::json!({"status": "live", "remaining": 0})),
+        (Method::Post, "/write") => {
+            let stub = env.durable_object("WRITER")?.id_from_name("one")?.get_stub()?;
+            stub.fetch_with_request(req).await
+        }
+        _ => Response::error("not found", 404),
+    }
+}
+
+#[durable_object]
+pub struct Writer {
+    state: State,
+}
+
+impl worker::DurableObject for Writer {
+    fn new(state: State, _env: Env) -> Self {
+        let created = state.storage().sql().exec(
+            "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL)",
+            None,
+        );
+        if let Err(e) = created {
+            worker::console_error!("writer table: {e}");
+        }
+        Self { state }
+    }
+
+    async fn fetch(&self, _req: Request) -> Result<Response> {
+        let at = SqlStorageValue::Integer(worker::Date::now().as_millis() as i64);
+        self.state.storage().sql().exec("INSERT INTO writes (at) VALUES (?)", vec![at])?;
+        Response::from_json(&serde_json::json!({"written": true}))
+    }
+}
