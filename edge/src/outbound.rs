@@ -1,22 +1,22 @@
-//! What a drop's inventory object owes the origin: reservations to hand over and
-//! notices of holds that ran out. Each message sits in the object's `outbound` table
-//! from the turn that created it until the origin acknowledges it, so a restart of
-//! the object, the edge or the origin loses none. The object's alarm delivers them,
-//! reservations in batches (one request, one insert at the origin), with exponential
-//! backoff while the origin fails; an expiry notice waits until its reservation is
-//! delivered.
+//! What a drop's inventory object owes the origin: reservations to hand over (the
+//! holds whose handoff is not acknowledged yet) and notices of holds that ran out
+//! (the `outbound` table). Each is stored from the turn that created it until the
+//! origin acknowledges it, so a restart of the object, the edge or the origin loses
+//! none. The object's alarm delivers them, reservations in batches (one request,
+//! one insert at the origin), with exponential backoff while the origin fails; an
+//! expiry notice waits until its reservation is delivered.
 
 use std::time::Duration;
 
 use drops_shared::backoff::Backoff;
-use drops_shared::internal::{Body, Endpoint, ReportExpiry, ReservationBatch, ReservationHandoff, TakeReservations};
+use drops_shared::internal::{Body, Endpoint, ReportExpiry, TakeReservations};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use worker::{SqlStorage, SqlStorageValue};
+use worker::SqlStorage;
 
 use crate::config::EdgeConfig;
 use crate::origin;
-use crate::sqlite::{text, MinRow};
+use crate::sqlite::{int, text, MinRow};
 
 /// Messages one alarm run looks at.
 const DUE_AT_ONCE: i64 = 1_000;
@@ -26,17 +26,10 @@ pub const BATCH: usize = 100;
 pub const CONCURRENCY: usize = 5;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
-#[strum(serialize_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Reservation,
     Expiry,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        self.into()
-    }
 }
 
 pub struct Message {
@@ -56,7 +49,6 @@ pub enum Delivery {
 #[derive(Deserialize)]
 struct Row {
     reservation_id: String,
-    kind: String,
     body: String,
     attempts: f64,
 }
@@ -65,81 +57,133 @@ fn json_err(e: serde_json::Error) -> worker::Error {
     worker::Error::RustError(e.to_string())
 }
 
-pub fn enqueue<T: Serialize>(sql: &SqlStorage, id: Uuid, kind: Kind, body: &T, next_ms: i64) -> worker::Result<()> {
+/// The ids as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[Uuid]) -> worker::Result<String> {
+    serde_json::to_string(ids).map_err(json_err)
+}
+
+/// Queues the notice that a hold ran out.
+pub fn enqueue_expiry<T: Serialize>(sql: &SqlStorage, id: Uuid, body: &T, next_ms: i64) -> worker::Result<()> {
     let body = serde_json::to_string(body).map_err(json_err)?;
     sql.exec(
-        "INSERT OR IGNORE INTO outbound (reservation_id, kind, body, attempts, next_attempt_ms) VALUES (?, ?, ?, 0, ?)",
-        vec![text(id), text(kind.as_str()), text(body), SqlStorageValue::Integer(next_ms)],
+        "INSERT OR IGNORE INTO outbound (reservation_id, kind, body, attempts, next_attempt_ms)
+         VALUES (?, 'expiry', ?, 0, ?)",
+        vec![text(id), text(body), int(next_ms)],
     )?;
     Ok(())
 }
 
-pub fn settled(sql: &SqlStorage, id: Uuid, kind: Kind) -> worker::Result<()> {
-    sql.exec("DELETE FROM outbound WHERE reservation_id = ? AND kind = ?", vec![text(id), text(kind.as_str())])?;
+/// The origin has these messages of `kind`: they are owed no more.
+pub fn acknowledged(sql: &SqlStorage, kind: Kind, ids: &[Uuid]) -> worker::Result<()> {
+    let query = match kind {
+        Kind::Reservation => {
+            "UPDATE holds SET handoff = NULL, next_attempt_ms = NULL
+             WHERE reservation_id IN (SELECT value FROM json_each(?))"
+        }
+        Kind::Expiry => {
+            "DELETE FROM outbound WHERE kind = 'expiry' AND reservation_id IN (SELECT value FROM json_each(?))"
+        }
+    };
+    sql.exec(query, vec![text(id_list(ids)?)])?;
     Ok(())
 }
 
-pub fn pending(sql: &SqlStorage, kind: Kind) -> worker::Result<Vec<Uuid>> {
+/// Reservations not yet handed over.
+pub fn pending_reservations(sql: &SqlStorage) -> worker::Result<Vec<Uuid>> {
     #[derive(Deserialize)]
     struct IdRow {
         reservation_id: String,
     }
-    let rows: Vec<IdRow> =
-        sql.exec("SELECT reservation_id FROM outbound WHERE kind = ?", vec![text(kind.as_str())])?.to_array()?;
+    let rows: Vec<IdRow> = sql.exec("SELECT reservation_id FROM holds WHERE handoff IS NOT NULL", None)?.to_array()?;
     Ok(rows.iter().filter_map(|r| Uuid::parse_str(&r.reservation_id).ok()).collect())
 }
 
 /// Messages due at `now`: reservations first, and no expiry ahead of its reservation.
 pub fn due(sql: &SqlStorage, now: i64) -> worker::Result<Vec<Message>> {
-    let rows: Vec<Row> = sql
-        .exec(
-            "SELECT reservation_id, kind, body, attempts FROM outbound o
-             WHERE next_attempt_ms <= ?
-               AND NOT (kind = 'expiry' AND EXISTS (
-                 SELECT 1 FROM outbound r WHERE r.reservation_id = o.reservation_id AND r.kind = 'reservation'))
-             ORDER BY kind DESC, next_attempt_ms LIMIT ?",
-            vec![SqlStorageValue::Integer(now), SqlStorageValue::Integer(DUE_AT_ONCE)],
-        )?
-        .to_array()?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            Some(Message {
-                reservation_id: Uuid::parse_str(&r.reservation_id).ok()?,
-                kind: r.kind.parse().ok()?,
-                body: r.body,
-                attempts: r.attempts as u32,
+    let read = |query: &str, kind: Kind| -> worker::Result<Vec<Message>> {
+        let rows: Vec<Row> = sql.exec(query, vec![int(now), int(DUE_AT_ONCE)])?.to_array()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Message {
+                    reservation_id: Uuid::parse_str(&r.reservation_id).ok()?,
+                    kind,
+                    body: r.body,
+                    attempts: r.attempts as u32,
+                })
             })
-        })
-        .collect())
+            .collect())
+    };
+    let mut due = read(
+        "SELECT reservation_id, handoff AS body, attempts FROM holds
+         WHERE handoff IS NOT NULL AND next_attempt_ms <= ? ORDER BY next_attempt_ms LIMIT ?",
+        Kind::Reservation,
+    )?;
+    due.extend(read(
+        "SELECT reservation_id, body, attempts FROM outbound o
+         WHERE kind = 'expiry' AND next_attempt_ms <= ?
+           AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.reservation_id = o.reservation_id AND h.handoff IS NOT NULL)
+         ORDER BY next_attempt_ms LIMIT ?",
+        Kind::Expiry,
+    )?);
+    Ok(due)
 }
 
-pub fn back_off(sql: &SqlStorage, message: &Message, now: i64, max_ms: u64) -> worker::Result<()> {
-    let delay = Backoff::new(FIRST_RETRY, Duration::from_millis(max_ms)).delay_ms(message.attempts);
-    sql.exec(
-        "UPDATE outbound SET attempts = attempts + 1, next_attempt_ms = ? WHERE reservation_id = ? AND kind = ?",
-        vec![SqlStorageValue::Integer(now + delay), text(message.reservation_id), text(message.kind.as_str())],
-    )?;
+/// The origin did not take these: each tries again after its backoff.
+pub fn back_off(sql: &SqlStorage, messages: &[&Message], now: i64, max_ms: u64) -> worker::Result<()> {
+    let policy = Backoff::new(FIRST_RETRY, Duration::from_millis(max_ms));
+    for kind in [Kind::Reservation, Kind::Expiry] {
+        let of_kind: Vec<&&Message> = messages.iter().filter(|m| m.kind == kind).collect();
+        let Some(attempts) = of_kind.iter().map(|m| m.attempts).max() else { continue };
+        let ids: Vec<Uuid> = of_kind.iter().map(|m| m.reservation_id).collect();
+        let query = match kind {
+            Kind::Reservation => {
+                "UPDATE holds SET attempts = attempts + 1, next_attempt_ms = ?
+                 WHERE handoff IS NOT NULL AND reservation_id IN (SELECT value FROM json_each(?))"
+            }
+            Kind::Expiry => {
+                "UPDATE outbound SET attempts = attempts + 1, next_attempt_ms = ?
+                 WHERE kind = 'expiry' AND reservation_id IN (SELECT value FROM json_each(?))"
+            }
+        };
+        sql.exec(query, vec![int(now + policy.delay_ms(attempts)), text(id_list(&ids)?)])?;
+    }
     Ok(())
 }
 
+/// When the next message is due, if any is owed.
 pub fn next_attempt(sql: &SqlStorage) -> worker::Result<Option<i64>> {
-    let rows: Vec<MinRow> = sql.exec("SELECT MIN(next_attempt_ms) AS t FROM outbound", None)?.to_array()?;
+    let rows: Vec<MinRow> = sql
+        .exec(
+            "SELECT MIN(t) AS t FROM (SELECT MIN(next_attempt_ms) AS t FROM holds WHERE handoff IS NOT NULL
+                                      UNION ALL SELECT MIN(next_attempt_ms) FROM outbound)",
+            None,
+        )?
+        .to_array()?;
     Ok(rows.first().and_then(|r| r.t).map(|t| t as i64))
 }
 
 /// Hands these reservations to the origin in one request.
 pub async fn send_reservations(cfg: &EdgeConfig, messages: &[&Message]) -> Delivery {
-    let reservations: Result<Vec<ReservationHandoff>, _> =
-        messages.iter().map(|m| serde_json::from_str(&m.body)).collect();
-    let batch = match reservations {
-        Ok(reservations) => ReservationBatch { reservations },
-        Err(e) => return Delivery::Failed(format!("a queued reservation does not read: {e}")),
-    };
-    match post(cfg, &TakeReservations {}, &batch.to_bytes()).await {
+    let body = batch_body(messages.iter().map(|m| m.body.as_str()));
+    match post(cfg, &TakeReservations {}, body.as_bytes()).await {
         Ok(taken) => Delivery::Acknowledged(taken.orders),
         Err(why) => Delivery::Failed(why),
     }
+}
+
+/// A [`ReservationBatch`] of handoffs stored as JSON, put together as they are:
+/// the alarm neither parses nor re-serializes what the decision wrote.
+fn batch_body<'a>(handoffs: impl Iterator<Item = &'a str>) -> String {
+    let mut body = String::from(r#"{"reservations":["#);
+    for (i, handoff) in handoffs.enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(handoff);
+    }
+    body.push_str("]}");
+    body
 }
 
 /// Tells the origin a hold ran out.
@@ -161,4 +205,35 @@ async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Result<E
         Ok(E::Response::from_bytes(&answer).map_err(|p| format!("unreadable acknowledgement: {:?}", p.detail)))
     };
     attempt.await.unwrap_or_else(|e: worker::Error| Err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use drops_shared::api::Money;
+    use drops_shared::internal::{ReservationBatch, ReservationHandoff};
+
+    use super::*;
+
+    #[test]
+    fn stored_handoffs_make_the_batch_the_origin_reads() {
+        let handoff = |n: u128| ReservationHandoff {
+            reservation_id: Uuid::from_u128(n),
+            drop_id: Uuid::from_u128(9),
+            user_id: Uuid::from_u128(100 + n),
+            idempotency_key: format!("key-{n:08}"),
+            quantity: 1,
+            amount: Money { amount: 2500, currency: "EUR".into() },
+            reserved_at: chrono::Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+            expires_at: chrono::Utc.timestamp_opt(1_800_000_600, 0).unwrap(),
+        };
+        let stored: Vec<String> = (1..=3).map(|n| serde_json::to_string(&handoff(n)).unwrap()).collect();
+        let body = batch_body(stored.iter().map(String::as_str));
+        let batch = ReservationBatch::from_bytes(body.as_bytes()).expect("the origin's strict reading");
+        assert_eq!(batch.reservations, (1..=3).map(handoff).collect::<Vec<_>>());
+        assert_eq!(
+            ReservationBatch::from_bytes(batch_body(std::iter::empty()).as_bytes()).unwrap().reservations,
+            vec![]
+        );
+    }
 }

@@ -80,10 +80,10 @@ fn drop_stock_doc() {}
     params(("drop_id" = uuid::Uuid, Path),
            ("Idempotency-Key" = String, Header, description = "8 to 255 printable ASCII characters")),
     request_body = CreateOrderRequest,
-    responses((status = 201, description = "Reserved; replays carry `idempotent-replayed: true`", body = OrderCreated),
+    responses((status = 201, description = "Reserved, as soon as the drop's inventory committed the hold: `payment` is usually null (see `GET /v1/orders/{order_id}`); replays carry `idempotent-replayed: true`", body = OrderCreated),
               (status = 400, description = "`invalid_request`, `idempotency_key_missing`", body = Problem),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 413, body = Problem),
-              (status = 409, description = "`sold_out`, `drop_not_started`, `drop_ended`, `purchase_limit_reached`, `idempotency_key_in_progress`", body = Problem),
+              (status = 409, description = "`sold_out` (with `remaining`), `drop_not_started`, `drop_ended`, `purchase_limit_reached`, `idempotency_key_in_progress`", body = Problem),
               (status = 422, description = "`idempotency_key_reused`", body = Problem)))]
 fn create_order_doc() {}
 
@@ -128,7 +128,8 @@ fn following_doc() {}
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", security(("bearer" = [])),
     params(("order_id" = uuid::Uuid, Path)),
-    responses((status = 200, body = Order), (status = 401, body = Problem), (status = 404, description = "Not yours, or no such order", body = Problem)))]
+    responses((status = 200, description = "The order; while its payment is prepared, `payment` is null and `Retry-After: 1` says when to look again", body = Order),
+              (status = 401, body = Problem), (status = 404, description = "Not yours, no such order, or not at the origin yet (seconds after the 201)", body = Problem)))]
 fn show_order_doc() {}
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
@@ -158,7 +159,7 @@ fn read_all_notifications_doc() {}
 
 #[utoipa::path(get, path = "/v1/notifications/stream", tag = "notifications", security(("bearer" = [])),
     params(("access_token" = Option<String>, Query, description = "the token, for clients that cannot set headers")),
-    responses((status = 101, description = "WebSocket: `{\"kind\", \"payload\", \"id\"?}` messages"), (status = 401, body = Problem)))]
+    responses((status = 101, description = "WebSocket: `{\"kind\", \"payload\", \"id\"?}` messages: `drop_live`, `order_confirmed`, `order_failed`, `order_expired`, `order_payment_ready` (`{\"order_id\", \"payment\"}`)"), (status = 401, body = Problem)))]
 fn notification_stream_doc() {}
 
 #[utoipa::path(put, path = "/v1/me/push-subscription", tag = "notifications", security(("bearer" = [])),

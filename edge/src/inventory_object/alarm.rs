@@ -23,6 +23,7 @@ impl DropInventory {
         self.alarm_at.set(None);
         let now = now_ms();
         storage::sweep_answers(&self.sql(), now)?;
+        self.answered.borrow_mut().retain(|_, at| *at > now - storage::IDEMPOTENCY_TTL_MS);
         self.expire_holds(now)?;
         match EdgeConfig::get(&self.env) {
             Ok(cfg) => self.deliver_outbound(&cfg, now).await?,
@@ -62,7 +63,7 @@ impl DropInventory {
         let sql = self.sql();
         let written = due.iter().try_for_each(|id| {
             storage::set_hold_state(&sql, *id, HoldState::Released)?;
-            outbound::enqueue(&sql, *id, Kind::Expiry, &HoldExpiry { drop_id, expired_at }, now)
+            outbound::enqueue_expiry(&sql, *id, &HoldExpiry { drop_id, expired_at }, now)
         });
         if written.is_err() {
             self.resync();
@@ -87,10 +88,8 @@ impl DropInventory {
             }
         }
         if !origin_up {
-            for message in &due {
-                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)?;
-            }
-            return Ok(());
+            let all: Vec<&outbound::Message> = due.iter().collect();
+            return outbound::back_off(&self.sql(), &all, now, cfg.forward_retry_max_ms);
         }
         for wave in expiries.chunks(outbound::CONCURRENCY) {
             join_all(wave.iter().map(|m| self.deliver_expiry(cfg, m, now))).await;
@@ -102,9 +101,7 @@ impl DropInventory {
     async fn deliver_batch(&self, cfg: &EdgeConfig, batch: &[&outbound::Message]) -> worker::Result<bool> {
         match outbound::send_reservations(cfg, batch).await {
             Delivery::Acknowledged(ids) => {
-                for id in ids {
-                    outbound::settled(&self.sql(), id, Kind::Reservation)?;
-                }
+                outbound::acknowledged(&self.sql(), Kind::Reservation, &ids)?;
                 Ok(true)
             }
             Delivery::Failed(why) => {
@@ -117,14 +114,14 @@ impl DropInventory {
     /// Tells the origin one hold ran out; backs it off if that fails.
     async fn deliver_expiry(&self, cfg: &EdgeConfig, message: &outbound::Message, now: i64) -> worker::Result<()> {
         match outbound::send_expiry(cfg, message).await {
-            Delivery::Acknowledged(_) => outbound::settled(&self.sql(), message.reservation_id, Kind::Expiry),
+            Delivery::Acknowledged(_) => outbound::acknowledged(&self.sql(), Kind::Expiry, &[message.reservation_id]),
             Delivery::Failed(why) => {
                 worker::console_warn!(
                     "expiry notice of {} failed (attempt {}): {why}",
                     message.reservation_id,
                     message.attempts + 1
                 );
-                outbound::back_off(&self.sql(), message, now, cfg.forward_retry_max_ms)
+                outbound::back_off(&self.sql(), &[message], now, cfg.forward_retry_max_ms)
             }
         }
     }

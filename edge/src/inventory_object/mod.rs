@@ -20,6 +20,8 @@ mod routes;
 mod storage;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use drops_shared::inventory::Inventory;
 use drops_shared::problem::ErrorCode;
@@ -41,6 +43,14 @@ pub async fn call(env: &Env, drop_id: Uuid, command: &Command) -> worker::Result
     stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{drop_id}"), &init)?).await
 }
 
+/// The in-memory key of a (user, idempotency key): a hash, so a collision only
+/// costs a storage read, which tells the truth.
+fn answer_key(user_id: Uuid, key: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (user_id, key).hash(&mut hasher);
+    hasher.finish()
+}
+
 #[durable_object(alarm)]
 pub struct DropInventory {
     state: State,
@@ -48,6 +58,9 @@ pub struct DropInventory {
     /// `None` until the origin has created this drop's inventory.
     inventory: RefCell<Option<Inventory>>,
     drop_id: Cell<Option<Uuid>>,
+    /// When each (user, key) with a kept answer was answered, by [`answer_key`]: a
+    /// fresh purchase is known to be fresh without reading storage.
+    answered: RefCell<HashMap<u64, i64>>,
     /// The alarm this instance has set, to avoid re-setting it on every request.
     alarm_at: Cell<Option<i64>>,
     /// Buy attempts decided since this instance loaded.
@@ -61,9 +74,12 @@ impl DropInventory {
 
     /// Loads the inventory from storage (the source of truth for memory).
     fn load(&self) -> worker::Result<()> {
-        let loaded = storage::load(&self.sql())?;
+        let sql = self.sql();
+        let loaded = storage::load(&sql)?;
         self.drop_id.set(loaded.as_ref().map(|(id, _)| *id));
         self.inventory.replace(loaded.map(|(_, inv)| inv));
+        let answered = storage::recent_answers(&sql, crate::http::now_ms())?;
+        self.answered.replace(answered.into_iter().map(|(user, key, at)| (answer_key(user, &key), at)).collect());
         Ok(())
     }
 
@@ -89,10 +105,11 @@ impl worker::DurableObject for DropInventory {
             env,
             inventory: RefCell::new(None),
             drop_id: Cell::new(None),
+            answered: RefCell::new(HashMap::new()),
             alarm_at: Cell::new(None),
             decisions: Cell::new(0),
         };
-        let ready = object.sql().exec(storage::SCHEMA, None).map(|_| ()).and_then(|_| object.load());
+        let ready = storage::migrate(&object.sql()).and_then(|_| object.load());
         if let Err(e) = ready {
             worker::console_error!("inventory object could not load: {e}");
         }

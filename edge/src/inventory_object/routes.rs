@@ -14,14 +14,14 @@ use drops_shared::problem::{ErrorCode, Problem};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::storage::{self, Answer, IDEMPOTENCY_TTL_MS};
-use super::{Command, DropInventory, ReserveCommand};
+use super::storage::{self, Purchase, IDEMPOTENCY_TTL_MS};
+use super::{answer_key, Command, DropInventory, ReserveCommand};
 use crate::http::{json, json_bytes, new_id, now_ms, EdgeError, EdgeResult};
-use crate::outbound::{self, Kind};
+use crate::outbound;
 
 /// How long the first reservation of a batch waits for others before the alarm
 /// hands them to the origin together.
-const BATCH_WINDOW_MS: i64 = 20;
+const BATCH_WINDOW_MS: i64 = 100;
 
 /// What the Worker needs to answer "sold out" by itself: how many units remain,
 /// and who may replay a purchase (and so must still be asked about).
@@ -120,40 +120,42 @@ impl DropInventory {
         let drop_id = self.drop_id.get().ok_or(ErrorCode::NotFound)?;
         let fingerprint = fingerprint(cmd);
         let sql = self.sql();
-        if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, now - IDEMPOTENCY_TTL_MS)? {
-            return if row.fingerprint == fingerprint {
-                Ok(Decision::Replay { status: row.status as u16, body: row.body })
-            } else {
-                Err(key_reused().into())
-            };
+        let answer_key = answer_key(cmd.user_id, &cmd.idempotency_key);
+        if self.answered.borrow().contains_key(&answer_key) {
+            let since = now - IDEMPOTENCY_TTL_MS;
+            if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, since)? {
+                return if row.fingerprint == fingerprint {
+                    Ok(Decision::Replay { status: 201, body: row.body })
+                } else {
+                    Err(key_reused().into())
+                };
+            }
         }
 
         let reservation_id = new_id();
         let hold = inv.reserve(reservation_id, cmd.user_id, cmd.quantity, now).map_err(|r| r.to_problem())?;
         let (body, handoff) = receipt(drop_id, reservation_id, cmd, &hold, inv.terms(), now)
             .ok_or_else(|| internal("the order's amount or times do not fit"))?;
-        let written = (|| -> worker::Result<()> {
-            let body_json = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(e.to_string()))?;
-            storage::insert_hold(&sql, reservation_id, &hold)?;
-            storage::record_answer(
-                &sql,
-                &Answer {
-                    user_id: cmd.user_id,
-                    key: &cmd.idempotency_key,
-                    fingerprint: &fingerprint,
-                    reservation_id,
-                    status: 201,
-                    body: &body_json,
-                    at_ms: now,
-                },
-            )?;
-            outbound::enqueue(&sql, reservation_id, Kind::Reservation, &handoff, now)
-        })();
+        let (answer, handoff) = (serde_json::to_string(&body), serde_json::to_string(&handoff));
+        let (answer, handoff) = (answer.map_err(internal)?, handoff.map_err(internal)?);
+        let written = storage::insert_purchase(
+            &sql,
+            &Purchase {
+                reservation_id,
+                hold: &hold,
+                key: &cmd.idempotency_key,
+                fingerprint: &fingerprint,
+                answer: &answer,
+                handoff: &handoff,
+                at_ms: now,
+            },
+        );
         drop(guard);
         if let Err(e) = written {
             self.resync();
             return Err(e.into());
         }
+        self.answered.borrow_mut().insert(answer_key, now);
         Ok(Decision::Fresh { body })
     }
 
@@ -232,7 +234,7 @@ impl DropInventory {
                     idempotency_key: keys.get(&id.to_string()).cloned(),
                 })
                 .collect(),
-            unforwarded: outbound::pending(&sql, Kind::Reservation)?,
+            unforwarded: outbound::pending_reservations(&sql)?,
             decisions: self.decisions.get(),
         };
         json(200, &snapshot)

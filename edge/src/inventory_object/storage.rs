@@ -3,10 +3,13 @@
 //!
 //! Tables:
 //! - `terms`: the drop's sale terms (one row).
-//! - `holds`: every reservation and its state (`held`, `sold`, `released`).
-//! - `idempotency`: per (user, key) the request fingerprint and the answer given,
-//!   replayed byte for byte for 24 h.
-//! - `outbound`: messages the origin has not acknowledged yet (see `crate::outbound`).
+//! - `holds`: every reservation and its state (`held`, `sold`, `released`); with
+//!   it, the buyer's key and the answer given (replayed byte for byte for 24 h,
+//!   then cleared), and the handoff the origin has not acknowledged yet (cleared
+//!   once it has). A purchase is one row written by one statement.
+//! - `outbound`: notices of holds that ran out, until the origin acknowledges them
+//!   (see `crate::outbound`).
+//! - `meta`: the schema's version.
 
 use std::collections::HashMap;
 
@@ -21,7 +24,9 @@ use crate::sqlite::{int, text, MinRow};
 /// How long an answer is replayed for its idempotency key.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-pub const SCHEMA: &str = "
+const SCHEMA_VERSION: i64 = 2;
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS terms (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   drop_id TEXT NOT NULL,
@@ -32,21 +37,15 @@ CREATE TABLE IF NOT EXISTS holds (
   user_id TEXT NOT NULL,
   quantity INTEGER NOT NULL CHECK (quantity > 0),
   state TEXT NOT NULL CHECK (state IN ('held', 'sold', 'released')),
-  expires_at_ms INTEGER NOT NULL
+  expires_at_ms INTEGER NOT NULL,
+  idempotency_key TEXT,
+  fingerprint TEXT,
+  answer TEXT,
+  answered_at_ms INTEGER,
+  handoff TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_ms INTEGER
 );
-CREATE TABLE IF NOT EXISTS idempotency (
-  user_id TEXT NOT NULL,
-  key TEXT NOT NULL,
-  fingerprint TEXT NOT NULL,
-  reservation_id TEXT NOT NULL,
-  status INTEGER NOT NULL,
-  body TEXT NOT NULL,
-  created_at_ms INTEGER NOT NULL,
-  PRIMARY KEY (user_id, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at_ms);
--- Messages for the origin not yet acknowledged: handed-over reservations and
--- expiry notices. The alarm delivers them, reservations before expiries.
 CREATE TABLE IF NOT EXISTS outbound (
   reservation_id TEXT NOT NULL,
   kind TEXT NOT NULL CHECK (kind IN ('reservation', 'expiry')),
@@ -55,7 +54,54 @@ CREATE TABLE IF NOT EXISTS outbound (
   next_attempt_ms INTEGER NOT NULL,
   PRIMARY KEY (reservation_id, kind)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS holds_by_key ON holds (user_id, idempotency_key) WHERE answer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS holds_by_answer_age ON holds (answered_at_ms) WHERE answer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS holds_unforwarded ON holds (next_attempt_ms) WHERE handoff IS NOT NULL;
+";
+
+/// Version 1 kept the answers in `idempotency` and the handoffs in `outbound`.
+const FROM_V1: &str = "
+ALTER TABLE holds ADD COLUMN idempotency_key TEXT;
+ALTER TABLE holds ADD COLUMN fingerprint TEXT;
+ALTER TABLE holds ADD COLUMN answer TEXT;
+ALTER TABLE holds ADD COLUMN answered_at_ms INTEGER;
+ALTER TABLE holds ADD COLUMN handoff TEXT;
+ALTER TABLE holds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holds ADD COLUMN next_attempt_ms INTEGER;
+UPDATE holds SET
+  idempotency_key = (SELECT key FROM idempotency i WHERE i.reservation_id = holds.reservation_id),
+  fingerprint = (SELECT fingerprint FROM idempotency i WHERE i.reservation_id = holds.reservation_id),
+  answer = (SELECT body FROM idempotency i WHERE i.reservation_id = holds.reservation_id),
+  answered_at_ms = (SELECT created_at_ms FROM idempotency i WHERE i.reservation_id = holds.reservation_id),
+  handoff = (SELECT body FROM outbound o WHERE o.kind = 'reservation' AND o.reservation_id = holds.reservation_id),
+  attempts = COALESCE((SELECT attempts FROM outbound o
+                       WHERE o.kind = 'reservation' AND o.reservation_id = holds.reservation_id), 0),
+  next_attempt_ms = (SELECT next_attempt_ms FROM outbound o
+                     WHERE o.kind = 'reservation' AND o.reservation_id = holds.reservation_id);
+DELETE FROM outbound WHERE kind = 'reservation';
+DROP TABLE idempotency;
+";
+
+/// Brings the object's database to the current schema.
+pub fn migrate(sql: &SqlStorage) -> worker::Result<()> {
+    #[derive(Deserialize)]
+    struct Name {
+        name: String,
+    }
+    let tables: Vec<Name> = sql.exec("SELECT name FROM sqlite_master WHERE type = 'table'", None)?.to_array()?;
+    let had_v1 = tables.iter().any(|t| t.name == "idempotency");
+    sql.exec(SCHEMA, None)?;
+    if had_v1 {
+        sql.exec(FROM_V1, None)?;
+    }
+    sql.exec(INDEXES, None)?;
+    sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", vec![int(SCHEMA_VERSION)])?;
+    Ok(())
+}
 
 fn json_err(e: serde_json::Error) -> worker::Error {
     worker::Error::RustError(e.to_string())
@@ -92,11 +138,11 @@ struct TermsRow {
     body: String,
 }
 
-/// An answer given earlier for an idempotency key.
+/// An answer given earlier for an idempotency key (always a 201: refusals change
+/// nothing and are not kept).
 #[derive(Deserialize)]
 pub struct IdempotencyRow {
     pub fingerprint: String,
-    pub status: f64,
     pub body: String,
 }
 
@@ -126,67 +172,87 @@ pub fn earlier_answer(
 ) -> worker::Result<Option<IdempotencyRow>> {
     let rows: Vec<IdempotencyRow> = sql
         .exec(
-            "SELECT fingerprint, status, body FROM idempotency WHERE user_id = ? AND key = ? AND created_at_ms > ?",
+            "SELECT fingerprint, answer AS body FROM holds
+             WHERE user_id = ? AND idempotency_key = ? AND answer IS NOT NULL AND answered_at_ms > ?",
             vec![text(user_id), text(key), int(since_ms)],
         )?
         .to_array()?;
     Ok(rows.into_iter().next())
 }
 
-pub fn insert_hold(sql: &SqlStorage, reservation_id: Uuid, hold: &Hold) -> worker::Result<()> {
-    sql.exec(
-        "INSERT INTO holds (reservation_id, user_id, quantity, state, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
-        vec![
-            text(reservation_id),
-            text(hold.user_id),
-            int(hold.quantity.into()),
-            text(hold.state.as_str()),
-            int(hold.expires_at_ms),
-        ],
-    )?;
-    Ok(())
-}
-
-pub struct Answer<'a> {
-    pub user_id: Uuid,
+/// A purchase as it is stored: the hold, the answer given, and the handoff owed to
+/// the origin. One row, one statement: the decision's writes cannot come apart.
+pub struct Purchase<'a> {
+    pub reservation_id: Uuid,
+    pub hold: &'a Hold,
     pub key: &'a str,
     pub fingerprint: &'a str,
-    pub reservation_id: Uuid,
-    pub status: u16,
-    pub body: &'a str,
+    pub answer: &'a str,
+    pub handoff: &'a str,
     pub at_ms: i64,
 }
 
-pub fn record_answer(sql: &SqlStorage, a: &Answer<'_>) -> worker::Result<()> {
+pub fn insert_purchase(sql: &SqlStorage, p: &Purchase<'_>) -> worker::Result<()> {
     sql.exec(
-        "INSERT INTO idempotency (user_id, key, fingerprint, reservation_id, status, body, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO holds (reservation_id, user_id, quantity, state, expires_at_ms, idempotency_key, fingerprint,
+                            answer, answered_at_ms, handoff, attempts, next_attempt_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
         vec![
-            text(a.user_id),
-            text(a.key),
-            text(a.fingerprint),
-            text(a.reservation_id),
-            int(a.status.into()),
-            text(a.body),
-            int(a.at_ms),
+            text(p.reservation_id),
+            text(p.hold.user_id),
+            int(p.hold.quantity.into()),
+            text(p.hold.state.as_str()),
+            int(p.hold.expires_at_ms),
+            text(p.key),
+            text(p.fingerprint),
+            text(p.answer),
+            int(p.at_ms),
+            text(p.handoff),
+            int(p.at_ms),
         ],
     )?;
     Ok(())
 }
 
-/// Drops answers older than the idempotency window.
+/// A (user, key) whose answer is kept, and when it was given: what the object keeps
+/// in memory so that a fresh purchase needs no read.
+pub fn recent_answers(sql: &SqlStorage, now_ms: i64) -> worker::Result<Vec<(Uuid, String, i64)>> {
+    #[derive(Deserialize)]
+    struct AnswerRow {
+        user_id: String,
+        idempotency_key: String,
+        answered_at_ms: f64,
+    }
+    let rows: Vec<AnswerRow> = sql
+        .exec(
+            "SELECT user_id, idempotency_key, answered_at_ms FROM holds WHERE answer IS NOT NULL AND answered_at_ms > ?",
+            vec![int(now_ms - IDEMPOTENCY_TTL_MS)],
+        )?
+        .to_array()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((Uuid::parse_str(&r.user_id).ok()?, r.idempotency_key, r.answered_at_ms as i64)))
+        .collect())
+}
+
+/// Clears answers older than the idempotency window.
 pub fn sweep_answers(sql: &SqlStorage, now_ms: i64) -> worker::Result<()> {
-    sql.exec("DELETE FROM idempotency WHERE created_at_ms <= ?", vec![int(now_ms - IDEMPOTENCY_TTL_MS)])?;
+    sql.exec(
+        "UPDATE holds SET idempotency_key = NULL, fingerprint = NULL, answer = NULL, answered_at_ms = NULL
+         WHERE answer IS NOT NULL AND answered_at_ms <= ?",
+        vec![int(now_ms - IDEMPOTENCY_TTL_MS)],
+    )?;
     Ok(())
 }
 
-/// When the oldest recorded answer leaves the idempotency window.
+/// When the oldest kept answer leaves the idempotency window.
 pub fn next_sweep(sql: &SqlStorage) -> worker::Result<Option<i64>> {
-    let rows: Vec<MinRow> = sql.exec("SELECT MIN(created_at_ms) AS t FROM idempotency", None)?.to_array()?;
+    let rows: Vec<MinRow> =
+        sql.exec("SELECT MIN(answered_at_ms) AS t FROM holds WHERE answer IS NOT NULL", None)?.to_array()?;
     Ok(rows.first().and_then(|r| r.t).map(|t| t as i64 + IDEMPOTENCY_TTL_MS))
 }
 
-/// Every buyer with an answer recorded in the idempotency window: who may replay.
+/// Every buyer with an answer kept in the idempotency window: who may replay.
 pub fn recent_buyers(sql: &SqlStorage, now_ms: i64) -> worker::Result<Vec<Uuid>> {
     #[derive(Deserialize)]
     struct UserRow {
@@ -194,7 +260,7 @@ pub fn recent_buyers(sql: &SqlStorage, now_ms: i64) -> worker::Result<Vec<Uuid>>
     }
     let rows: Vec<UserRow> = sql
         .exec(
-            "SELECT DISTINCT user_id FROM idempotency WHERE created_at_ms > ?",
+            "SELECT DISTINCT user_id FROM holds WHERE answer IS NOT NULL AND answered_at_ms > ?",
             vec![int(now_ms - IDEMPOTENCY_TTL_MS)],
         )?
         .to_array()?;
@@ -206,13 +272,13 @@ pub fn keys_by_reservation(sql: &SqlStorage) -> worker::Result<HashMap<String, S
     #[derive(Deserialize)]
     struct KeyRow {
         reservation_id: String,
-        key: String,
+        idempotency_key: String,
     }
     Ok(sql
-        .exec("SELECT reservation_id, key FROM idempotency", None)?
+        .exec("SELECT reservation_id, idempotency_key FROM holds WHERE answer IS NOT NULL", None)?
         .to_array::<KeyRow>()?
         .into_iter()
-        .map(|r| (r.reservation_id, r.key))
+        .map(|r| (r.reservation_id, r.idempotency_key))
         .collect())
 }
 

@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let write_ceiling =
         measure("(a) write ceiling", baseline_n, in_flight, |_| async { status(http.post(&write).send().await) }).await;
 
-    // (b) and (c): the buy path, selling, then sold out.
+    // (b): the buy path while it sells.
     let drop_id = client.create_drop(DropSpec::live(units as u32, 1)).await;
     let buyers: Vec<Buyer> = (0..buyers_n).map(|_| Buyer::new()).collect();
     let db = stack.db().await;
@@ -133,9 +133,64 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await;
+
+    // What selling cost the origin, once every order and payment has landed and the
+    // event flow has caught up.
+    let sold = selling.statuses.get(&201).copied().unwrap_or(0);
+    let (orders, payments) = settle(&db, drop_id, sold).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // Postgres publishes its counters about once a second
+    let origin_requests = client.origin_requests_total().await - origin_before;
+    let rows = rows_written(&db).await - rows_before;
+    let landed: HashMap<Uuid, (DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT o.id, o.created_at, p.created_at FROM orders o LEFT JOIN payments p ON p.order_id = o.id
+         WHERE o.drop_id = $1",
+    )
+    .bind(drop_id)
+    .fetch_all(&db)
+    .await?
+    .into_iter()
+    .map(|(id, order, payment): (Uuid, DateTime<Utc>, Option<DateTime<Utc>>)| (id, (order, payment)))
+    .collect();
+    let secs =
+        |later: DateTime<Utc>, earlier: DateTime<Utc>| (later - earlier).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    let answers = answered.lock().expect("answers").clone();
+    let to_order = percentiles(answers.iter().filter_map(|(id, at)| Some(secs(landed.get(id)?.0, *at))).collect());
+    let to_payment = percentiles(answers.iter().filter_map(|(id, at)| Some(secs(landed.get(id)?.1?, *at))).collect());
+
+    // (c): the rest of the buyers, on the sold-out drop.
     let sold_out = measure("(c) buy path, sold out", buyers_n - units, in_flight, |i| {
         let (client, buyer) = (&client, &buyers[units + i]);
         async move { client.buy(buyer, drop_id, &format!("bench-{}", buyer.id), 1).await.status.as_u16() }
+    })
+    .await;
+    // (h): the Worker's floor on the buy path: no token, refused before anything else.
+    let no_token = measure("(h) buy path, no token", baseline_n, in_flight, |_| async {
+        client.buy_raw(None, drop_id, Some("no-token-key"), r#"{"quantity":1}"#).await.status.as_u16()
+    })
+    .await;
+
+    // (b'): the same selling phase on a second drop with the origin stopped, so no
+    // origin, Postgres or payment work competes for this machine's two cores; the
+    // reservations wait at the edge and reach the origin once it is back.
+    let quiet_drop = client.create_drop(DropSpec::live(units as u32, 1)).await;
+    let quiet_buyers: Vec<Buyer> = (0..units).map(|_| Buyer::new()).collect();
+    stack.stop_origin().await;
+    let quiet = measure("(b') selling, origin stopped", units, in_flight, |i| {
+        let (client, buyer) = (&client, &quiet_buyers[i]);
+        async move { client.buy(buyer, quiet_drop, &format!("bench-{}", buyer.id), 1).await.status.as_u16() }
+    })
+    .await;
+    stack.start_origin().await;
+    let back = Instant::now();
+    let quiet_sold = quiet.statuses.get(&201).copied().unwrap_or(0);
+    settle(&db, quiet_drop, quiet_sold).await?;
+    let drained = back.elapsed();
+
+    // (g): the inventory object read through the Worker, no write: what a call to
+    // the object costs before the decision writes anything.
+    let stock_path = format!("/v1/drops/{drop_id}/stock");
+    let object_read = measure("(g) stock via the object", baseline_n, in_flight, |_| async {
+        client.get(&stock_path, None).await.status.as_u16()
     })
     .await;
 
@@ -178,42 +233,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
 
-    // What selling cost the origin, once every order and payment has landed.
-    let sold = selling.statuses.get(&201).copied().unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut orders, mut payments) = (0i64, 0i64);
-    while Instant::now() < deadline {
-        (orders, payments) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM orders WHERE drop_id = $1),
-                    (SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id WHERE o.drop_id = $1)",
-        )
-        .bind(drop_id)
-        .fetch_one(&db)
-        .await?;
-        if orders as usize >= sold && payments as usize >= sold {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // Postgres publishes its counters about once a second
-    let origin_requests = client.origin_requests_total().await - origin_before;
-    let rows = rows_written(&db).await - rows_before;
-    let landed: HashMap<Uuid, (DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT o.id, o.created_at, p.created_at FROM orders o LEFT JOIN payments p ON p.order_id = o.id
-         WHERE o.drop_id = $1",
-    )
-    .bind(drop_id)
-    .fetch_all(&db)
-    .await?
-    .into_iter()
-    .map(|(id, order, payment): (Uuid, DateTime<Utc>, Option<DateTime<Utc>>)| (id, (order, payment)))
-    .collect();
-    let secs =
-        |later: DateTime<Utc>, earlier: DateTime<Utc>| (later - earlier).num_microseconds().unwrap_or(0) as f64 / 1e6;
-    let answers = answered.lock().expect("answers").clone();
-    let to_order = percentiles(answers.iter().filter_map(|(id, at)| Some(secs(landed.get(id)?.0, *at))).collect());
-    let to_payment = percentiles(answers.iter().filter_map(|(id, at)| Some(secs(landed.get(id)?.1?, *at))).collect());
-
     println!();
     println!("| path | requests | req/s | p50 ms | p99 ms | ratio to its ceiling (req/s, p99) | answers |");
     println!("| --- | ---: | ---: | ---: | ---: | --- | --- |");
@@ -237,8 +256,11 @@ async fn main() -> anyhow::Result<()> {
     };
     line(&write_ceiling, None);
     line(&selling, Some(&write_ceiling));
+    line(&quiet, Some(&write_ceiling));
     line(&sold_out, Some(&request_ceiling));
     line(&request_ceiling, None);
+    line(&no_token, Some(&request_ceiling));
+    line(&object_read, Some(&write_ceiling));
     line(&postgres, None);
     line(&lua, None);
     println!();
@@ -249,11 +271,35 @@ async fn main() -> anyhow::Result<()> {
     println!("Postgres rows written per unit sold: {:.1} ({rows} rows, event flow included)", per_unit(rows as f64));
     println!("201 -> order row: p50 {:.3} s, p99 {:.3} s", to_order.0, to_order.1);
     println!("201 -> payment ready: p50 {:.3} s, p99 {:.3} s", to_payment.0, to_payment.1);
+    println!(
+        "(b') {quiet_sold} reservations held at the edge reached the origin, with payments, {:.1} s after it came back",
+        drained.as_secs_f64()
+    );
     let remaining = client.remaining(drop_id).await as usize;
     println!("stock: sold {sold} + remaining {remaining} = {} of {units}", sold + remaining);
     anyhow::ensure!(sold + remaining == units, "stock not conserved");
     anyhow::ensure!(orders as usize == sold, "one order per unit sold");
     Ok(())
+}
+
+/// Waits until the drop's `sold` orders and their payments are in Postgres and the
+/// outbox is published; returns (orders, payments).
+async fn settle(db: &sqlx::PgPool, drop_id: Uuid, sold: usize) -> anyhow::Result<(i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (orders, payments, unpublished): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM orders WHERE drop_id = $1),
+                    (SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id WHERE o.drop_id = $1),
+                    (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+        )
+        .bind(drop_id)
+        .fetch_one(db)
+        .await?;
+        if (orders as usize >= sold && payments as usize >= sold && unpublished == 0) || Instant::now() > deadline {
+            return Ok((orders, payments));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Rows inserted, updated and deleted in the test database so far.
