@@ -25,7 +25,7 @@ use crate::catalogue::purge::Purger;
 use crate::catalogue::CatalogueState;
 use crate::config::Settings;
 use crate::error::problem_response;
-use crate::events::bus::{Consumer, Handler};
+use crate::events::bus::{Consumer, Handler, Interest};
 use crate::metrics::GaugeSource;
 use crate::notifications::NotificationsState;
 use crate::orders::OrdersState;
@@ -107,14 +107,14 @@ pub fn router(app: &App) -> Router {
 }
 
 /// Runs one member of consumer group `group` on the event stream.
-fn consumer<F, Fut>(app: &App, workers: &Workers, group: &str, handle: F)
+fn consumer<F, Fut>(app: &App, workers: &Workers, group: &str, interest: Interest, handle: F)
 where
     F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let settings = &app.core.settings;
     let stream = events::stream_key(&settings.redis.prefix);
-    let member = Consumer::new(stream, group, settings.events.bus_claim_idle_ms);
+    let member = Consumer::new(stream, group, settings.events.bus_claim_idle_ms, interest);
     let handler: Handler = Arc::new(move |event| Box::pin(handle(event)));
     member.spawn(workers, app.core.redis.clone(), app.core.db.clone(), handler);
 }
@@ -141,27 +141,27 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
     });
 
     let orders = app.orders();
-    consumer(app, workers, orders::edge_sync::CONSUMER, move |e| {
+    consumer(app, workers, orders::edge_sync::CONSUMER, orders::edge_sync::interested, move |e| {
         let orders = orders.clone();
         async move { orders::edge_sync::handle(&orders, &e).await }
     });
     let (c, purger) = (core.clone(), app.purger.clone());
-    consumer(app, workers, catalogue::purge::CONSUMER, move |e| {
+    consumer(app, workers, catalogue::purge::CONSUMER, catalogue::purge::interested, move |e| {
         let (c, purger) = (c.clone(), purger.clone());
         async move { catalogue::purge::handle(&c, purger.as_ref(), &e).await }
     });
     let c = core.clone();
-    consumer(app, workers, followers::CONSUMER, move |e| {
+    consumer(app, workers, followers::CONSUMER, followers::interested, move |e| {
         let c = c.clone();
         async move { followers::handle(&c, &e).await }
     });
     let c = core.clone();
-    consumer(app, workers, notifications::inbox::CONSUMER, move |e| {
+    consumer(app, workers, notifications::inbox::CONSUMER, notifications::inbox::interested, move |e| {
         let c = c.clone();
         async move { notifications::inbox::handle(&c, &e).await }
     });
     let c = core.clone();
-    consumer(app, workers, followers::fanout::CONSUMER, move |e| {
+    consumer(app, workers, followers::fanout::CONSUMER, followers::fanout::interested, move |e| {
         let c = c.clone();
         async move { followers::fanout::handle(&c, &e).await }
     });

@@ -21,6 +21,19 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "cache-purge";
 
+/// The events that can make a cached page stale (see [`stale_paths`]).
+pub fn interested(event: &DomainEvent) -> bool {
+    matches!(
+        event,
+        DomainEvent::DropCreated { .. }
+            | DomainEvent::DropUpdated { .. }
+            | DomainEvent::DropStarted { .. }
+            | DomainEvent::DropEnded { .. }
+            | DomainEvent::OrderConfirmed { .. }
+            | DomainEvent::OrderReserved { .. }
+    )
+}
+
 #[async_trait]
 pub trait Purger: Send + Sync {
     /// Evicts the cached pages of these public paths; evicting twice is harmless.

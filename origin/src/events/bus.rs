@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drops_shared::events::EventEnvelope;
+use drops_shared::events::{DomainEvent, EventEnvelope};
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
@@ -29,12 +29,18 @@ pub struct Consumer {
     pub name: String,
     pub claim_idle_ms: u64,
     pub batch: usize,
+    /// The events this group acts on; the others are acknowledged unread, with no
+    /// database work (most of a rush's events concern one group or two).
+    pub interest: Interest,
 }
 
+/// Which events a consumer group acts on.
+pub type Interest = fn(&DomainEvent) -> bool;
+
 impl Consumer {
-    pub fn new(stream: String, group: &str, claim_idle_ms: u64) -> Self {
+    pub fn new(stream: String, group: &str, claim_idle_ms: u64, interest: Interest) -> Self {
         let name = format!("{group}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        Self { stream, group: group.to_owned(), name, claim_idle_ms, batch: 64 }
+        Self { stream, group: group.to_owned(), name, claim_idle_ms, batch: 64, interest }
     }
 
     /// Creates the group (reading from the start of the stream) unless it exists.
@@ -87,7 +93,7 @@ impl Consumer {
                     .map_err(|e| tracing::error!(id = %entry.id, error = %e, "undecodable event; dropped"))
                     .ok()
             });
-            let Some(envelope) = envelope else {
+            let Some(envelope) = envelope.filter(|e| (self.interest)(&e.event)) else {
                 let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
                 continue;
             };

@@ -24,6 +24,10 @@ use crate::tasks::Next;
 pub const IDLE: Duration = Duration::from_millis(100);
 
 pub const CONSUMER: &str = "fanout";
+
+pub fn interested(event: &DomainEvent) -> bool {
+    matches!(event, DomainEvent::DropStarted { .. })
+}
 const CHUNK: i64 = 10_000;
 /// Shards of a job, by the first byte of the follower id.
 const SHARDS: u8 = 8;

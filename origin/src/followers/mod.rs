@@ -34,6 +34,10 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "followers";
 
+pub fn interested(event: &DomainEvent) -> bool {
+    matches!(event, DomainEvent::FollowChanged { .. })
+}
+
 pub fn router(core: Core) -> Router {
     Router::new()
         .route("/v1/creators/{creator_id}/follow", put(follow).delete(unfollow))

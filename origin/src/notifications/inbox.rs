@@ -23,6 +23,12 @@ use crate::payments;
 use crate::state::Core;
 
 pub const CONSUMER: &str = "notifications";
+
+/// The events that make a notification (see [`notification_for`]) or tell a buyer
+/// their payment is ready.
+pub fn interested(event: &DomainEvent) -> bool {
+    matches!(event, DomainEvent::PaymentReady { .. }) || notification_for(event).is_some()
+}
 const LIST: &str = "notifications";
 
 pub fn router() -> Router<NotificationsState> {

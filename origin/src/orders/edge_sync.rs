@@ -10,7 +10,7 @@
 //! - `reserved` → nothing yet.
 
 use drops_shared::api::{Money, OrderStatus};
-use drops_shared::events::EventEnvelope;
+use drops_shared::events::{DomainEvent, EventEnvelope};
 use drops_shared::internal::{HoldAction, HoldState};
 use uuid::Uuid;
 
@@ -19,6 +19,18 @@ use crate::edge::HoldMove;
 use crate::payments::{self, PaymentStatus};
 
 pub const CONSUMER: &str = "edge-sync";
+
+/// An order left `reserved` (a reservation, or a payment that confirmed its order,
+/// needs nothing of the edge).
+pub fn interested(event: &DomainEvent) -> bool {
+    matches!(
+        event,
+        DomainEvent::OrderConfirmed { .. }
+            | DomainEvent::OrderFailed { .. }
+            | DomainEvent::OrderCancelled { .. }
+            | DomainEvent::OrderExpired { .. }
+    )
+}
 
 /// The bus handler: every order event settles its order.
 pub async fn handle(state: &OrdersState, event: &EventEnvelope) -> anyhow::Result<()> {

@@ -40,8 +40,9 @@ async fn events_of(db: &sqlx::PgPool, order_id: Uuid, kind: &str) -> i64 {
 async fn wait_synced(db: &sqlx::PgPool, order_id: Uuid) {
     for _ in 0..200 {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox o WHERE o.aggregate_id = $1 AND NOT EXISTS
-               (SELECT 1 FROM processed_events p WHERE p.consumer = 'edge-sync' AND p.event_id = o.id)",
+            "SELECT count(*) FROM outbox o WHERE o.aggregate_id = $1
+               AND o.event_type IN ('OrderConfirmed', 'OrderFailed', 'OrderCancelled', 'OrderExpired')
+               AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.consumer = 'edge-sync' AND p.event_id = o.id)",
         )
         .bind(order_id)
         .fetch_one(db)
@@ -306,6 +307,7 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
                 name: name.to_owned(),
                 claim_idle_ms: 300,
                 batch: 64,
+                interest: |_| true,
             };
             let doomed = member("doomed");
             doomed.ensure_group(&mut conn).await.unwrap();
