@@ -34,8 +34,13 @@ pub struct SoldOutMemo {
 // Lives for one call on the stack; boxing would only add an allocation per buy.
 #[allow(clippy::large_enum_variant)]
 enum Decision {
-    Replay { status: u16, body: String },
-    Fresh { body: OrderCreated },
+    /// The first answer (a 201: refusals are not kept), byte for byte.
+    Replay {
+        body: String,
+    },
+    Fresh {
+        body: OrderCreated,
+    },
 }
 
 fn key_reused() -> Problem {
@@ -125,7 +130,7 @@ impl DropInventory {
             let since = now - IDEMPOTENCY_TTL_MS;
             if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, since)? {
                 return if row.fingerprint == fingerprint {
-                    Ok(Decision::Replay { status: 201, body: row.body })
+                    Ok(Decision::Replay { body: row.body })
                 } else {
                     Err(key_reused().into())
                 };
@@ -162,8 +167,8 @@ impl DropInventory {
     async fn reserve(&self, cmd: ReserveCommand) -> EdgeResult {
         let now = now_ms();
         match self.decide(&cmd, now)? {
-            Decision::Replay { status, body } => {
-                let resp = json_bytes(status, body.into_bytes())?;
+            Decision::Replay { body } => {
+                let resp = json_bytes(201, body.into_bytes())?;
                 resp.headers().set("idempotent-replayed", "true")?;
                 Ok(resp)
             }
