@@ -116,3 +116,38 @@ async fn with_stripe_failing_then_slow_orders_reserve_and_payments_arrive_when_i
     stack.stop_origin().await;
     stack.start_origin().await;
 }
+
+/// A rush reaches the origin in batches: far fewer handoff requests than units,
+/// one order row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rush_reaches_the_origin_in_batches() {
+    // It counts the origin's handoff requests: nothing else may buy meanwhile.
+    let stack = Stack::exclusive().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(100, 1)).await;
+    let route = "/internal/v1/reservations";
+    let before = client.origin_requests("POST", route).await;
+    let buyers: Vec<Buyer> = (0..200).map(|_| Buyer::new()).collect();
+    let keys: Vec<String> = buyers.iter().map(|b| format!("batch-{}", b.id)).collect();
+    let answers =
+        futures::future::join_all(buyers.iter().zip(&keys).map(|(b, key)| client.buy(b, drop_id, key, 1))).await;
+    let sold = answers.iter().filter(|a| a.status == StatusCode::CREATED).count();
+    assert_eq!(sold, 100);
+    let db = stack.db().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE drop_id = $1")
+            .bind(drop_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if orders == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{orders} of 100 orders reached the origin");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = client.origin_requests("POST", route).await - before;
+    println!("100 reservations reached the origin in {requests} request(s)");
+    assert!(requests <= 25, "{requests} handoff requests for 100 reservations");
+}
