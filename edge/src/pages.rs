@@ -110,6 +110,15 @@ fn remembered(key: &str, now: i64) -> Option<(u16, std::rc::Rc<Vec<u8>>)> {
     })
 }
 
+/// An origin answer that is not a page, passed on: a refusal stays a problem.
+fn answer(status: u16, body: &[u8]) -> EdgeResult {
+    let resp = crate::http::json_bytes(status, body.to_vec())?;
+    if status >= 400 {
+        resp.headers().set("content-type", drops_shared::problem::PROBLEM_CONTENT_TYPE)?;
+    }
+    Ok(resp)
+}
+
 /// Fetches `key` as its claimant, and releases the claim.
 async fn fetch_claimed(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
     let fetched = fetch_and_store(env, key, path, kind).await;
@@ -182,7 +191,7 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
         }
     }
     if let Some((status, body)) = remembered(&key, now) {
-        return Ok(crate::http::json_bytes(status, body.to_vec())?);
+        return answer(status, &body);
     }
     let fetched = if claim(&key, now) {
         fetch_claimed(env, &key, &path, &kind).await
@@ -195,7 +204,7 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
                 return respond(&entry, "MISS", &policy, inm);
             }
             if let Some((status, body)) = remembered(&key, t) {
-                return Ok(crate::http::json_bytes(status, body.to_vec())?);
+                return answer(status, &body);
             }
             if t - now > WAIT_FOR_PAGE_MS || !running(&key) {
                 break Err(worker::Error::RustError("the fetch this request waited for failed".into()));
@@ -204,7 +213,7 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
     };
     match fetched {
         Ok(Fetched::Page(entry)) => respond(&entry, "MISS", &policy, inm),
-        Ok(Fetched::Answer(status, body)) => Ok(crate::http::json_bytes(status, body.to_vec())?),
+        Ok(Fetched::Answer(status, body)) => answer(status, &body),
         Err(why) => match cached {
             Some(entry) if now - entry.stored_at_ms < policy.fresh_ms + policy.grace_ms + policy.stale_if_error_ms => {
                 worker::console_warn!("serving a stale page, the origin failed: {why}");

@@ -338,6 +338,11 @@ impl Settings {
                 );
             }
         }
+        if matches!(self.payments.provider, PaymentProvider::Sandbox) {
+            anyhow::bail!(
+                "DROPS_PAYMENT_PROVIDER=sandbox confirms payments nobody made; refusing to start in production"
+            );
+        }
         if self.payments.webhook_secrets.iter().any(|s| s.expose_secret() == DEV_WEBHOOK_SECRET) {
             anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
         }
@@ -358,6 +363,8 @@ mod tests {
             origin_to_edge_secret: format!("{strong}o").into(),
             push_callback_secret: format!("{strong}p").into(),
             webhook_secrets: "whsec_live_1, whsec_live_2".into(),
+            payment_provider: "stripe".into(),
+            stripe_api_key: Some("sk_live_x".into()),
             ..EnvSettings::default()
         }
     }
@@ -371,6 +378,9 @@ mod tests {
         assert_eq!(prod.payments.webhook_secrets.len(), 2, "comma-separated, trimmed");
         let dev_webhook = EnvSettings { webhook_secrets: DEV_WEBHOOK_SECRET.into(), ..production() };
         assert!(dev_webhook.into_settings().is_err(), "webhook secret is still the dev one");
+        let sandbox = EnvSettings { payment_provider: "sandbox".into(), ..production() };
+        let refused = sandbox.into_settings().unwrap_err().to_string();
+        assert!(refused.contains("sandbox"), "production takes no free payments: {refused}");
     }
 
     #[test]

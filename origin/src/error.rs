@@ -40,12 +40,18 @@ impl From<ErrorCode> for ApiError {
     }
 }
 
-/// Postgres constraint violations that a client caused become 409s; the rest are ours.
+/// Postgres errors that a client caused become 4xx; the rest are ours.
 fn from_database(err: &sqlx::Error) -> Option<Problem> {
     let db = err.as_database_error()?;
     match db.code().as_deref() {
         Some("23505") => Some(Problem::new(ErrorCode::Conflict, Some("that already exists".into()))),
         Some("23503") => Some(Problem::new(ErrorCode::NotFound, Some("a referenced resource does not exist".into()))),
+        // Text Postgres cannot store (U+0000): the request's, not ours. The extractors
+        // refuse it by field first; this catches any path they do not cover.
+        Some("22021" | "22P05") => Some(Problem::new(
+            ErrorCode::InvalidRequest,
+            Some("a text field holds a character that cannot be stored".into()),
+        )),
         _ => None,
     }
 }

@@ -1,5 +1,6 @@
 //! Strict JSON decoding for request bodies: a wrong type or unknown field becomes a
 //! 400 `invalid_request` whose detail names the field, so a client can fix its call.
+//! So does a string holding U+0000, which no text column can store.
 
 use serde::de::DeserializeOwned;
 
@@ -17,7 +18,32 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         };
         Problem::new(ErrorCode::InvalidRequest, Some(detail))
     })?;
+    // Only an escaped NUL can be one (JSON has no raw control characters in strings).
+    if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        let tree: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        if let Some(path) = nul_at(&tree, String::new()) {
+            let field = if path.is_empty() { "request body".to_owned() } else { format!("field `{path}`") };
+            return Err(Problem::new(ErrorCode::InvalidRequest, Some(format!("{field}: must not contain U+0000"))));
+        }
+    }
     Ok(value)
+}
+
+/// Where the first string (or key) holding U+0000 is, as a dotted path.
+fn nul_at(value: &serde_json::Value, path: String) -> Option<String> {
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_at(v, join(&i.to_string()))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "\\u0000")))
+            } else {
+                nul_at(v, join(k))
+            }
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -36,6 +62,21 @@ mod tests {
     fn rejects_unknown_fields_by_name() {
         let err = from_slice::<CreateOrderRequest>(br#"{"quantity":1,"price":0}"#).unwrap_err();
         assert!(err.detail.unwrap().contains("price"));
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_refused_by_name() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Named {
+            name: String,
+            tags: Vec<String>,
+        }
+        let err = from_slice::<Named>(br#"{"name":"a\u0000b","tags":[]}"#).unwrap_err();
+        assert_eq!(err.detail.as_deref(), Some("field `name`: must not contain U+0000"));
+        let err = from_slice::<Named>(br#"{"name":"ok","tags":["x","\u0000"]}"#).unwrap_err();
+        assert_eq!(err.detail.as_deref(), Some("field `tags.1`: must not contain U+0000"));
+        assert!(from_slice::<Named>(br#"{"name":"\\u0000 is text here","tags":[]}"#).is_ok(), "an escaped backslash");
     }
 
     #[test]

@@ -252,7 +252,8 @@ impl Client {
 
     /// Pays (or fails to pay) at the sandbox checkout, as the buyer would.
     pub async fn checkout(&self, purchase: &Purchase, outcome: &str) -> Answer {
-        self.send(self.http.post(&purchase.checkout_url).json(&json!({"outcome": outcome}))).await
+        let pay = self.http.post(&purchase.checkout_url).bearer_auth(&purchase.buyer.token);
+        self.send(pay.json(&json!({"outcome": outcome}))).await
     }
 
     /// Sends a signed webhook straight to the origin.
@@ -285,6 +286,11 @@ impl Client {
 }
 
 impl Client {
+    /// The origin's `/metrics` text.
+    pub async fn get_raw_metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap()
+    }
+
     /// How many requests the origin has served, all routes together.
     pub async fn origin_requests_total(&self) -> u64 {
         let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();

@@ -216,7 +216,12 @@ impl Stack {
         };
         let edge_port = free_port();
         let mut settings = Settings::development();
-        settings.server.port = 0;
+        // The port is chosen before the origin starts: the links it hands out (the
+        // sandbox checkout, its webhook) must name it.
+        let origin_port = free_port();
+        let origin_url = format!("http://127.0.0.1:{origin_port}");
+        settings.server.port = origin_port;
+        settings.server.public_url = origin_url.clone();
         settings.edge.url = format!("http://127.0.0.1:{edge_port}");
         settings.edge.edge_to_origin_secret = SecretString::from(EDGE_TO_ORIGIN_SECRET);
         settings.edge.origin_to_edge_secret = SecretString::from(ORIGIN_TO_EDGE_SECRET);
@@ -233,11 +238,6 @@ impl Stack {
         settings.orders.reconcile_interval_secs = 0;
         settings.push = PushProvider::Callback { secret: SecretString::from(PUSH_SECRET) };
         let app = runtime.block_on(Application::build(settings.clone()))?;
-        let origin_port = app.port();
-        let origin_url = format!("http://127.0.0.1:{origin_port}");
-        let mut settings = settings;
-        settings.server.port = origin_port;
-        settings.server.public_url = origin_url.clone();
 
         let stack = Stack {
             edge_url: format!("http://127.0.0.1:{edge_port}"),

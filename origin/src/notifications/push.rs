@@ -51,6 +51,9 @@ pub struct SubscriptionKeys {
 pub struct Subscription {
     pub endpoint: String,
     pub keys: SubscriptionKeys,
+    /// `PushSubscription.toJSON()` includes it (null or a time): accepted, not used.
+    #[serde(default, rename = "expirationTime", skip_serializing)]
+    pub expiration_time: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +285,7 @@ pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
                 let sub = Subscription {
                     endpoint: endpoint.clone(),
                     keys: SubscriptionKeys { p256dh: p256dh.clone(), auth: auth.clone() },
+                    expiration_time: None,
                 };
                 state.push.send(&sub, d.payload.to_string().as_bytes()).await
             }
@@ -347,6 +351,7 @@ mod tests {
                 p256dh: Base64UrlUnpadded::encode_string(ua_public.to_encoded_point(false).as_bytes()),
                 auth: Base64UrlUnpadded::encode_string(&auth),
             },
+            expiration_time: None,
         };
         let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::generate();
         let key = Base64UrlUnpadded::encode_string(&vapid.to_bytes());

@@ -1,7 +1,9 @@
 //! The sandbox payment provider: what a real provider does, inside the origin.
 //! Creating a payment gives a reference and a checkout URL on the origin; paying
-//! there (`POST` with an outcome) makes the sandbox send the signed webhook to the
-//! origin exactly as a provider would, retrying until it is accepted.
+//! there (`POST` with an outcome, as the order's owner: anyone else is told "not
+//! found") makes the sandbox send the signed webhook to the origin exactly as a
+//! provider would, retrying until it is accepted. Production refuses to start with
+//! it (see `config`): it signs webhooks with the real secret.
 
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use secrecy::ExposeSecret;
 
 use super::{PaymentProvider, PaymentStatus, PaymentsState};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::StrictJson;
+use crate::extract::{AuthUser, StrictJson};
 use crate::tasks;
 
 /// How the sandbox redelivers a webhook the origin did not take, as a provider does.
@@ -79,27 +81,35 @@ pub struct PayRequest {
 
 struct SandboxPayment {
     order_id: Uuid,
+    user_id: Option<Uuid>,
     amount: i64,
     currency: String,
     status: PaymentStatus,
 }
 
-async fn find(state: &PaymentsState, reference: &str) -> ApiResult<SandboxPayment> {
+/// The payment at this checkout, if the caller owns it: anyone else's is "not found".
+async fn find(state: &PaymentsState, reference: &str, caller: &AuthUser) -> ApiResult<SandboxPayment> {
     if state.payments.provider.name() != "sandbox" {
         return Err(ApiError::not_found());
     }
     sqlx::query_as!(
         SandboxPayment,
-        r#"SELECT order_id, amount, currency, status AS "status: PaymentStatus" FROM payments WHERE reference = $1"#,
+        r#"SELECT order_id, user_id, amount, currency, status AS "status: PaymentStatus" FROM payments
+           WHERE reference = $1"#,
         reference
     )
     .fetch_optional(&state.core.db)
     .await?
+    .filter(|p| p.user_id == Some(caller.0.user_id))
     .ok_or_else(ApiError::not_found)
 }
 
-async fn show(State(state): State<PaymentsState>, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
-    let p = find(&state, &reference).await?;
+async fn show(
+    State(state): State<PaymentsState>,
+    caller: AuthUser,
+    Path(reference): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = find(&state, &reference, &caller).await?;
     Ok(Json(json!({
         "reference": reference,
         "order_id": p.order_id,
@@ -112,10 +122,11 @@ async fn show(State(state): State<PaymentsState>, Path(reference): Path<String>)
 /// Pays (or fails to pay): the sandbox sends the provider's webhook to the origin.
 async fn pay(
     State(state): State<PaymentsState>,
+    caller: AuthUser,
     Path(reference): Path<String>,
     StrictJson(body): StrictJson<PayRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let p = find(&state, &reference).await?;
+    let p = find(&state, &reference, &caller).await?;
     let settings = &state.core.settings;
     let secret = settings.payments.webhook_secrets[0].expose_secret().to_owned();
     let event_id = format!("evt_sbx_{}", Uuid::now_v7().simple());

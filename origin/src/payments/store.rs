@@ -97,10 +97,11 @@ pub async fn withdraw(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<(
 pub async fn record_prepared(db: &PgPool, request: &PaymentRequest, handle: &PaymentHandle) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     let stored = sqlx::query!(
-        "INSERT INTO payments (id, order_id, provider, reference, checkout_url, client_secret, amount, currency)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO payments (id, order_id, user_id, provider, reference, checkout_url, client_secret, amount, currency)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
         Uuid::now_v7(),
         request.order_id,
+        request.user_id,
         handle.provider,
         handle.reference,
         handle.checkout_url,

@@ -7,6 +7,7 @@ mod buy_path;
 mod coalescing;
 mod contract;
 mod followers;
+mod hardening;
 mod origin_down;
 mod pages;
 mod payments;
