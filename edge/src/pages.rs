@@ -69,6 +69,8 @@ const CLAIM_TIMEOUT_MS: i64 = 10_000;
 /// How long concurrent misses wait for the claimant's page.
 const WAIT_FOR_PAGE_MS: i64 = 5_000;
 const ANSWER_MEMORY_MS: i64 = 1_000;
+/// Keys this isolate keeps state for at most (claims and remembered answers).
+const MAX_FLIGHTS: usize = 10_000;
 
 /// True when the caller should fetch `key`: nobody else is.
 fn claim(key: &str, now: i64) -> bool {
@@ -93,7 +95,19 @@ fn finish(key: &str, fetched: &Result<Fetched, worker::Error>) {
         let mut f = f.borrow_mut();
         match fetched {
             Ok(Fetched::Answer(status, body)) => {
-                let until_ms = now_ms() + ANSWER_MEMORY_MS;
+                let now = now_ms();
+                if f.len() >= MAX_FLIGHTS {
+                    // A flood of distinct keys (random ids): forget the answers that
+                    // ran out, and if that is not enough, every remembered answer.
+                    f.retain(|_, flight| match flight {
+                        Flight::Answered { until_ms, .. } => *until_ms > now,
+                        Flight::Running { .. } => true,
+                    });
+                    if f.len() >= MAX_FLIGHTS {
+                        f.retain(|_, flight| matches!(flight, Flight::Running { .. }));
+                    }
+                }
+                let until_ms = now + ANSWER_MEMORY_MS;
                 f.insert(key.to_owned(), Flight::Answered { status: *status, body: body.clone(), until_ms });
             }
             _ => {

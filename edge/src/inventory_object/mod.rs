@@ -109,7 +109,13 @@ impl worker::DurableObject for DropInventory {
             alarm_at: Cell::new(None),
             decisions: Cell::new(0),
         };
-        let ready = storage::migrate(&object.sql()).and_then(|_| object.load());
+        // An object the origin never gave terms (a drop that does not exist, asked
+        // for by id) writes nothing: its schema comes with its first terms.
+        let ready = match storage::exists(&object.sql()) {
+            Ok(true) => storage::migrate(&object.sql()).and_then(|_| object.load()),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
         if let Err(e) = ready {
             worker::console_error!("inventory object could not load: {e}");
         }

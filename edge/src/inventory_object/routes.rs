@@ -200,7 +200,8 @@ impl DropInventory {
             None => *guard = Some(drops_shared::inventory::Inventory::new(terms.clone())),
         }
         drop(guard);
-        if let Err(e) = storage::save_terms(&self.sql(), drop_id, &terms) {
+        let sql = self.sql();
+        if let Err(e) = storage::migrate(&sql).and_then(|_| storage::save_terms(&sql, drop_id, &terms)) {
             self.resync();
             return Err(e.into());
         }

@@ -86,6 +86,18 @@ DELETE FROM outbound WHERE kind = 'reservation';
 DROP TABLE idempotency;
 ";
 
+/// Whether this object has a database at all (the origin gave it terms once).
+pub fn exists(sql: &SqlStorage) -> worker::Result<bool> {
+    #[derive(Deserialize)]
+    struct Count {
+        n: f64,
+    }
+    let rows: Vec<Count> = sql
+        .exec("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'terms'", None)?
+        .to_array()?;
+    Ok(rows.first().is_some_and(|r| r.n > 0.0))
+}
+
 /// Brings the object's database to the current schema.
 pub fn migrate(sql: &SqlStorage) -> worker::Result<()> {
     #[derive(Deserialize)]
