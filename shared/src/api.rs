@@ -149,7 +149,9 @@ pub struct CreateCreator {
 pub struct Creator {
     pub id: Uuid,
     pub name: String,
-    pub user_id: Uuid,
+    /// The creator's account: in the answer to the admin who made the profile only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
     pub follower_count: u64,
     pub created_at: DateTime<Utc>,
 }

@@ -29,8 +29,9 @@ struct CreatorRow {
 }
 
 impl CreatorRow {
+    /// The profile as anyone may see it: which account runs it is the admins' to know.
     fn into_creator(self, follower_count: u64) -> Creator {
-        Creator { id: self.id, name: self.name, user_id: self.user_id, follower_count, created_at: self.created_at }
+        Creator { id: self.id, name: self.name, user_id: None, follower_count, created_at: self.created_at }
     }
 }
 
@@ -56,7 +57,8 @@ async fn create(
     .await?;
     let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(row.into_creator(0))))
+    let user_id = Some(row.user_id);
+    Ok((StatusCode::CREATED, Json(Creator { user_id, ..row.into_creator(0) })))
 }
 
 async fn show(State(state): State<CatalogueState>, Path(creator_id): Path<String>) -> ApiResult<Json<Creator>> {

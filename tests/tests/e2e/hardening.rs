@@ -117,3 +117,22 @@ async fn refusals_that_pass_the_page_cache_stay_problems() {
     assert_eq!(bad_list.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad_list.header("content-type"), Some("application/problem+json"));
 }
+
+#[tokio::test]
+async fn a_creators_public_profile_does_not_name_its_account_and_bad_cursors_are_refused() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let admin = token(Uuid::now_v7(), Role::Admin);
+    let user = Uuid::now_v7();
+    let made = client.post_json("/v1/creators", Some(&admin), json!({"name": "Quiet Studio", "user_id": user})).await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    assert_eq!(made.json()["user_id"], user.to_string(), "the admin who made it sees the account");
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    let profile = client.get(&format!("/v1/creators/{id}"), None).await;
+    assert_eq!(profile.status, StatusCode::OK);
+    assert!(profile.json().get("user_id").is_none(), "{:?}", profile.json());
+    assert_eq!(profile.json()["follower_count"], 0);
+    let buyer = Buyer::new();
+    let bad = client.get("/v1/me/following?cursor=not-a-cursor", Some(&buyer.token)).await;
+    assert_eq!((bad.status, bad.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+}
