@@ -2,11 +2,11 @@
 //! **This is where stock is decided**, with the rules in `drops_shared::inventory`.
 //!
 //! State lives in the object's SQLite database ([`storage`]) and, for speed, in
-//! memory as a [`drops_shared::inventory::Inventory`]. A decision and all the writes
-//! it implies (the hold, the idempotency record, the forward-queue entry) happen in
-//! one synchronous turn with no `await` in between: the runtime runs nothing else in
-//! the object meanwhile, and commits those writes together before any response
-//! leaves.
+//! memory as a [`drops_shared::inventory::Inventory`]. A decision and the write it
+//! implies (one row: the hold, the answer kept for replays, the handoff owed to the
+//! origin) happen in one synchronous turn with no `await` in between: the runtime
+//! runs nothing else in the object meanwhile, and commits the write before any
+//! response leaves.
 //!
 //! - [`command`]: what the Worker asks of the object, one typed command per request.
 //! - [`routes`]: the answer to each command (the buy decision among them).
