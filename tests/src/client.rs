@@ -111,6 +111,12 @@ impl Client {
         self.send(req).await
     }
 
+    /// `PUT /v1/me/push-subscription` as `buyer`, through the edge.
+    pub async fn subscribe_push(&self, buyer: &Buyer, subscription: &Value) -> Answer {
+        let put = self.http.put(format!("{}/v1/me/push-subscription", self.edge)).bearer_auth(&buyer.token);
+        self.send(put.json(subscription)).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
         let mut req = self.http.get(format!("{}{path}", self.edge));
         if let Some(t) = token {

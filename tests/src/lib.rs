@@ -129,13 +129,7 @@ extern "C" fn kill_wranglers() {
 /// Starts `wrangler dev` on `config` (relative to the repository root) at `port`,
 /// with `vars`, and waits until `ready_path` answers 2xx. Its process group is
 /// killed when this process exits.
-/// Returns the directory it keeps its state in (the objects' databases).
-pub async fn wrangler_dev(
-    config: &str,
-    port: u16,
-    vars: &[String],
-    ready_path: &str,
-) -> anyhow::Result<std::path::PathBuf> {
+pub async fn wrangler_dev(config: &str, port: u16, vars: &[String], ready_path: &str) -> anyhow::Result<()> {
     let root = repo_root();
     let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
     let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
@@ -173,7 +167,7 @@ pub async fn wrangler_dev(
     let http = reqwest::Client::new();
     while Instant::now() < deadline {
         if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(state_dir);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -277,7 +271,7 @@ impl Stack {
             Some(RunningOrigin { stop: stop_tx, stopped: done_rx, app: state, tweaked });
     }
 
-    fn start_wrangler(&self, port: u16) -> anyhow::Result<std::path::PathBuf> {
+    fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
         let vars = [
             format!("ORIGIN_URL:{}", self.origin_url),
             format!("JWT_SECRET:{JWT_SECRET}"),

@@ -31,16 +31,11 @@ pub struct SoldOutMemo {
     pub replayers: UserFilter,
 }
 
-// Lives for one call on the stack; boxing would only add an allocation per buy.
-#[allow(clippy::large_enum_variant)]
 enum Decision {
     /// The first answer (a 201: refusals are not kept), byte for byte.
-    Replay {
-        body: String,
-    },
-    Fresh {
-        body: OrderCreated,
-    },
+    Replay { body: String },
+    /// The 201, as stored for replays: sent as these very bytes.
+    Fresh { order_id: Uuid, answer: String },
 }
 
 fn key_reused() -> Problem {
@@ -161,7 +156,7 @@ impl DropInventory {
             return Err(e.into());
         }
         self.answered.borrow_mut().insert(answer_key, now);
-        Ok(Decision::Fresh { body })
+        Ok(Decision::Fresh { order_id: reservation_id, answer })
     }
 
     async fn reserve(&self, cmd: ReserveCommand) -> EdgeResult {
@@ -172,12 +167,12 @@ impl DropInventory {
                 resp.headers().set("idempotent-replayed", "true")?;
                 Ok(resp)
             }
-            Decision::Fresh { body } => {
+            Decision::Fresh { order_id, answer } => {
                 if let Err(e) = self.alarm_by(now + BATCH_WINDOW_MS).await {
                     // The reservation stands; the next request or alarm sets it.
-                    worker::console_warn!("alarm not set after reserving {}: {e}", body.order_id);
+                    worker::console_warn!("alarm not set after reserving {order_id}: {e}");
                 }
-                json(201, &body)
+                Ok(json_bytes(201, answer.into_bytes())?)
             }
         }
     }

@@ -162,15 +162,7 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
     follow(&client, &offline, creator_id).await;
     let (endpoint, pushes) = push_receiver().await;
     let subscription = json!({"endpoint": endpoint, "keys": {"p256dh": "BPlaceholderKey", "auth": "placeholder"}});
-    let put = client
-        .send(
-            client
-                .http
-                .put(format!("{}/v1/me/push-subscription", client.edge))
-                .bearer_auth(&offline.token)
-                .json(&subscription),
-        )
-        .await;
+    let put = client.subscribe_push(&offline, &subscription).await;
     assert_eq!(put.status, StatusCode::NO_CONTENT);
     let (socket, task) = stack.listen(&online).await;
     let (stranger_socket, stranger_task) = stack.listen(&not_a_follower).await;

@@ -31,15 +31,7 @@ async fn text_holding_u0000_is_a_400_naming_the_field_and_changes_nothing() {
 
     let buyer = Buyer::new();
     let subscription = json!({"endpoint": "https://push.example.net/\u{0}", "keys": {"p256dh": "k", "auth": "a"}});
-    let put = client
-        .send(
-            client
-                .http
-                .put(format!("{}/v1/me/push-subscription", client.edge))
-                .bearer_auth(&buyer.token)
-                .json(&subscription),
-        )
-        .await;
+    let put = client.subscribe_push(&buyer, &subscription).await;
     assert_eq!(put.status, StatusCode::BAD_REQUEST);
     assert!(put.json()["detail"].as_str().unwrap().contains("`endpoint`"), "{:?}", put.json());
     let db = stack.db().await;
@@ -78,15 +70,7 @@ async fn a_browsers_push_subscription_with_expiration_time_is_accepted() {
         "endpoint": "https://push.example.net/send/abc", "expirationTime": null,
         "keys": {"p256dh": "BPlaceholderKey", "auth": "placeholder"},
     });
-    let put = client
-        .send(
-            client
-                .http
-                .put(format!("{}/v1/me/push-subscription", client.edge))
-                .bearer_auth(&buyer.token)
-                .json(&subscription),
-        )
-        .await;
+    let put = client.subscribe_push(&buyer, &subscription).await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{:?}", put.json());
 }
 
