@@ -22,9 +22,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     validate_idempotency_key(&key)?;
     let body = read_body(&mut req).await?;
     let order: CreateOrderRequest = json::from_slice(&body)?;
-    if order.quantity == 0 {
-        return Err(Problem::new(ErrorCode::InvalidRequest, Some("field `quantity`: must be at least 1".into())).into());
-    }
+    order.validate()?;
     if sold_out::known(drop_id, identity.user_id) {
         return Err(Problem::sold_out(0).into());
     }

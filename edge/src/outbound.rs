@@ -5,6 +5,12 @@
 //! none. The object's alarm delivers them, reservations in batches (one request,
 //! one insert at the origin), with exponential backoff while the origin fails; an
 //! expiry notice waits until its reservation is delivered.
+//!
+//! A definite answer ends an expiry notice: the origin took it, or said the notice
+//! itself is wrong (no such order: the reservation was voided). Only failures that
+//! may pass (the origin down, failing, overloaded, or refusing our signature while
+//! secrets rotate) are retried. Reservations are always retried: dropping one
+//! would lose a sale, and reconciliation only recovers holds no longer queued.
 
 use std::time::Duration;
 
@@ -42,8 +48,18 @@ pub struct Message {
 pub enum Delivery {
     /// The origin has these (reservation ids).
     Acknowledged(Vec<Uuid>),
+    /// The origin will never take this message (an answer about the message, not
+    /// about the origin's health).
+    Refused(String),
     /// Not now (origin down, slow or failing): retry later.
     Failed(String),
+}
+
+/// Statuses that are the origin's last word on a message: asking again gets the
+/// same answer. 401/403 are not among them (a secret being rotated), nor 408, 409,
+/// 425 or 429 (they pass).
+fn is_definite_refusal(status: u16) -> bool {
+    matches!(status, 400 | 404 | 410 | 413 | 422)
 }
 
 #[derive(Deserialize)]
@@ -88,14 +104,24 @@ pub fn acknowledged(sql: &SqlStorage, kind: Kind, ids: &[Uuid]) -> worker::Resul
     Ok(())
 }
 
+#[derive(Deserialize)]
+struct IdRow {
+    reservation_id: String,
+}
+
+fn ids(sql: &SqlStorage, query: &str) -> worker::Result<Vec<Uuid>> {
+    let rows: Vec<IdRow> = sql.exec(query, None)?.to_array()?;
+    Ok(rows.iter().filter_map(|r| Uuid::parse_str(&r.reservation_id).ok()).collect())
+}
+
 /// Reservations not yet handed over.
 pub fn pending_reservations(sql: &SqlStorage) -> worker::Result<Vec<Uuid>> {
-    #[derive(Deserialize)]
-    struct IdRow {
-        reservation_id: String,
-    }
-    let rows: Vec<IdRow> = sql.exec("SELECT reservation_id FROM holds WHERE handoff IS NOT NULL", None)?.to_array()?;
-    Ok(rows.iter().filter_map(|r| Uuid::parse_str(&r.reservation_id).ok()).collect())
+    ids(sql, "SELECT reservation_id FROM holds WHERE handoff IS NOT NULL")
+}
+
+/// Expiry notices not yet acknowledged.
+pub fn pending_expiries(sql: &SqlStorage) -> worker::Result<Vec<Uuid>> {
+    ids(sql, "SELECT reservation_id FROM outbound WHERE kind = 'expiry'")
 }
 
 /// Messages due at `now`: reservations first, and no expiry ahead of its reservation.
@@ -168,7 +194,7 @@ pub async fn send_reservations(cfg: &EdgeConfig, messages: &[&Message]) -> Deliv
     let body = batch_body(messages.iter().map(|m| m.body.as_str()));
     match post(cfg, &TakeReservations {}, body.as_bytes()).await {
         Ok(taken) => Delivery::Acknowledged(taken.orders),
-        Err(why) => Delivery::Failed(why),
+        Err(Failure { why, .. }) => Delivery::Failed(why),
     }
 }
 
@@ -190,21 +216,30 @@ fn batch_body<'a>(handoffs: impl Iterator<Item = &'a str>) -> String {
 pub async fn send_expiry(cfg: &EdgeConfig, message: &Message) -> Delivery {
     match post(cfg, &ReportExpiry { order_id: message.reservation_id }, message.body.as_bytes()).await {
         Ok(ack) => Delivery::Acknowledged(vec![ack.order_id]),
-        Err(why) => Delivery::Failed(why),
+        Err(Failure { status: Some(status), why }) if is_definite_refusal(status) => Delivery::Refused(why),
+        Err(Failure { why, .. }) => Delivery::Failed(why),
     }
 }
 
-async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Result<E::Response, String> {
+/// Why a call did not deliver; `status` when the origin answered.
+struct Failure {
+    status: Option<u16>,
+    why: String,
+}
+
+async fn post<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> Result<E::Response, Failure> {
     let attempt = async {
         let mut resp = origin::signed(cfg, route, body).await?;
         let status = resp.status_code();
         let answer = resp.bytes().await?;
         if !(200..300).contains(&status) {
-            return Ok(Err(format!("origin answered {status}")));
+            let detail = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+            return Ok(Err(Failure { status: Some(status), why: format!("origin answered {status}: {detail}") }));
         }
-        Ok(E::Response::from_bytes(&answer).map_err(|p| format!("unreadable acknowledgement: {:?}", p.detail)))
+        Ok(E::Response::from_bytes(&answer)
+            .map_err(|p| Failure { status: None, why: format!("unreadable acknowledgement: {:?}", p.detail) }))
     };
-    attempt.await.unwrap_or_else(|e: worker::Error| Err(e.to_string()))
+    attempt.await.unwrap_or_else(|e: worker::Error| Err(Failure { status: None, why: e.to_string() }))
 }
 
 #[cfg(test)]
@@ -214,6 +249,16 @@ mod tests {
     use drops_shared::internal::{ReservationBatch, ReservationHandoff};
 
     use super::*;
+
+    #[test]
+    fn only_answers_about_the_message_end_it() {
+        for status in [400, 404, 410, 413, 422] {
+            assert!(is_definite_refusal(status), "{status}");
+        }
+        for status in [401, 403, 408, 409, 425, 429, 500, 502, 503, 504] {
+            assert!(!is_definite_refusal(status), "{status} may pass: retried");
+        }
+    }
 
     #[test]
     fn stored_handoffs_make_the_batch_the_origin_reads() {

@@ -30,17 +30,79 @@ struct NotificationPage {
 
 #[derive(ToSchema)]
 struct PushSubscription {
+    /// The push service's URL for this browser (`https` on a public address).
+    #[schema(max_length = 2048)]
     endpoint: String,
     keys: PushKeys,
+    /// As `PushSubscription.toJSON()` gives it; not used.
+    #[serde(rename = "expirationTime")]
+    expiration_time: Option<serde_json::Value>,
 }
 
 #[derive(ToSchema)]
 struct PushKeys {
+    #[schema(max_length = 256)]
     p256dh: String,
+    #[schema(max_length = 64)]
     auth: String,
 }
 
 struct BearerAuth;
+
+/// What every operation shares, written once: problems are
+/// `application/problem+json`; any operation may answer 503 `overloaded` (the
+/// edge or the origin shedding load, or the origin out of reach); an operation
+/// that reads a body may answer 400 and 413; one that needs a token, 401.
+struct SharedResponses;
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(PROBLEM, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                for response in responses.values_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response {
+                        if let Some(content) = response.content.shift_remove("application/json") {
+                            let is_problem = serde_json::to_value(&content.schema)
+                                .is_ok_and(|v| v["$ref"] == "#/components/schemas/Problem");
+                            let key = if is_problem { PROBLEM } else { "application/json" };
+                            response.content.insert(key.to_owned(), content);
+                        }
+                    }
+                }
+                let mut add = |status: &str, description: &str| {
+                    responses.entry(status.to_owned()).or_insert_with(|| problem(description).into());
+                };
+                add("503", "`overloaded`: shedding load, or the origin is out of reach; `Retry-After`");
+                if op.request_body.is_some() {
+                    add("400", "`invalid_request`: malformed JSON, a wrong or unknown field (named in `detail`)");
+                    add("413", "`payload_too_large`: bodies are limited to 64 KiB");
+                }
+                if op.security.is_some() {
+                    add("401", "`unauthorized`: a missing, forged or expired token");
+                }
+            }
+        }
+    }
+}
+
+const PROBLEM: &str = drops_shared::problem::PROBLEM_CONTENT_TYPE;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -53,8 +115,9 @@ impl Modify for BearerAuth {
 }
 
 #[utoipa::path(get, path = "/v1/drops", tag = "drops",
-    params(("status" = Option<String>, Query, description = "`live` (default) or `upcoming`"),
-           ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query)),
+    params(("status" = Option<DropListing>, Query, description = "`live` (default) or `upcoming`"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
     responses((status = 200, description = "Drop cards, live by `ends_at`, upcoming by `starts_at`; `x-cache` HIT|STALE|MISS", body = Page<DropCard>),
               (status = 400, body = Problem)))]
 fn list_drops_doc() {}
@@ -78,13 +141,16 @@ fn drop_stock_doc() {}
 
 #[utoipa::path(post, path = "/v1/drops/{drop_id}/orders", tag = "orders", security(("bearer" = [])),
     params(("drop_id" = uuid::Uuid, Path),
-           ("Idempotency-Key" = String, Header, description = "8 to 255 printable ASCII characters")),
+           ("Idempotency-Key" = String, Header, min_length = 8, max_length = 255, pattern = "^[\\x20-\\x7e]+$",
+            description = "8 to 255 printable ASCII characters; scoped to the drop and the buyer")),
     request_body = CreateOrderRequest,
     responses((status = 201, description = "Reserved, as soon as the drop's inventory committed the hold: `payment` is usually null (see `GET /v1/orders/{order_id}`); replays carry `idempotent-replayed: true`", body = OrderCreated),
               (status = 400, description = "`invalid_request`, `idempotency_key_missing`", body = Problem),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 413, body = Problem),
+              (status = 404, description = "`not_found`: no such drop", body = Problem),
               (status = 409, description = "`sold_out` (with `remaining`), `drop_not_started`, `drop_ended`, `purchase_limit_reached`, `idempotency_key_in_progress`", body = Problem),
-              (status = 422, description = "`idempotency_key_reused`", body = Problem)))]
+              (status = 422, description = "`idempotency_key_reused`", body = Problem),
+              (status = 429, description = "`rate_limited`: this buyer is buying too fast; `Retry-After`", body = Problem)))]
 fn create_order_doc() {}
 
 #[utoipa::path(post, path = "/v1/drops", tag = "drops", request_body = CreateDrop, security(("bearer" = [])),
@@ -94,7 +160,8 @@ fn create_drop_doc() {}
 
 #[utoipa::path(post, path = "/v1/products", tag = "drops", request_body = CreateProduct, security(("bearer" = [])),
     responses((status = 201, body = Product), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem)))]
+              (status = 403, description = "`forbidden`: a buyer, a caller with no creator profile, or a creator naming another creator", body = Problem),
+              (status = 404, description = "`not_found`: an admin named a creator that does not exist", body = Problem)))]
 fn create_product_doc() {}
 
 #[utoipa::path(post, path = "/v1/creators", tag = "creators", request_body = CreateCreator, security(("bearer" = [])),
@@ -117,13 +184,15 @@ fn follow_doc() {}
 fn unfollow_doc() {}
 
 #[utoipa::path(get, path = "/v1/creators/{creator_id}/followers", tag = "creators",
-    params(("creator_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("creator_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
     responses((status = 200, description = "Newest first", body = Page<Follower>), (status = 400, body = Problem), (status = 404, body = Problem)))]
 fn followers_doc() {}
 
 #[utoipa::path(get, path = "/v1/me/following", tag = "creators", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = Page<Following>), (status = 401, body = Problem)))]
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+    responses((status = 200, body = Page<Following>), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn following_doc() {}
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", security(("bearer" = [])),
@@ -133,7 +202,8 @@ fn following_doc() {}
 fn show_order_doc() {}
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
     responses((status = 200, description = "Newest first", body = Page<Order>), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn list_orders_doc() {}
 
@@ -144,8 +214,9 @@ fn list_orders_doc() {}
 fn cancel_order_doc() {}
 
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = NotificationPage), (status = 401, body = Problem)))]
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+    responses((status = 200, body = NotificationPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn notifications_doc() {}
 
 #[utoipa::path(post, path = "/v1/notifications/{id}/read", tag = "notifications", security(("bearer" = [])),
@@ -157,10 +228,26 @@ fn read_notification_doc() {}
     responses((status = 204), (status = 401, body = Problem)))]
 fn read_all_notifications_doc() {}
 
+#[derive(ToSchema)]
+struct StreamTicket {
+    /// Opaque and single-use: opens one socket as `?ticket=`.
+    ticket: String,
+    /// About 30 seconds away, never past the token that obtained it.
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[utoipa::path(get, path = "/v1/notifications/stream", tag = "notifications", security(("bearer" = [])),
-    params(("access_token" = Option<String>, Query, description = "the token, for clients that cannot set headers")),
-    responses((status = 101, description = "WebSocket: `{\"kind\", \"payload\", \"id\"?}` messages: `drop_live`, `order_confirmed`, `order_failed`, `order_expired`, `order_payment_ready` (`{\"order_id\", \"payment\"}`)"), (status = 401, body = Problem)))]
+    params(("ticket" = Option<String>, Query, description = "for clients that cannot set headers (browsers): a ticket from `POST /v1/notifications/stream-ticket`, used once; a token in the URL (`access_token`) is refused")),
+    responses((status = 101, description = "WebSocket: `{\"kind\", \"payload\", \"id\"?}` messages: `drop_live`, `order_confirmed`, `order_failed`, `order_expired`, `order_payment_ready` (`{\"order_id\", \"payment\"}`). The server closes it with code 4001 (\"token expired\") when the token it was opened with (or that obtained its ticket) expires"),
+              (status = 400, description = "`invalid_request`: valid credentials, but not a WebSocket upgrade", body = Problem),
+              (status = 401, description = "`unauthorized`: no valid bearer token or ticket (checked before anything else)", body = Problem),
+              (status = 429, description = "`rate_limited`: the user already has the most sockets allowed open (5 by default); `Retry-After`", body = Problem)))]
 fn notification_stream_doc() {}
+
+#[utoipa::path(post, path = "/v1/notifications/stream-ticket", tag = "notifications", security(("bearer" = [])),
+    responses((status = 201, description = "A ticket to open the notification stream once, for clients that cannot set headers on a WebSocket", body = StreamTicket),
+              (status = 401, body = Problem)))]
+fn stream_ticket_doc() {}
 
 #[utoipa::path(put, path = "/v1/me/push-subscription", tag = "notifications", security(("bearer" = [])),
     request_body = PushSubscription, responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem)))]
@@ -172,6 +259,7 @@ fn delete_push_subscription_doc() {}
 
 #[utoipa::path(post, path = "/v1/webhooks/payments", tag = "payments",
     params(("Stripe-Signature" = String, Header, description = "t=<unix>,v1=<hex>[,v1=…]")),
+    request_body(content = serde_json::Value, description = "The provider's event, as signed"),
     responses((status = 200, description = "Applied, duplicate or ignored"), (status = 400, description = "`invalid_signature`", body = Problem)))]
 fn payment_webhook_doc() {}
 
@@ -181,9 +269,11 @@ fn payment_webhook_doc() {}
     paths(list_drops_doc, show_drop_doc, update_drop_doc, drop_stock_doc, create_order_doc, create_drop_doc,
           create_product_doc, create_creator_doc, show_creator_doc, follow_doc, unfollow_doc, followers_doc,
           following_doc, show_order_doc, list_orders_doc, cancel_order_doc, notifications_doc, read_notification_doc,
-          read_all_notifications_doc, notification_stream_doc, put_push_subscription_doc, delete_push_subscription_doc,
+          read_all_notifications_doc, notification_stream_doc, stream_ticket_doc, put_push_subscription_doc, delete_push_subscription_doc,
           payment_webhook_doc),
-    modifiers(&BearerAuth)
+    // Schemas only parameters name are not collected on their own.
+    components(schemas(DropListing)),
+    modifiers(&BearerAuth, &SharedResponses)
 )]
 pub struct ApiDoc;
 
@@ -201,5 +291,63 @@ mod tests {
         assert!(doc["paths"]["/v1/drops/{drop_id}/orders"]["post"]["responses"]["422"].is_object());
         assert!(doc["components"]["schemas"]["DropCard"].is_object());
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+    }
+
+    #[test]
+    fn problems_are_problem_json_and_shared_answers_are_everywhere() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                operations += 1;
+                let responses = op["responses"].as_object().unwrap();
+                for (status, response) in responses {
+                    let content = response["content"].as_object().cloned().unwrap_or_default();
+                    for (media, body) in &content {
+                        let problem = body["schema"]["$ref"] == "#/components/schemas/Problem";
+                        assert_eq!(problem, media == PROBLEM, "{method} {path} {status}: {media}");
+                    }
+                }
+                assert!(responses.contains_key("503"), "{method} {path} documents 503");
+                if op.get("requestBody").is_some() {
+                    assert!(responses.contains_key("400") && responses.contains_key("413"), "{method} {path}");
+                }
+                if op.get("security").is_some() {
+                    assert!(responses.contains_key("401"), "{method} {path} documents 401");
+                }
+            }
+        }
+        assert!(operations >= 24, "{operations}");
+    }
+
+    #[test]
+    fn bounds_the_server_enforces_are_declared() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let param = |path: &str, method: &str, name: &str| {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{method} {path} has no {name}"))
+        };
+        let key = param("/v1/drops/{drop_id}/orders", "post", "Idempotency-Key");
+        assert_eq!((key["schema"]["minLength"].as_u64(), key["schema"]["maxLength"].as_u64()), (Some(8), Some(255)));
+        for (path, method) in [("/v1/drops", "get"), ("/v1/orders", "get"), ("/v1/notifications", "get")] {
+            let limit = param(path, method, "limit");
+            assert_eq!((limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()), (Some(1), Some(100)));
+        }
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["CreateOrderRequest"]["properties"]["quantity"]["minimum"], 1);
+        assert_eq!(schemas["Money"]["properties"]["amount"]["minimum"], 1);
+        assert_eq!(schemas["Money"]["properties"]["currency"]["pattern"], "^[A-Z]{3}$");
+        assert_eq!(schemas["CreateProduct"]["properties"]["title"]["maxLength"], 200);
+        let status = param("/v1/drops", "get", "status");
+        let listing = match status["schema"]["$ref"].as_str() {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => status["schema"].clone(),
+        };
+        assert!(listing.to_string().contains(r#"["live","upcoming"]"#), "{status} {listing}");
     }
 }

@@ -73,6 +73,16 @@ impl App {
         let drops = catalogue::reconcilable_drops(&self.core.db).await?;
         orders::reconcile::run_once(&self.orders(), &drops, grace).await
     }
+
+    /// One reconciliation pass over the drops `ids` names.
+    pub async fn reconcile_drops(
+        &self,
+        ids: &[uuid::Uuid],
+        grace: Duration,
+    ) -> anyhow::Result<Vec<orders::reconcile::Repair>> {
+        let drops = catalogue::terms_of(&self.core.db, ids).await?;
+        orders::reconcile::run_once(&self.orders(), &drops, grace).await
+    }
 }
 
 /// Gauges read at scrape time, from the areas that own the data.
@@ -91,9 +101,10 @@ pub fn router(app: &App) -> Router {
         .merge(payments::router(app.payments_state()))
         .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
         .method_not_allowed_fallback(|| async {
-            problem_response(
-                &Problem::new(ErrorCode::NotFound, Some("no such route for this method".into())).with_status(405),
-            )
+            problem_response(&Problem::new(
+                ErrorCode::MethodNotAllowed,
+                Some("this route does not take this method (see Allow)".into()),
+            ))
         })
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -12,14 +12,20 @@ use crate::problem::{ErrorCode, Problem};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100_000_000_000_i64))]
     pub amount: i64,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z]{3}$", min_length = 3, max_length = 3))]
     pub currency: String,
 }
 
+/// The largest amount one price may name (a billion in major units): with the
+/// largest purchase limit, an order's total stays far inside an `i64`.
+pub const MAX_AMOUNT: i64 = 100_000_000_000;
+
 impl Money {
     pub fn validate(&self, field: &str) -> Result<(), Problem> {
-        if self.amount <= 0 {
-            return Err(invalid(format!("field `{field}.amount`: must be a positive number of minor units")));
+        if self.amount <= 0 || self.amount > MAX_AMOUNT {
+            return Err(invalid(format!("field `{field}.amount`: must be 1 to {MAX_AMOUNT} minor units")));
         }
         let c = self.currency.as_bytes();
         if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
@@ -55,7 +61,19 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateOrderRequest {
+    /// Units to buy (at most the drop's `max_per_user`, else `purchase_limit_reached`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub quantity: u32,
+}
+
+impl CreateOrderRequest {
+    /// No drop holds more than [`MAX_DROP_STOCK`] units, so no purchase asks for more.
+    pub fn validate(&self) -> Result<(), Problem> {
+        if self.quantity == 0 || self.quantity > MAX_DROP_STOCK {
+            return Err(invalid(format!("field `quantity`: must be 1 to {MAX_DROP_STOCK}")));
+        }
+        Ok(())
+    }
 }
 
 /// `Idempotency-Key`: 8–255 printable ASCII characters.
@@ -140,6 +158,7 @@ pub struct Order {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateCreator {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200, pattern = "\\S"))]
     pub name: String,
     pub user_id: Uuid,
 }
@@ -160,11 +179,15 @@ pub struct Creator {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateProduct {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200, pattern = "\\S"))]
     pub title: String,
+    #[cfg_attr(feature = "openapi", schema(max_length = 10_000))]
     pub description: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 2_000, pattern = "\\S"))]
     pub image_url: Option<String>,
-    /// Admins create products on behalf of a creator; creators may omit it.
+    /// Whose product: omitted, the caller's own creator profile; another creator's
+    /// only for admins (else 403).
     #[serde(default)]
     pub creator_id: Option<Uuid>,
 }
@@ -236,13 +259,18 @@ pub const MAX_DROP_STOCK: u32 = 1_000_000;
 pub struct CreateDrop {
     pub product_id: Uuid,
     pub price: Money,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub stock: u32,
+    /// At most `stock`.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub max_per_user: u32,
     pub starts_at: DateTime<Utc>,
+    /// After `starts_at`.
     pub ends_at: DateTime<Utc>,
     /// How long a reservation holds its units before they return to stock
     /// (default: the platform's setting, 10 minutes).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     pub hold_seconds: Option<u32>,
 }
 
@@ -277,10 +305,15 @@ impl CreateDrop {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateDrop {
     pub price: Option<Money>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub stock: Option<u32>,
+    /// At most the drop's `stock` (after this change).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub max_per_user: Option<u32>,
     pub starts_at: Option<DateTime<Utc>>,
+    /// After the drop's `starts_at` (after this change).
     pub ends_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     pub hold_seconds: Option<u32>,
 }
 

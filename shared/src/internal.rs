@@ -268,6 +268,11 @@ pub struct InventoryTerms {
     pub price: Money,
     /// How long a hold lasts before its units return to stock.
     pub hold_seconds: u32,
+    /// Bumped by the origin on every change of these terms. Pushes can land out of
+    /// order (a write's own push racing the sync loop's): the inventory keeps the
+    /// highest version it has seen. Terms stored before versions existed read as 0.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Stored as text in the inventory object's `holds.state`.
@@ -348,6 +353,9 @@ pub struct InventorySnapshot {
     pub holds: Vec<HoldSnapshot>,
     /// Reservations not yet acknowledged by the origin.
     pub unforwarded: Vec<Uuid>,
+    /// Holds that ran out whose notice the origin has not acknowledged yet.
+    #[serde(default)]
+    pub unreported_expiries: Vec<Uuid>,
     /// Buy attempts this object has decided since it was last loaded (a measure of
     /// how much traffic reaches it; the Worker answers most sold-out rushes itself).
     pub decisions: u64,

@@ -84,6 +84,15 @@ pub struct TermsConflict {
     pub committed: u32,
 }
 
+/// What [`Inventory::set_terms`] did with terms that did not conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermsChange {
+    /// They are the terms now (a repeat of the current version is applied again).
+    Applied,
+    /// Older than the terms in force (`current`): ignored.
+    Stale { current: u64 },
+}
+
 #[derive(Debug, Clone)]
 pub struct Inventory {
     terms: InventoryTerms,
@@ -162,14 +171,18 @@ impl Inventory {
         self.holds.iter()
     }
 
-    /// Replaces the terms. The total may not drop below the units already committed.
-    pub fn set_terms(&mut self, terms: InventoryTerms) -> Result<(), TermsConflict> {
+    /// Replaces the terms, unless they are older than the ones in force. The total
+    /// may not drop below the units already committed.
+    pub fn set_terms(&mut self, terms: InventoryTerms) -> Result<TermsChange, TermsConflict> {
+        if terms.version < self.terms.version {
+            return Ok(TermsChange::Stale { current: self.terms.version });
+        }
         let committed = self.held + self.sold;
         if terms.total < committed {
             return Err(TermsConflict { committed });
         }
         self.terms = terms;
-        Ok(())
+        Ok(TermsChange::Applied)
     }
 
     /// The decision: grants `quantity` units to `user_id` as a hold, or says why not.
@@ -286,6 +299,7 @@ mod tests {
             ends_at: DateTime::from_timestamp_millis(1_000_000).unwrap(),
             price: Money { amount: 100, currency: "EUR".into() },
             hold_seconds: 60,
+            version: 1,
         }
     }
 
@@ -362,6 +376,19 @@ mod tests {
         assert_eq!(inv.set_terms(terms(2, 2)), Err(TermsConflict { committed: 3 }));
         assert!(inv.set_terms(terms(3, 2)).is_ok());
         assert_eq!(inv.remaining(), 0);
+    }
+
+    #[test]
+    fn older_terms_landing_late_change_nothing() {
+        let mut inv = Inventory::new(terms(5, 5));
+        let newer = InventoryTerms { version: 3, ..terms(8, 2) };
+        assert_eq!(inv.set_terms(newer.clone()), Ok(TermsChange::Applied));
+        let older = InventoryTerms { version: 2, ..terms(20, 5) };
+        assert_eq!(inv.set_terms(older), Ok(TermsChange::Stale { current: 3 }));
+        assert_eq!(inv.terms(), &newer);
+        assert_eq!(inv.remaining(), 8);
+        // The same version again (a retried push) is applied.
+        assert_eq!(inv.set_terms(newer), Ok(TermsChange::Applied));
     }
 
     #[test]

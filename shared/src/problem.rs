@@ -43,6 +43,9 @@ pub enum ErrorCode {
     Overloaded,
     InvalidSignature,
     LinkExpired,
+    /// The path exists, not with this method (or the method is not one HTTP defines
+    /// for this API); the `Allow` header names those that work.
+    MethodNotAllowed,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -70,6 +73,7 @@ impl ErrorCode {
             | Self::DropAlreadyStarted
             | Self::Conflict => 409,
             Self::LinkExpired => 410,
+            Self::MethodNotAllowed => 405,
             Self::RateLimited => 429,
             Self::Overloaded => 503,
             Self::Internal => 500,
@@ -97,6 +101,7 @@ impl ErrorCode {
             Self::Overloaded => "Service overloaded",
             Self::InvalidSignature => "Invalid signature",
             Self::LinkExpired => "Link expired",
+            Self::MethodNotAllowed => "Method not allowed",
             Self::Internal => "Internal error",
         }
     }

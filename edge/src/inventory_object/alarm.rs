@@ -104,17 +104,22 @@ impl DropInventory {
                 outbound::acknowledged(&self.sql(), Kind::Reservation, &ids)?;
                 Ok(true)
             }
-            Delivery::Failed(why) => {
+            Delivery::Failed(why) | Delivery::Refused(why) => {
                 worker::console_warn!("a batch of {} reservations was not taken: {why}", batch.len());
                 Ok(false)
             }
         }
     }
 
-    /// Tells the origin one hold ran out; backs it off if that fails.
+    /// Tells the origin one hold ran out; backs it off if that fails, and lets it go
+    /// if the origin refuses it for good.
     async fn deliver_expiry(&self, cfg: &EdgeConfig, message: &outbound::Message, now: i64) -> worker::Result<()> {
         match outbound::send_expiry(cfg, message).await {
             Delivery::Acknowledged(_) => outbound::acknowledged(&self.sql(), Kind::Expiry, &[message.reservation_id]),
+            Delivery::Refused(why) => {
+                worker::console_error!("expiry notice of {} dropped: {why}", message.reservation_id);
+                outbound::acknowledged(&self.sql(), Kind::Expiry, &[message.reservation_id])
+            }
             Delivery::Failed(why) => {
                 worker::console_warn!(
                     "expiry notice of {} failed (attempt {}): {why}",

@@ -9,7 +9,7 @@ use drops_shared::bloom::UserFilter;
 use drops_shared::internal::{
     HoldAction, HoldOutcome, HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms, ReservationHandoff,
 };
-use drops_shared::inventory::{Hold, HoldError, Transition};
+use drops_shared::inventory::{Hold, HoldError, TermsChange, Transition};
 use drops_shared::problem::{ErrorCode, Problem};
 use serde::Serialize;
 use uuid::Uuid;
@@ -186,12 +186,20 @@ impl DropInventory {
         }
         let mut guard = self.inventory.borrow_mut();
         match guard.as_mut() {
-            Some(inv) => inv.set_terms(terms.clone()).map_err(|c| {
+            Some(inv) => match inv.set_terms(terms.clone()).map_err(|c| {
                 Problem::new(
                     ErrorCode::Conflict,
                     Some(format!("stock cannot go below the {} units already held or sold", c.committed)),
                 )
-            })?,
+            })? {
+                TermsChange::Applied => {}
+                // A push that lost a race with a newer one: the snapshot shows the
+                // terms in force, and nothing is written.
+                TermsChange::Stale { .. } => {
+                    drop(guard);
+                    return self.snapshot();
+                }
+            },
             None => *guard = Some(drops_shared::inventory::Inventory::new(terms.clone())),
         }
         drop(guard);
@@ -236,6 +244,7 @@ impl DropInventory {
                 })
                 .collect(),
             unforwarded: outbound::pending_reservations(&sql)?,
+            unreported_expiries: outbound::pending_expiries(&sql)?,
             decisions: self.decisions.get(),
         };
         json(200, &snapshot)
@@ -288,6 +297,7 @@ mod tests {
             ends_at: chrono::Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
             price: Money { amount: 2_500, currency: "EUR".into() },
             hold_seconds: 600,
+            version: 1,
         }
     }
 

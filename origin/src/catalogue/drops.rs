@@ -45,6 +45,7 @@ pub struct DropRow {
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
     hold_seconds: i32,
+    terms_version: i64,
     /// Units committed to orders (from the orders area).
     committed: i64,
 }
@@ -58,7 +59,7 @@ async fn load(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<DropRow>> {
         DropRow,
         r#"SELECT d.id, d.creator_id, c.name AS creator_name, d.product_id, p.title, p.description, p.image_url,
                   d.price_amount, d.currency, d.stock, d.max_per_user, d.starts_at, d.ends_at, d.hold_seconds,
-                  0::bigint AS "committed!" -- from the orders area, just below
+                  d.terms_version, 0::bigint AS "committed!" -- from the orders area, just below
            FROM drops d JOIN creators c ON c.id = d.creator_id JOIN products p ON p.id = d.product_id
            WHERE d.id = ANY($1)"#,
         ids
@@ -70,6 +71,11 @@ async fn load(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<DropRow>> {
     }
     rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
     Ok(rows)
+}
+
+/// The sale terms of the drops `ids` names, as the edge should have them.
+pub async fn terms_of(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, InventoryTerms)>> {
+    Ok(load(db, ids).await?.iter().map(|d| (d.id, d.terms())).collect())
 }
 
 impl DropRow {
@@ -110,6 +116,7 @@ impl DropRow {
             ends_at: self.ends_at,
             price: self.price(),
             hold_seconds: self.hold_seconds as u32,
+            version: self.terms_version.max(0) as u64,
         }
     }
 }
@@ -169,7 +176,7 @@ async fn save(
          ON CONFLICT (id) DO UPDATE SET price_amount = EXCLUDED.price_amount, currency = EXCLUDED.currency,
              stock = EXCLUDED.stock, max_per_user = EXCLUDED.max_per_user, starts_at = EXCLUDED.starts_at,
              ends_at = EXCLUDED.ends_at, hold_seconds = EXCLUDED.hold_seconds,
-             inventory_synced_at = NULL, updated_at = now()",
+             terms_version = drops.terms_version + 1, inventory_synced_at = NULL, updated_at = now()",
         drop_id,
         sale.product_id,
         creator_id,

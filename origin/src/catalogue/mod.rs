@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::extract::FromRef;
 use axum::Router;
-use sqlx::PgExecutor;
+use drops_shared::internal::InventoryTerms;
 use uuid::Uuid;
 
 use crate::state::Core;
@@ -47,13 +47,19 @@ pub fn router(state: CatalogueState) -> Router {
     Router::new().merge(creators::router()).merge(products::router()).merge(drops::router()).with_state(state)
 }
 
-/// The drops reconciliation looks at: those the edge has, live or ended within the
-/// last day.
-pub async fn reconcilable_drops(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar!(
+/// The drops reconciliation looks at, with the terms the edge should sell them on:
+/// those the edge has, live or ended within the last day.
+pub async fn reconcilable_drops(db: &sqlx::PgPool) -> sqlx::Result<Vec<(Uuid, InventoryTerms)>> {
+    let ids = sqlx::query_scalar!(
         "SELECT id FROM drops WHERE inventory_synced_at IS NOT NULL AND starts_at <= now()
            AND ends_at > now() - interval '1 day' ORDER BY starts_at"
     )
     .fetch_all(db)
-    .await
+    .await?;
+    drops::terms_of(db, &ids).await
+}
+
+/// The terms of the drops `ids` names (those that exist).
+pub async fn terms_of(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, InventoryTerms)>> {
+    drops::terms_of(db, ids).await
 }

@@ -24,13 +24,21 @@ async fn create_product(
     StrictJson(body): StrictJson<CreateProduct>,
 ) -> ApiResult<(StatusCode, Json<Product>)> {
     body.validate()?;
+    // Omitted, `creator_id` is the caller's own profile. Naming another creator is
+    // a matter of permission (admins only), not of a malformed request.
     let creator_id = match (user.0.role, body.creator_id) {
-        (Role::Admin, Some(id)) => id,
-        (Role::Admin, None) => {
-            return Err(ApiError::code(ErrorCode::InvalidRequest, "field `creator_id`: required for admins"))
-        }
-        (_, Some(_)) => return Err(ApiError::code(ErrorCode::InvalidRequest, "field `creator_id`: admins only")),
+        (Role::Admin, Some(id)) => match creators::name(&state.core.db, id).await? {
+            Some(_) => id,
+            None => return Err(ApiError::code(ErrorCode::NotFound, "no creator with this `creator_id`")),
+        },
         (_, None) => creators::of_user(&state.core.db, user.0.user_id).await?,
+        (_, Some(id)) => {
+            let own = creators::of_user(&state.core.db, user.0.user_id).await?;
+            if own != id {
+                return Err(ApiError::code(ErrorCode::Forbidden, "creators add products to their own profile only"));
+            }
+            own
+        }
     };
     let product = sqlx::query_as!(
         Product,

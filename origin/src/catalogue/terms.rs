@@ -1,6 +1,11 @@
 //! Each drop's terms at the edge. The edge's inventory object sells on the terms
 //! the origin gives it; until the edge acknowledges a drop's terms,
 //! `inventory_synced_at` stays NULL and [`sync_round`] keeps pushing them.
+//!
+//! Every change bumps `drops.terms_version`, carried in the terms: the edge keeps
+//! the highest version it was given (a slow push of older terms changes nothing),
+//! and only the version pushed is acknowledged. Reconciliation compares the edge's
+//! terms with these and pushes again when they differ.
 
 use std::time::Duration;
 
@@ -29,8 +34,20 @@ pub async fn push(core: &Core, drop: &DropRow) {
 }
 
 async fn sync(core: &Core, drop: &DropRow) -> anyhow::Result<()> {
-    core.edge.put_terms(drop.id(), &drop.terms()).await?;
-    sqlx::query!("UPDATE drops SET inventory_synced_at = now() WHERE id = $1", drop.id()).execute(&core.db).await?;
+    let terms = drop.terms();
+    let in_force = core.edge.put_terms(drop.id(), &terms).await?.terms.version;
+    if in_force > terms.version {
+        tracing::debug!(drop_id = %drop.id(), pushed = terms.version, in_force, "a newer push landed first");
+    }
+    // Acknowledges only the version pushed: a change written since keeps the drop
+    // unsynced, so the loop pushes that one too.
+    sqlx::query!(
+        "UPDATE drops SET inventory_synced_at = now() WHERE id = $1 AND terms_version = $2",
+        drop.id(),
+        terms.version as i64
+    )
+    .execute(&core.db)
+    .await?;
     Ok(())
 }
 

@@ -136,7 +136,8 @@ async fn take_reservations(
 async fn hold_expired(State(state): State<OrdersState>, call: Signed<ReportExpiry>) -> Answer<ReportExpiry> {
     let id = call.route.order_id;
     let mut tx = state.core.db.begin().await?;
-    // Unknown yet (the reservation is still on its way): 404 makes the edge retry.
+    // The edge reports an expiry only after the origin took its reservation: an
+    // order we do not have was never taken (voided), and 404 tells the edge to stop.
     let mut order = lifecycle::lock(&mut tx, id).await?.ok_or_else(ApiError::not_found)?;
     if order.status == OrderStatus::Reserved {
         lifecycle::move_to(&mut tx, &mut order, OrderStatus::Expired, Some("the reservation ran out before payment"))

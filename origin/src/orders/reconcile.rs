@@ -12,6 +12,9 @@
 //! | released | reserved | the expiry notice was lost: expire the order |
 //! | sold | failed, cancelled, expired | flag only: money and units disagree |
 //!
+//! and the drop's terms: the edge selling on other terms than the catalogue's (a
+//! lost or superseded push) gets them pushed again.
+//!
 //! Orders changed within the grace period are left alone: the event flow is
 //! probably still settling them. Which drops to look at is the catalogue's to say
 //! (it sits above this area): the caller passes them in.
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drops_shared::api::{Money, OrderStatus};
-use drops_shared::internal::{HoldSnapshot, HoldState, InventorySnapshot};
+use drops_shared::internal::{HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms};
 use uuid::Uuid;
 
 use super::intake::{self, NewOrder};
@@ -41,11 +44,16 @@ struct OrderRow {
     settled: bool,
 }
 
-/// Reconciles each of `drops`; returns every repair made.
-pub async fn run_once(state: &OrdersState, drops: &[Uuid], grace: Duration) -> anyhow::Result<Vec<Repair>> {
+/// Reconciles each of `drops` (with the terms the edge should sell it on); returns
+/// every repair made.
+pub async fn run_once(
+    state: &OrdersState,
+    drops: &[(Uuid, InventoryTerms)],
+    grace: Duration,
+) -> anyhow::Result<Vec<Repair>> {
     let mut repairs = Vec::new();
-    for drop_id in drops {
-        repairs.extend(reconcile_drop(state, *drop_id, grace).await?);
+    for (drop_id, terms) in drops {
+        repairs.extend(reconcile_drop(state, *drop_id, terms, grace).await?);
     }
     if !repairs.is_empty() {
         tracing::warn!(count = repairs.len(), "reconciliation repaired drift");
@@ -53,8 +61,18 @@ pub async fn run_once(state: &OrdersState, drops: &[Uuid], grace: Duration) -> a
     Ok(repairs)
 }
 
-pub async fn reconcile_drop(state: &OrdersState, drop_id: Uuid, grace: Duration) -> anyhow::Result<Vec<Repair>> {
+pub async fn reconcile_drop(
+    state: &OrdersState,
+    drop_id: Uuid,
+    terms: &InventoryTerms,
+    grace: Duration,
+) -> anyhow::Result<Vec<Repair>> {
     let Some(snapshot) = state.core.edge.snapshot(drop_id).await? else { return Ok(Vec::new()) };
+    let mut repairs = Vec::new();
+    if let Some(r) = align_terms(state, &snapshot, terms).await? {
+        record(state, &r).await?;
+        repairs.push(r);
+    }
     let grace_secs = grace.as_secs_f64();
     let orders: HashMap<Uuid, OrderRow> = sqlx::query_as!(
         OrderRow,
@@ -68,7 +86,6 @@ pub async fn reconcile_drop(state: &OrdersState, drop_id: Uuid, grace: Duration)
     .into_iter()
     .map(|o| (o.id, o))
     .collect();
-    let mut repairs = Vec::new();
     for hold in &snapshot.holds {
         let repair = match orders.get(&hold.reservation_id) {
             None => pull_in(state, &snapshot, hold, grace).await?,
@@ -81,6 +98,34 @@ pub async fn reconcile_drop(state: &OrdersState, drop_id: Uuid, grace: Duration)
         }
     }
     Ok(repairs)
+}
+
+/// The edge sells on other terms than the catalogue's: the push was lost (or the
+/// edge lost it). Newer terms at the edge than here would mean the catalogue went
+/// back in time (a restored database): that needs a person, not a push.
+async fn align_terms(
+    state: &OrdersState,
+    snapshot: &InventorySnapshot,
+    terms: &InventoryTerms,
+) -> anyhow::Result<Option<Repair>> {
+    let at_edge = &snapshot.terms;
+    if at_edge == terms {
+        return Ok(None);
+    }
+    let drop_id = snapshot.drop_id;
+    let (repair, reason) = if at_edge.version > terms.version {
+        (
+            "flagged",
+            format!("the edge sells on terms version {} but the catalogue has {}", at_edge.version, terms.version),
+        )
+    } else {
+        state.core.edge.put_terms(drop_id, terms).await?;
+        (
+            "terms_resynced",
+            format!("the edge sold on terms version {}; pushed version {}", at_edge.version, terms.version),
+        )
+    };
+    Ok(Some(Repair { drop_id, order_id: None, repair, reason }))
 }
 
 /// A hold the origin never got as an order.

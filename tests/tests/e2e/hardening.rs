@@ -1,9 +1,14 @@
 //! What an outside review found (issue 10), each held to its fix through the real
 //! stack: bad input is a 400 naming the field, the sandbox checkout acts for the
 //! order's owner alone, what browsers send is accepted, invented methods do not
-//! become metric labels, and refusals that pass the page cache stay problems.
+//! become metric labels or reads, refusals that pass the page cache stay problems,
+//! terms pushed late do not roll the edge back (and reconciliation repairs terms the
+//! edge missed), and a notice the origin refuses for good is not sent again.
+
+use std::time::Duration;
 
 use drops_shared::auth::Role;
+use drops_shared::internal::HoldState;
 use drops_tests::client::token;
 use drops_tests::{Buyer, DropSpec, Stack};
 use reqwest::StatusCode;
@@ -119,4 +124,128 @@ async fn a_creators_public_profile_does_not_name_its_account_and_bad_cursors_are
     let buyer = Buyer::new();
     let bad = client.get("/v1/me/following?cursor=not-a-cursor", Some(&buyer.token)).await;
     assert_eq!((bad.status, bad.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+}
+
+/// Creates an upcoming drop (its terms may still change) as a new creator.
+async fn upcoming_drop(client: &drops_tests::client::Client, stock: u32) -> (Uuid, String) {
+    let (creator, product_id) = client.creator_with_product().await;
+    let starts_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    let body = json!({
+        "product_id": product_id, "price": {"amount": 2500, "currency": "EUR"}, "stock": stock,
+        "max_per_user": 2, "starts_at": starts_at, "ends_at": starts_at + chrono::Duration::hours(1),
+    });
+    let created = client.post_json("/v1/drops", Some(&creator), body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    (Uuid::parse_str(created.json()["id"].as_str().unwrap()).unwrap(), creator)
+}
+
+#[tokio::test]
+async fn terms_pushed_late_do_not_roll_the_edge_back() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let (drop_id, creator) = upcoming_drop(&client, 5).await;
+    let first = stack.snapshot(drop_id).await.terms;
+    let patch = |stock: u32| {
+        client.send(
+            client
+                .http
+                .patch(format!("{}/v1/drops/{drop_id}", client.edge))
+                .bearer_auth(&creator)
+                .json(&json!({"stock": stock})),
+        )
+    };
+    assert_eq!(patch(9).await.status, StatusCode::OK);
+    assert_eq!(patch(7).await.status, StatusCode::OK);
+    assert_eq!(client.stock(drop_id).await["total"], 7);
+    // The first push arrives last (a slow request, a sync round that read early).
+    let late = stack.with_origin(move |s| async move { s.core.edge.put_terms(drop_id, &first).await }).await;
+    let in_force = late.expect("the edge answers a stale push with the terms in force").terms;
+    assert_eq!((in_force.total, in_force.version), (7, 3));
+    assert_eq!(client.stock(drop_id).await["total"], 7, "the edge still sells on the newest terms");
+}
+
+#[tokio::test]
+async fn reconciliation_pushes_terms_the_edge_missed() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(4, 1)).await;
+    // A change the edge never heard of, though the origin believes it did (a push
+    // lost after its acknowledgement was written, or an edge that lost its state).
+    let db = stack.db().await;
+    sqlx::query("UPDATE drops SET stock = 6, terms_version = terms_version + 1 WHERE id = $1")
+        .bind(drop_id)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(client.stock(drop_id).await["total"], 4);
+    let reconcile =
+        || stack.with_origin(move |s| async move { s.reconcile_drops(&[drop_id], Duration::ZERO).await.unwrap() });
+    let repairs = reconcile().await;
+    let kinds: Vec<&str> = repairs.iter().map(|r| r.repair).collect();
+    assert_eq!(kinds, ["terms_resynced"], "{repairs:?}");
+    assert_eq!(client.stock(drop_id).await["total"], 6, "the edge sells on the catalogue's terms again");
+    assert!(reconcile().await.is_empty(), "nothing left to repair");
+}
+
+#[tokio::test]
+async fn an_expiry_notice_the_origin_refuses_for_good_is_not_sent_again() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec { hold_seconds: Some(5), ..DropSpec::live(3, 1) }).await;
+    let voided = client.purchase(drop_id).await;
+    // The origin forgets the order (a voided reservation): the notice that its hold
+    // ran out names an order that does not exist, however often it is sent.
+    let db = stack.db().await;
+    for table in ["payment_requests", "payments"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE order_id = $1"))
+            .bind(voided.order_id)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM orders WHERE id = $1").bind(voided.order_id).execute(&db).await.unwrap();
+    let mut reported = false;
+    for _ in 0..150 {
+        let snapshot = stack.snapshot(drop_id).await;
+        let released =
+            snapshot.holds.iter().any(|h| h.reservation_id == voided.order_id && h.state == HoldState::Released);
+        if released && !snapshot.unreported_expiries.contains(&voided.order_id) {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported, "the origin's 404 ends the notice: the edge still owes it after 15 s");
+    assert_eq!(client.remaining(drop_id).await, 3, "the units came back all the same");
+}
+
+#[tokio::test]
+async fn unknown_methods_are_refused_not_read() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(2, 1)).await;
+    // Methods the runtime parses (WebDAV's and the like) but the `worker` crate reads
+    // as GET. A name the runtime does not know at all it refuses itself (501).
+    for name in ["PROPFIND", "MKCOL", "PURGE"] {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        for path in ["/v1/drops".to_owned(), format!("/v1/drops/{drop_id}"), format!("/v1/drops/{drop_id}/stock")] {
+            let answer = client.send(client.http.request(method.clone(), format!("{}{path}", client.edge))).await;
+            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{name} {path} was served: {:?}", answer.json());
+            assert_eq!(answer.code(), "method_not_allowed");
+            assert_eq!(answer.header("content-type"), Some("application/problem+json"));
+        }
+    }
+    let invented = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
+    let answer = client.send(client.http.request(invented, format!("{}/v1/drops", client.edge))).await;
+    assert!(matches!(answer.status.as_u16(), 405 | 501), "FROBNICATE /v1/drops: {}", answer.status);
+    // Known methods on routes that do not take them: 405 naming what works, from the
+    // edge for its own routes and from the origin for the rest.
+    let stock = client.send(client.http.delete(format!("{}/v1/drops/{drop_id}/stock", client.edge))).await;
+    assert_eq!((stock.status, stock.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(stock.header("allow"), Some("GET"));
+    let buy = client.send(client.http.get(format!("{}/v1/drops/{drop_id}/orders", client.edge))).await;
+    assert_eq!((buy.status, buy.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let orders = client.send(client.http.delete(format!("{}/v1/orders", client.edge))).await;
+    assert_eq!((orders.status, orders.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(orders.header("content-type"), Some("application/problem+json"));
 }

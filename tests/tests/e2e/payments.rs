@@ -239,12 +239,8 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
         .unwrap();
     assert_eq!(client.remaining(drop_id).await, 8);
 
-    let repairs = stack
-        .with_origin(move |s| async move {
-            drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await
-        })
-        .await
-        .unwrap();
+    let repairs =
+        stack.with_origin(move |s| async move { s.reconcile_drops(&[drop_id], Duration::ZERO).await }).await.unwrap();
     let kinds: Vec<(&str, Option<Uuid>)> = repairs.iter().map(|r| (r.repair, r.order_id)).collect();
     assert!(kinds.contains(&("order_recovered", Some(lost.order_id))), "{kinds:?}");
     assert!(kinds.contains(&("hold_released", Some(unreleased.order_id))), "{kinds:?}");
@@ -261,12 +257,8 @@ async fn reconciliation_finds_injected_drift_repairs_it_and_says_so() {
         .unwrap();
     assert_eq!(audited, 3);
     // A second pass finds nothing left to repair.
-    let again = stack
-        .with_origin(move |s| async move {
-            drops_origin::orders::reconcile::reconcile_drop(&s.orders(), drop_id, Duration::ZERO).await
-        })
-        .await
-        .unwrap();
+    let again =
+        stack.with_origin(move |s| async move { s.reconcile_drops(&[drop_id], Duration::ZERO).await }).await.unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 

@@ -1,0 +1,43 @@
+"""Schemathesis hooks for the fuzz run (tests/tests/e2e/fuzz.rs).
+
+JSON Schema cannot say that one field depends on another. The drop endpoints
+have two such rules, written in the document's descriptions: `ends_at` is after
+`starts_at`, and `max_per_user` is at most `stock`. Cases generated as *valid*
+are made to keep them, so that `positive_data_acceptance` tests what the schema
+can express; cases generated as invalid are left as they are.
+"""
+
+from datetime import datetime, timedelta
+
+import schemathesis
+
+DROP_BODIES = {("POST", "/v1/drops"), ("PATCH", "/v1/drops/{drop_id}")}
+
+
+def _parse(value):
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@schemathesis.hook
+def map_case(context, case):
+    meta = case.meta
+    if meta is None or meta.generation.mode.is_negative:
+        return case
+    if (case.operation.method.upper(), case.operation.path) not in DROP_BODIES:
+        return case
+    body = case.body
+    if not isinstance(body, dict):
+        return case
+    starts, ends = _parse(body.get("starts_at")), _parse(body.get("ends_at"))
+    if starts is not None and ends is not None and ends <= starts:
+        try:
+            body["ends_at"] = (starts + timedelta(hours=1)).isoformat()
+        except OverflowError:
+            body["starts_at"], body["ends_at"] = body["ends_at"], body["starts_at"]
+    stock, limit = body.get("stock"), body.get("max_per_user")
+    if isinstance(stock, int) and isinstance(limit, int) and limit > stock:
+        body["max_per_user"] = stock
+    return case
