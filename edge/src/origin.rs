@@ -77,12 +77,18 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
         let body = read_body(&mut req).await?;
         init.with_body(Some(JsValue::from(js_sys_bytes(&body))));
     }
-    let outbound = Request::new_with_init(&target, &init)?;
-    match Fetch::Request(outbound).send().await {
-        Ok(resp) => Ok(resp),
-        Err(err) => {
-            worker::console_warn!("origin unreachable for {request_id}: {err}");
-            Err(Problem::new(ErrorCode::Overloaded, Some("the origin is unreachable; retry shortly".into())).into())
+    // A read is sent a second time if the first attempt lost its connection (a
+    // pooled connection the origin had just closed): it changes nothing. A write
+    // is not: the origin may have acted on it.
+    let attempts = if matches!(method, Method::Get | Method::Head) { 2 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        match Fetch::Request(Request::new_with_init(&target, &init)?).send().await {
+            Ok(resp) => return Ok(resp),
+            Err(err) => last_error = Some(err),
         }
     }
+    let err = last_error.map(|e| e.to_string()).unwrap_or_default();
+    worker::console_warn!("origin unreachable for {request_id}: {err}");
+    Err(Problem::new(ErrorCode::Overloaded, Some("the origin is unreachable; retry shortly".into())).into())
 }

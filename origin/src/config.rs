@@ -4,7 +4,8 @@
 //! section per concern, and each provider choice (payments, cache purger, push) an
 //! enum that carries its own secrets. The conversion validates in every environment
 //! (a Stripe provider without a key does not start anywhere); production also
-//! refuses development secrets and short ones. Secrets are `SecretString`s: they
+//! refuses development secrets and short ones, and push endpoints on private
+//! addresses (`DROPS_PUSH_ALLOW_PRIVATE_ENDPOINTS`). Secrets are `SecretString`s: they
 //! never reach a log or a Debug print.
 
 use secrecy::{ExposeSecret, SecretString};
@@ -47,6 +48,7 @@ pub struct Settings {
     pub payments: PaymentSettings,
     pub cache_purger: CachePurger,
     pub push: PushProvider,
+    pub notifications: NotificationSettings,
     pub log_format: LogFormat,
 }
 
@@ -136,6 +138,19 @@ pub enum PushProvider {
     WebPush { vapid_private_key: SecretString, contact: String },
 }
 
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// Lets push subscriptions name `http` endpoints and loopback, private or
+    /// link-local addresses (the tests' receivers and local development listen on
+    /// 127.0.0.1). Otherwise an endpoint must be `https` on a public address, checked
+    /// when subscribing and again at each send: the origin must not be a way to reach
+    /// its own network. Development only: production refuses to start with it.
+    pub push_allow_private_endpoints: bool,
+    /// How many live sockets one user may hold at once, across every origin instance
+    /// (one more is refused with 429 before it is upgraded).
+    pub max_sockets_per_user: u32,
+}
+
 /// The environment as the origin reads it: `DROPS_<FIELD>` for each field.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -173,6 +188,9 @@ pub struct EnvSettings {
     pub push_callback_secret: SecretString,
     pub vapid_private_key: Option<SecretString>,
     pub vapid_contact: String,
+    /// Unset: true in development, false in production (which refuses `true`).
+    pub push_allow_private_endpoints: Option<bool>,
+    pub max_sockets_per_user: u32,
 }
 
 impl Default for EnvSettings {
@@ -207,6 +225,8 @@ impl Default for EnvSettings {
             push_callback_secret: DEV_PUSH_CALLBACK_SECRET.into(),
             vapid_private_key: None,
             vapid_contact: "mailto:ops@drops.dev".into(),
+            push_allow_private_endpoints: None,
+            max_sockets_per_user: 5,
         }
     }
 }
@@ -273,6 +293,7 @@ impl EnvSettings {
             .map(SecretString::from)
             .collect();
         anyhow::ensure!(!webhook_secrets.is_empty(), "DROPS_WEBHOOK_SECRETS: at least one secret is needed");
+        anyhow::ensure!(self.max_sockets_per_user >= 1, "DROPS_MAX_SOCKETS_PER_USER: at least 1");
         let settings = Settings {
             environment: self.environment,
             server: ServerSettings {
@@ -299,6 +320,12 @@ impl EnvSettings {
             payments: PaymentSettings { webhook_secrets, provider: payment_provider },
             cache_purger,
             push,
+            notifications: NotificationSettings {
+                push_allow_private_endpoints: self
+                    .push_allow_private_endpoints
+                    .unwrap_or(self.environment == Environment::Development),
+                max_sockets_per_user: self.max_sockets_per_user,
+            },
             log_format: self.log_format,
         };
         settings.check()?;
@@ -345,6 +372,12 @@ impl Settings {
         }
         if self.payments.webhook_secrets.iter().any(|s| s.expose_secret() == DEV_WEBHOOK_SECRET) {
             anyhow::bail!("DROPS_WEBHOOK_SECRETS holds the development default; refusing to start in production");
+        }
+        if self.notifications.push_allow_private_endpoints {
+            anyhow::bail!(
+                "DROPS_PUSH_ALLOW_PRIVATE_ENDPOINTS=true lets any user make the origin call its own network; \
+                 refusing to start in production"
+            );
         }
         Ok(())
     }
@@ -396,6 +429,25 @@ mod tests {
         assert!(webpush.into_settings().unwrap_err().to_string().contains("DROPS_VAPID_PRIVATE_KEY"));
         let unknown = EnvSettings { payment_provider: "paypal".into(), ..EnvSettings::default() };
         assert!(unknown.into_settings().is_err());
+    }
+
+    #[test]
+    fn private_push_endpoints_are_for_development_only() {
+        assert!(Settings::development().notifications.push_allow_private_endpoints, "the tests' receivers are local");
+        let prod = production().into_settings().unwrap();
+        assert!(!prod.notifications.push_allow_private_endpoints, "production defaults to public endpoints only");
+        let opened = EnvSettings { push_allow_private_endpoints: Some(true), ..production() };
+        let refused = opened.into_settings().unwrap_err().to_string();
+        assert!(refused.contains("DROPS_PUSH_ALLOW_PRIVATE_ENDPOINTS"), "{refused}");
+        let strict_dev = EnvSettings { push_allow_private_endpoints: Some(false), ..EnvSettings::default() };
+        assert!(!strict_dev.into_settings().unwrap().notifications.push_allow_private_endpoints);
+    }
+
+    #[test]
+    fn sockets_per_user_default_to_five_and_at_least_one() {
+        assert_eq!(Settings::development().notifications.max_sockets_per_user, 5);
+        let none = EnvSettings { max_sockets_per_user: 0, ..EnvSettings::default() };
+        assert!(none.into_settings().unwrap_err().to_string().contains("DROPS_MAX_SOCKETS_PER_USER"));
     }
 
     #[test]

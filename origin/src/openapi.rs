@@ -29,9 +29,10 @@ struct NotificationPage {
 }
 
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 struct PushSubscription {
     /// The push service's URL for this browser (`https` on a public address).
-    #[schema(max_length = 2048)]
+    #[schema(min_length = 8, max_length = 2048, pattern = "^https?://")]
     endpoint: String,
     keys: PushKeys,
     /// As `PushSubscription.toJSON()` gives it; not used.
@@ -40,6 +41,7 @@ struct PushSubscription {
 }
 
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 struct PushKeys {
     #[schema(max_length = 256)]
     p256dh: String,
@@ -336,7 +338,10 @@ mod tests {
         assert_eq!((key["schema"]["minLength"].as_u64(), key["schema"]["maxLength"].as_u64()), (Some(8), Some(255)));
         for (path, method) in [("/v1/drops", "get"), ("/v1/orders", "get"), ("/v1/notifications", "get")] {
             let limit = param(path, method, "limit");
-            assert_eq!((limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()), (Some(1), Some(100)));
+            assert_eq!(
+                (limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()),
+                (Some(1), Some(100))
+            );
         }
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["CreateOrderRequest"]["properties"]["quantity"]["minimum"], 1);

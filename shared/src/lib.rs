@@ -14,6 +14,7 @@
 //! - [`inventory`]: the stock rules of one drop; the edge's inventory object runs them.
 //! - [`json`]: strict JSON decoding that names the offending field.
 //! - [`pages`]: the public paths of the pages the edge caches.
+//! - [`routes`]: every public route and the methods it takes.
 
 pub mod api;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod inventory;
 pub mod json;
 pub mod pages;
 pub mod problem;
+pub mod routes;
 pub mod signing;
 
 /// Largest request body any public route accepts.

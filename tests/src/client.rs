@@ -111,6 +111,11 @@ impl Client {
         self.send(req).await
     }
 
+    /// `POST /v1/notifications/stream-ticket` with `token` (no body), through the edge.
+    pub async fn stream_ticket(&self, token: &str) -> Answer {
+        self.send(self.http.post(format!("{}/v1/notifications/stream-ticket", self.edge)).bearer_auth(token)).await
+    }
+
     /// `PUT /v1/me/push-subscription` as `buyer`, through the edge.
     pub async fn subscribe_push(&self, buyer: &Buyer, subscription: &Value) -> Answer {
         let put = self.http.put(format!("{}/v1/me/push-subscription", self.edge)).bearer_auth(&buyer.token);

@@ -107,7 +107,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn repo_root() -> std::path::PathBuf {
+pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
@@ -376,11 +376,15 @@ impl Stack {
         Client::new(self)
     }
 
-    /// Opens `who`'s notification socket through the edge and collects what
-    /// arrives on it (once the server's hello says the user is present).
+    /// Opens `who`'s notification socket through the edge, as a browser does (a
+    /// ticket first, then the socket with `?ticket=`), and collects what arrives on
+    /// it (once the server's hello says the user is present).
     pub async fn listen(&self, who: &Buyer) -> (Socket, tokio::task::JoinHandle<()>) {
         use futures::StreamExt;
-        let url = format!("{}/v1/notifications/stream?access_token={}", self.edge_url.replace("http", "ws"), who.token);
+        let ticket = self.client().stream_ticket(&who.token).await;
+        assert_eq!(ticket.status, reqwest::StatusCode::CREATED, "stream ticket: {:?}", ticket.json());
+        let ticket = ticket.json()["ticket"].as_str().expect("a ticket").to_owned();
+        let url = format!("{}/v1/notifications/stream?ticket={ticket}", self.edge_url.replace("http", "ws"));
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the stream opens through the edge");
         let got: Socket = Socket::default();
         let sink = got.clone();

@@ -3,18 +3,43 @@
 //! holding the user's socket, expiring unless its heartbeat renews it), so any
 //! instance can send to any user: it publishes on the holder's channel
 //! (`<prefix>:live:<instance>`) and the holder writes to the socket.
+//!
+//! Opening a socket, in this order, each refusal a problem+json before any upgrade:
+//! 1. Credentials (401 `unauthorized`): `Authorization: Bearer <token>` (native
+//!    apps), or `?ticket=` for browsers, which cannot set headers on a WebSocket. A
+//!    ticket comes from `POST /v1/notifications/stream-ticket` (bearer auth): 32
+//!    random bytes, base64url, valid [`TICKET_TTL_SECS`] and never longer than its
+//!    token, kept in Redis only as a keyed hash (`<prefix>:stream-ticket:<hmac>` →
+//!    the user and the token's `exp`) and taken with `GETDEL`, so it opens one
+//!    socket. A token in the URL (`?access_token=`) is not accepted: URLs end up in
+//!    access logs. Tickets are never logged.
+//! 2. An upgrade (400 `invalid_request` for a plain request).
+//! 3. A free slot among the user's sockets (429 `rate_limited`, see [`Slot`]).
+//!
+//! The server closes the socket (code [`TOKEN_EXPIRED`], "token expired") when the
+//! credentials it was opened with expire: the token's `exp`, or for a ticket the
+//! `exp` of the token that obtained it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::response::Response;
-use chrono::Utc;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
 use drops_shared::auth::verify_bearer;
+use drops_shared::problem::{ErrorCode, Problem};
+use drops_shared::signing::sign_internal;
 use futures::StreamExt;
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -23,10 +48,23 @@ use uuid::Uuid;
 
 use super::NotificationsState;
 use crate::error::{ApiError, ApiResult};
-use crate::state::Core;
+use crate::extract::AuthUser;
+use crate::state::{Core, LazyRedis};
 
 const PRESENCE_TTL_SECS: u64 = 30;
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a stream ticket may wait to be used.
+pub const TICKET_TTL_SECS: i64 = 30;
+/// The close code of a socket whose credentials expired (4000–4999: the application's).
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// A socket whose heartbeat is older than this no longer holds a slot (its instance
+/// is gone); three heartbeats, as presence.
+const SLOT_STALE_MS: i64 = PRESENCE_TTL_SECS as i64 * 1000;
+/// The `Retry-After` of a refusal for too many sockets: a slot frees when the user
+/// closes a socket, or within a heartbeat or three if one was left by a dead instance.
+const SLOT_RETRY_AFTER_SECS: u64 = HEARTBEAT.as_secs();
+/// The path the stream's tickets are hashed under (see [`ticket_key`]).
+const STREAM_PATH: &str = "/v1/notifications/stream";
 
 /// A message on a user's socket: `{"kind", "payload", "id"?}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,11 +89,18 @@ pub struct Live {
     pub instance: String,
     sockets: Mutex<HashMap<Uuid, Vec<(u64, SocketOutbox)>>>,
     next: AtomicU64,
+    /// One connection for tickets, slots and heartbeats of every socket here.
+    redis: LazyRedis,
 }
 
 impl Default for Live {
     fn default() -> Self {
-        Self { instance: Uuid::new_v4().simple().to_string(), sockets: Mutex::default(), next: AtomicU64::new(1) }
+        Self {
+            instance: Uuid::new_v4().simple().to_string(),
+            sockets: Mutex::default(),
+            next: AtomicU64::new(1),
+            redis: LazyRedis::default(),
+        }
     }
 }
 
@@ -136,46 +181,291 @@ pub async fn subscribe(state: &NotificationsState) -> anyhow::Result<()> {
     anyhow::bail!("live subscription closed")
 }
 
-#[derive(Deserialize)]
-pub struct StreamQuery {
-    /// Browsers cannot set headers on a WebSocket: the token may come as a query.
-    access_token: Option<String>,
+/// `POST /v1/notifications/stream-ticket`; the stream itself is routed with the inbox.
+pub fn router() -> Router<NotificationsState> {
+    Router::new().route("/v1/notifications/stream-ticket", post(issue_ticket))
 }
 
+fn unauthorized(detail: &str) -> Problem {
+    Problem::new(ErrorCode::Unauthorized, Some(detail.to_owned()))
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::Internal(e.into())
+}
+
+/// Whom a socket is for, and until when the credentials it was opened with hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Credentials {
+    user: Uuid,
+    expires_at: DateTime<Utc>,
+}
+
+/// The `exp` of a bearer token (`Authorization` value); read only once
+/// [`verify_bearer`] has checked the token's signature.
+fn token_expiry(authorization: &str) -> Option<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: i64,
+    }
+    let token = authorization.split_once(' ')?.1.trim();
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    DateTime::from_timestamp(serde_json::from_slice::<Exp>(&payload).ok()?.exp, 0)
+}
+
+/// A bearer token's credentials at `now`: valid, and not yet expired (the verifier
+/// allows some clock skew past `exp`; a socket opened then would close at once).
+fn bearer_credentials(authorization: Option<&str>, secret: &[u8], now: DateTime<Utc>) -> Result<Credentials, Problem> {
+    let identity = verify_bearer(authorization, secret, now)?;
+    let expires_at = authorization.and_then(token_expiry).ok_or_else(|| unauthorized("token without `exp`"))?;
+    if expires_at <= now {
+        return Err(unauthorized("token expired"));
+    }
+    Ok(Credentials { user: identity.user_id, expires_at })
+}
+
+/// A new ticket: 32 bytes from the OS's generator, base64url without padding.
+fn new_ticket() -> String {
+    use web_push_native::p256::elliptic_curve::rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` could be a ticket [`new_ticket`] made (so nothing else reaches Redis).
+fn looks_like_ticket(s: &str) -> bool {
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where a ticket is kept: under a keyed hash of it (HMAC-SHA256 under the token
+/// secret, through the shared signing code; its method and path fields keep it apart
+/// from any internal-call signature), so Redis, its dumps and its logs hold no ticket
+/// that could be used.
+fn ticket_key(prefix: &str, secret: &[u8], ticket: &str) -> String {
+    format!("{prefix}:stream-ticket:{}", sign_internal(secret, "TICKET", STREAM_PATH, 0, ticket.as_bytes()))
+}
+
+/// What a ticket grants, as kept in Redis.
+#[derive(Debug, Serialize, Deserialize)]
+struct Grant {
+    user: Uuid,
+    /// The `exp` (unix seconds) of the token that obtained the ticket.
+    exp: i64,
+}
+
+const UNKNOWN_TICKET: &str = "unknown, used or expired ticket";
+
+/// The credentials of a redeemed ticket's grant (`None`: unknown, used or expired).
+fn granted(grant: Option<&str>, now: DateTime<Utc>) -> Result<Credentials, Problem> {
+    let refused = || unauthorized(UNKNOWN_TICKET);
+    let grant: Grant = grant.and_then(|g| serde_json::from_str(g).ok()).ok_or_else(refused)?;
+    let expires_at = DateTime::from_timestamp(grant.exp, 0).ok_or_else(refused)?;
+    if expires_at <= now {
+        return Err(unauthorized("the token that obtained this ticket has expired"));
+    }
+    Ok(Credentials { user: grant.user, expires_at })
+}
+
+#[derive(Serialize)]
+struct StreamTicket {
+    ticket: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/notifications/stream-ticket` → 201 `{"ticket", "expires_at"}`.
+async fn issue_ticket(
+    State(state): State<NotificationsState>,
+    AuthUser(identity): AuthUser,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let now = Utc::now();
+    let secret = state.core.settings.auth.jwt_secret.expose_secret().as_bytes();
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let credentials = bearer_credentials(authorization, secret, now)?;
+    let expires_at = (now + chrono::Duration::seconds(TICKET_TTL_SECS)).min(credentials.expires_at);
+    let ticket = new_ticket();
+    let grant = serde_json::to_string(&Grant { user: identity.user_id, exp: credentials.expires_at.timestamp() })
+        .map_err(internal)?;
+    let (mut conn, _) = state.live.redis.get(&state.core.redis).await.map_err(internal)?;
+    let stored: Option<String> = redis::cmd("SET")
+        .arg(ticket_key(state.core.redis_prefix(), secret, &ticket))
+        .arg(grant)
+        .arg("PX")
+        .arg((expires_at - now).num_milliseconds().max(1))
+        .arg("NX")
+        .query_async(&mut conn)
+        .await
+        .map_err(internal)?;
+    if stored.is_none() {
+        return Err(internal(anyhow::anyhow!("a new stream ticket collided with a live one")));
+    }
+    let mut resp = (StatusCode::CREATED, Json(StreamTicket { ticket, expires_at })).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The credentials a stream request presents.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented<'a> {
+    /// The `Authorization` header (checked as it is: a bad one is not made up for
+    /// by a ticket).
+    Bearer(Option<&'a str>),
+    Ticket(String),
+}
+
+fn presented<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<Presented<'a>, Problem> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return Ok(Presented::Bearer(value.to_str().ok()));
+    }
+    let params: Vec<(String, String)> = query.and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    if let Some((_, ticket)) = params.iter().find(|(k, _)| k == "ticket") {
+        return Ok(Presented::Ticket(ticket.clone()));
+    }
+    Err(unauthorized(if params.iter().any(|(k, _)| k == "access_token") {
+        "a token is not accepted in the URL: send `Authorization: Bearer <token>`, or \
+         `?ticket=` from `POST /v1/notifications/stream-ticket`"
+    } else {
+        "send `Authorization: Bearer <token>`, or `?ticket=` from `POST /v1/notifications/stream-ticket`"
+    }))
+}
+
+/// `GET /v1/notifications/stream`: credentials, then the upgrade, then a slot.
 pub async fn stream(
     State(state): State<NotificationsState>,
-    headers: axum::http::HeaderMap,
-    Query(q): Query<StreamQuery>,
-    upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let bearer = header.or_else(|| q.access_token.map(|t| format!("Bearer {t}")));
+    let now = Utc::now();
     let secret = state.core.settings.auth.jwt_secret.expose_secret().as_bytes();
-    let identity = verify_bearer(bearer.as_deref(), secret, Utc::now()).map_err(ApiError::from)?;
-    Ok(upgrade.on_upgrade(move |socket| hold(state, identity.user_id, socket)))
-}
-
-async fn hold(state: NotificationsState, user: Uuid, mut socket: WebSocket) {
-    let (id, mut outbox) = state.live.register(user);
-    let key = presence_key(state.core.redis_prefix(), user);
-    let announce = |conn: &mut redis::aio::MultiplexedConnection| {
-        let (key, instance) = (key.clone(), state.live.instance.clone());
-        let mut conn = conn.clone();
-        async move { conn.set_ex::<_, _, ()>(key, instance, PRESENCE_TTL_SECS).await }
-    };
-    let mut conn = match state.core.redis.get_multiplexed_async_connection().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "no presence without redis");
-            state.live.unregister(user, id);
-            return;
+    let credentials = match presented(&headers, query.as_deref())? {
+        Presented::Bearer(authorization) => bearer_credentials(authorization, secret, now)?,
+        Presented::Ticket(ticket) => {
+            if !looks_like_ticket(&ticket) {
+                return Err(unauthorized(UNKNOWN_TICKET).into());
+            }
+            let (mut conn, _) = state.live.redis.get(&state.core.redis).await.map_err(internal)?;
+            let key = ticket_key(state.core.redis_prefix(), secret, &ticket);
+            let grant: Option<String> = redis::cmd("GETDEL").arg(key).query_async(&mut conn).await.map_err(internal)?;
+            granted(grant.as_deref(), now)?
         }
     };
-    if announce(&mut conn).await.is_err() {
+    let Ok(upgrade) = upgrade else {
+        return Err(ApiError::code(
+            ErrorCode::InvalidRequest,
+            "this route is a WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    };
+    let (conn, _) = state.live.redis.get(&state.core.redis).await.map_err(internal)?;
+    let cap = state.core.settings.notifications.max_sockets_per_user;
+    let Some(slot) =
+        Slot::claim(conn, sockets_key(state.core.redis_prefix(), credentials.user), cap).await.map_err(internal)?
+    else {
+        let detail = format!("at most {cap} notification sockets per user are open at once; close one");
+        let mut resp = ApiError::code(ErrorCode::RateLimited, detail).into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(SLOT_RETRY_AFTER_SECS));
+        return Ok(resp);
+    };
+    Ok(upgrade.on_upgrade(move |socket| hold(state, credentials, slot, socket)))
+}
+
+fn sockets_key(prefix: &str, user: Uuid) -> String {
+    format!("{prefix}:sockets:{user}")
+}
+
+/// Claims a slot: forgets the user's stale sockets, then joins if fewer than the cap
+/// remain. ARGV: socket id, now (ms), cap, staleness (ms).
+const CLAIM: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[4]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// A socket's place among its user's sockets, on every instance: the sorted set
+/// `<prefix>:sockets:<user>` of socket ids scored by their last heartbeat (ms). A
+/// socket leaves it when it ends (or, should that fail, when this is dropped); a
+/// socket of an instance that died stops being renewed and is pruned
+/// [`SLOT_STALE_MS`] later by the next claim, and the whole set expires then too.
+///
+/// Over the cap, the new socket is refused (429 before the upgrade) rather than the
+/// oldest closed: a refusal costs nothing and touches no socket in use, while
+/// closing the oldest would need a message to whichever instance holds it, would let
+/// a client stuck in a reconnect loop (or someone with a leaked token) knock the
+/// user's other devices off in turn, and would leave a device whose socket was
+/// closed reconnecting and closing another. A socket the user gave up on frees its
+/// slot as soon as its connection closes.
+struct Slot {
+    conn: ConnectionManager,
+    key: String,
+    id: String,
+    released: bool,
+}
+
+impl Slot {
+    async fn claim(mut conn: ConnectionManager, key: String, cap: u32) -> redis::RedisResult<Option<Slot>> {
+        let id = Uuid::new_v4().simple().to_string();
+        let joined: i64 = redis::Script::new(CLAIM)
+            .key(&key)
+            .arg(&id)
+            .arg(Utc::now().timestamp_millis())
+            .arg(cap)
+            .arg(SLOT_STALE_MS)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((joined == 1).then_some(Slot { conn, key, id, released: false }))
+    }
+
+    async fn renew(&mut self) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .zadd(&self.key, &self.id, Utc::now().timestamp_millis())
+            .ignore()
+            .pexpire(&self.key, SLOT_STALE_MS)
+            .ignore()
+            .query_async(&mut self.conn)
+            .await
+    }
+
+    async fn release(mut self) {
+        self.released = true;
+        let _: redis::RedisResult<i64> = self.conn.zrem(&self.key, &self.id).await;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A socket that never opened (the client left during the upgrade) or whose task
+        // ended early: give the slot back without waiting for it to go stale.
+        if !self.released {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (mut conn, key, id) =
+                    (self.conn.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.id));
+                runtime.spawn(async move {
+                    let _: redis::RedisResult<i64> = conn.zrem(key, id).await;
+                });
+            }
+        }
+    }
+}
+
+async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slot, mut socket: WebSocket) {
+    let user = credentials.user;
+    let (id, mut outbox) = state.live.register(user);
+    let key = presence_key(state.core.redis_prefix(), user);
+    let mut conn = slot.conn.clone();
+    let instance = state.live.instance.clone();
+    if conn.set_ex::<_, _, ()>(&key, &instance, PRESENCE_TTL_SECS).await.is_err() {
+        tracing::warn!("no presence without redis");
         state.live.unregister(user, id);
+        slot.release().await;
         return;
     }
     let _ = socket.send(Message::Text(r#"{"kind":"hello","payload":{}}"#.into())).await;
+    let left = (credentials.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let expiry = tokio::time::sleep_until(tokio::time::Instant::now() + left);
+    tokio::pin!(expiry);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -187,20 +477,112 @@ async fn hold(state: NotificationsState, user: Uuid, mut socket: WebSocket) {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
+            () = &mut expiry => {
+                let frame = CloseFrame { code: TOKEN_EXPIRED, reason: "token expired".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                break;
+            }
             _ = heartbeat.tick() => {
-                let _ = announce(&mut conn).await;
+                let _ = conn.set_ex::<_, _, ()>(&key, &instance, PRESENCE_TTL_SECS).await;
+                let _ = slot.renew().await;
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() { break }
             }
         }
     }
+    slot.release().await;
     if state.live.unregister(user, id) {
         // Only if the presence is still ours (another instance may hold a newer socket).
         let _: redis::RedisResult<i64> = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
         )
         .key(&key)
-        .arg(&state.live.instance)
+        .arg(&instance)
         .invoke_async(&mut conn)
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drops_shared::auth::{mint, Identity, Role};
+
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn bearer(exp: DateTime<Utc>) -> String {
+        format!("Bearer {}", mint(Identity { user_id: Uuid::from_u128(7), role: Role::Buyer }, SECRET, exp))
+    }
+
+    #[test]
+    fn tickets_are_256_random_bits_in_base64url() {
+        let (a, b) = (new_ticket(), new_ticket());
+        assert_ne!(a, b);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+        assert!(looks_like_ticket(&a) && looks_like_ticket(&b), "{a}");
+        for not in ["", "short", &format!("{a}x"), &a.replace(&a[..1], "+"), &format!("{}/", &a[..42])] {
+            assert!(!looks_like_ticket(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_ticket_is_kept_under_a_keyed_hash_of_it() {
+        let ticket = new_ticket();
+        let key = ticket_key("drops", SECRET, &ticket);
+        assert_eq!(key, ticket_key("drops", SECRET, &ticket), "the same ticket finds its grant");
+        let digest = key.strip_prefix("drops:stream-ticket:").expect("under the prefix");
+        assert_eq!(digest.len(), 64);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!key.contains(&ticket), "the ticket itself is not in Redis");
+        assert_ne!(key, ticket_key("drops", SECRET, &new_ticket()));
+        assert_ne!(key, ticket_key("drops", b"another-secret", &ticket));
+        assert!(ticket_key("staging", SECRET, &ticket).starts_with("staging:stream-ticket:"));
+    }
+
+    #[test]
+    fn key_names() {
+        let user = Uuid::from_u128(7);
+        assert_eq!(sockets_key("drops", user), format!("drops:sockets:{user}"));
+        assert_eq!(presence_key("drops", user), format!("drops:presence:{user}"));
+    }
+
+    #[test]
+    fn bearer_credentials_carry_the_token_expiry() {
+        let exp = now() + chrono::Duration::minutes(5);
+        let got = bearer_credentials(Some(&bearer(exp)), SECRET, now()).unwrap();
+        assert_eq!(got, Credentials { user: Uuid::from_u128(7), expires_at: exp });
+        // Within the verifier's clock-skew allowance, but already past `exp`.
+        let just_expired = bearer(now() - chrono::Duration::seconds(5));
+        assert_eq!(bearer_credentials(Some(&just_expired), SECRET, now()).unwrap_err().status, 401);
+        assert_eq!(bearer_credentials(Some(&bearer(exp)), b"other", now()).unwrap_err().status, 401);
+        assert_eq!(bearer_credentials(None, SECRET, now()).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn a_grant_holds_until_its_token_expires() {
+        let user = Uuid::from_u128(9);
+        let exp = now() + chrono::Duration::minutes(1);
+        let grant = serde_json::to_string(&Grant { user, exp: exp.timestamp() }).unwrap();
+        assert_eq!(granted(Some(&grant), now()).unwrap(), Credentials { user, expires_at: exp });
+        assert_eq!(granted(Some(&grant), exp).unwrap_err().status, 401);
+        assert_eq!(granted(None, now()).unwrap_err().status, 401);
+        assert_eq!(granted(Some("not a grant"), now()).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn credentials_come_from_the_header_or_a_ticket_never_a_token_in_the_url() {
+        let mut headers = HeaderMap::new();
+        let err = presented(&headers, Some("access_token=abc")).unwrap_err();
+        assert_eq!(err.status, 401);
+        assert!(err.detail.unwrap_or_default().contains("not accepted in the URL"));
+        assert_eq!(presented(&headers, None).unwrap_err().status, 401);
+        assert_eq!(presented(&headers, Some("%%%")).unwrap_err().status, 401);
+        assert_eq!(presented(&headers, Some("ticket=t1&x=y")).unwrap(), Presented::Ticket("t1".into()));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(presented(&headers, Some("ticket=t1")).unwrap(), Presented::Bearer(Some("Bearer abc")));
     }
 }

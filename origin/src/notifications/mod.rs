@@ -40,5 +40,5 @@ impl FromRef<NotificationsState> for Core {
 }
 
 pub fn router(state: NotificationsState) -> Router {
-    Router::new().merge(inbox::router()).merge(push::router()).with_state(state)
+    Router::new().merge(inbox::router()).merge(live::router()).merge(push::router()).with_state(state)
 }

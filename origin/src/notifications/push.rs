@@ -4,10 +4,30 @@
 //! behind a trait: Web Push (RFC 8030 with VAPID, payload encrypted per RFC 8291) or a
 //! plain signed HTTP callback, for tests and for operators with their own gateway.
 //! A provider answering 404 or 410 means the subscription is gone: it is dropped.
+//!
+//! The endpoint is named by the user, so the origin must not become their way into
+//! its own network (server-side request forgery). Unless development allows private
+//! endpoints (`push_allow_private_endpoints`, which production refuses), an endpoint
+//! must be `https` on a public address: never loopback, private, shared (CGNAT),
+//! link-local (cloud metadata), documentation, benchmarking, multicast or reserved
+//! IPv4, nor the IPv6 equivalents, nor an IPv6 form carrying such an IPv4 address
+//! (IPv4-mapped or -compatible, NAT64, 6to4); see [`refused_range`]. This is checked
+//! when subscribing (a 400 naming `endpoint`: the host must resolve, and only to public
+//! addresses) and again at every send, on the addresses actually connected to (a
+//! resolver that drops the others, so a name that turns private later, as in DNS
+//! rebinding, reaches nothing; IP literals, which skip the resolver, are checked
+//! first). A push never follows a redirect (a 3xx drops the subscription, see
+//! [`outcome_of`]), uses no proxy, connects within 2 s and gets its answer within 5 s.
+//!
+//! Sending holds no database transaction: one statement claims a batch (moving its
+//! deliveries a lease ahead, so no other sender takes them), the requests go out with
+//! nothing open, and one short transaction settles the batch in three set-based
+//! statements. Batches are sent in tasks of their own, a few at once, so one that waits
+//! on endpoints that never answer holds up no delivery due meanwhile.
 
-use std::time::Duration;
-
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::State;
@@ -34,9 +54,210 @@ const BATCH: i64 = 200;
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
 /// How often the sender looks for due deliveries when it has caught up.
 pub const IDLE: Duration = Duration::from_millis(200);
+/// Connecting to a push endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole request to a push endpoint: resolving, connecting, sending, the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whatever a provider does, its send is given up after this (and retried).
+const SEND_DEADLINE: Duration = Duration::from_secs(10);
+/// A claimed delivery is its sender's for this long (seconds): far longer than its
+/// send may take ([`SEND_DEADLINE`]) and the settling after, so no other round sends it
+/// meanwhile; a sender that died leaves it due again once the lease is over.
+const LEASE_SECS: f64 = 60.0;
+/// Batches one sender has out at once.
+const IN_FLIGHT: usize = 4;
+/// Resolving an endpoint's host when subscribing.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_ENDPOINT_LEN: usize = 2048;
 
 fn count(outcome: &'static str) {
     metrics::counter!("drops_push_deliveries_total", "outcome" => outcome).increment(1);
+}
+
+/// IPv4 networks no push goes to: (network, prefix length, what it is).
+const REFUSED_V4: &[(Ipv4Addr, u8, &str)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "in \"this\" network (0/8)"),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private (10/8)"),
+    (Ipv4Addr::new(100, 64, 0, 0), 10, "shared address space (100.64/10)"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback (127/8)"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local (169.254/16)"),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private (172.16/12)"),
+    (Ipv4Addr::new(192, 0, 0, 0), 24, "IETF protocol assignments (192.0.0/24)"),
+    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation (192.0.2/24)"),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private (192.168/16)"),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking (198.18/15)"),
+    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation (198.51.100/24)"),
+    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation (203.0.113/24)"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast (224/4)"),
+    // Holds the broadcast address too.
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (240/4)"),
+];
+
+/// IPv6 networks no push goes to: (network, prefix length, what it is).
+const REFUSED_V6: &[(Ipv6Addr, u8, &str)] = &[
+    (Ipv6Addr::UNSPECIFIED, 128, "unspecified (::)"),
+    (Ipv6Addr::LOCALHOST, 128, "loopback (::1)"),
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48, "local-use NAT64 (64:ff9b:1::/48)"),
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard-only (100::/64)"),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32, "documentation (2001:db8::/32)"),
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "unique local (fc00::/7)"),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local (fe80::/10)"),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local (fec0::/10)"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast (ff00::/8)"),
+];
+
+/// IPv6 networks whose addresses carry an IPv4 address, judged by it: (network, prefix
+/// length, how far right of the IPv4 address's last bit the address ends).
+const EMBEDDING_V6: &[(Ipv6Addr, u8, u32)] = &[
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96, 0),    // IPv4-mapped
+    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96, 0),    // IPv4-translated (SIIT)
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96, 0),         // IPv4-compatible (deprecated)
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96, 0), // NAT64, well-known prefix
+    (Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16, 80),   // 6to4: 2002:AABB:CCDD::/48
+];
+
+/// Whether the top `len` of `bits` bits of `addr` and `net` agree.
+fn in_prefix(addr: u128, net: u128, len: u8, bits: u32) -> bool {
+    let len = u32::from(len);
+    len == 0 || (addr ^ net) >> (bits - len) == 0
+}
+
+/// Why no push may go to `ip`, if none may: the reserved range it is in. An IPv6
+/// address that carries an IPv4 address (mapped, compatible, NAT64, 6to4) is judged by
+/// that IPv4 address, since that is where a connection to it ends up.
+pub fn refused_range(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => REFUSED_V4
+            .iter()
+            .find(|(net, len, _)| in_prefix(u32::from(v4).into(), u32::from(*net).into(), *len, 32))
+            .map(|(_, _, what)| *what),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            if let Some((_, _, what)) =
+                REFUSED_V6.iter().find(|(net, len, _)| in_prefix(bits, (*net).into(), *len, 128))
+            {
+                return Some(what);
+            }
+            EMBEDDING_V6.iter().find(|(net, len, _)| in_prefix(bits, (*net).into(), *len, 128)).and_then(
+                |(_, _, shift)| refused_range(IpAddr::V4(Ipv4Addr::from(((bits >> shift) & 0xffff_ffff) as u32))),
+            )
+        }
+    }
+}
+
+/// Whether a push may go to `ip` (see [`refused_range`]).
+pub fn is_public(ip: IpAddr) -> bool {
+    refused_range(ip).is_none()
+}
+
+/// The checks of an endpoint that need no name resolution, made when subscribing and
+/// again before each send: the length, the scheme, and the address when the host is
+/// one (an IP literal is connected to as is: no resolver sees it). Why not, if not.
+fn endpoint_url(endpoint: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    if endpoint.len() > MAX_ENDPOINT_LEN {
+        return Err(format!("longer than {MAX_ENDPOINT_LEN} bytes"));
+    }
+    let url = reqwest::Url::parse(endpoint).map_err(|_| "not a URL".to_owned())?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_private => {}
+        _ if allow_private => return Err("must be an http(s) URL".into()),
+        _ => return Err("must be an https URL".into()),
+    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("needs a host")?;
+    // The URL parser has already turned every spelling of an address (`0x7f.1`,
+    // `2130706433`, `[::ffff:7f00:1]`) into its canonical form.
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse::<IpAddr>();
+    if let (Ok(ip), false) = (literal, allow_private) {
+        if let Some(range) = refused_range(ip) {
+            return Err(format!("{ip} is {range}: pushes go to public addresses only"));
+        }
+    }
+    Ok(url)
+}
+
+/// Whether `endpoint` may receive pushes, as checked when subscribing: why not, if not.
+/// Beyond [`endpoint_url`], a host name must resolve, and only to public addresses
+/// (unless private ones are allowed: then it is not resolved at all, so development and
+/// tests may name hosts that resolve only where the pushes are sent from).
+pub async fn check_endpoint(endpoint: &str, allow_private: bool) -> Result<(), String> {
+    let url = endpoint_url(endpoint, allow_private)?;
+    let host = url.host_str().unwrap_or_default();
+    if allow_private || host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let addresses: Vec<IpAddr> = match resolved {
+        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        _ => Vec::new(),
+    };
+    // One answer for "does not resolve" and "resolves to a private address": which of
+    // the two would tell a stranger what names our own network has.
+    if addresses.is_empty() || !addresses.iter().copied().all(is_public) {
+        return Err(format!("its host `{host}` must resolve, and to public addresses only"));
+    }
+    Ok(())
+}
+
+/// Resolves a push endpoint's host at send time and keeps its public addresses only
+/// (none left: an error, and the delivery is retried). The check is on the addresses
+/// actually connected to, so a name that was public when subscribed and points
+/// inside since (DNS rebinding) reaches nothing.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What every provider sends with: a client that follows no redirect, uses no proxy
+/// (one would connect on our behalf to addresses our resolver never saw), gives up
+/// quickly, and reaches public addresses only (unless private ones are allowed).
+struct PushHttp {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl PushHttp {
+    fn new(allow_private: bool) -> anyhow::Result<Self> {
+        let builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        let builder = if allow_private { builder } else { builder.dns_resolver(Arc::new(PublicAddressesOnly)) };
+        Ok(Self { client: builder.build()?, allow_private })
+    }
+
+    /// The URL to send to, if `endpoint` may still be sent to.
+    fn target(&self, endpoint: &str) -> Result<reqwest::Url, String> {
+        endpoint_url(endpoint, self.allow_private)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
+        match request.send().await {
+            Ok(resp) => outcome_of(resp.status().as_u16()),
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why = format!("{why}: {cause}");
+                    source = cause.source();
+                }
+                Outcome::Retry(why)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,7 +280,8 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    /// 404 / 410: the subscription no longer exists.
+    /// 404 / 410 (or a redirect, or an endpoint no longer allowed): the subscription is
+    /// of no use any more.
     Gone,
     Retry(String),
 }
@@ -72,66 +294,82 @@ pub trait PushProvider: Send + Sync {
 fn outcome_of(status: u16) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
+        // Redirects are never followed (their target could be anywhere, our own network
+        // included), so an endpoint that redirects can never be pushed to: it is treated
+        // as gone, not retried (every retry would get the same answer, for every message).
+        // Push services do not redirect pushes; a browser whose subscription was dropped
+        // gets a fresh one when the app subscribes again.
+        300..=399 => Outcome::Gone,
         404 | 410 => Outcome::Gone,
         other => Outcome::Retry(format!("push service answered {other}")),
+    }
+}
+
+impl Outcome {
+    /// A subscription we cannot even encrypt to is as good as gone.
+    fn unusable(why: anyhow::Error) -> Self {
+        tracing::warn!(error = %why, "unusable push subscription dropped");
+        Self::Gone
+    }
+
+    /// So is one whose endpoint may no longer be sent to (subscribed while private
+    /// endpoints were allowed, say).
+    fn refused(why: String) -> Self {
+        tracing::warn!(%why, "push subscription to a refused endpoint dropped");
+        Self::Gone
     }
 }
 
 /// POSTs the JSON payload to the subscription's endpoint, signed like a payment
 /// webhook (`x-drops-signature: t=…,v1=…` over `"<t>.<body>"`).
 pub struct CallbackPush {
-    http: reqwest::Client,
+    http: PushHttp,
     secret: String,
 }
 
 impl CallbackPush {
-    pub fn new(secret: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
-            secret: secret.to_owned(),
-        })
+    /// `allow_private`: may push to http and to loopback or private addresses (development).
+    pub fn new(secret: &str, allow_private: bool) -> anyhow::Result<Self> {
+        Ok(Self { http: PushHttp::new(allow_private)?, secret: secret.to_owned() })
     }
 }
 
 #[async_trait]
 impl PushProvider for CallbackPush {
     async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
+        let url = match self.http.target(&subscription.endpoint) {
+            Ok(url) => url,
+            Err(why) => return Outcome::refused(why),
+        };
         let signature =
             drops_shared::signing::stripe_signature(self.secret.as_bytes(), Utc::now().timestamp(), payload);
-        match self
+        let request = self
             .http
-            .post(&subscription.endpoint)
+            .client
+            .post(url)
             .header("content-type", "application/json")
             .header("x-drops-signature", signature)
-            .body(payload.to_vec())
-            .send()
-            .await
-        {
-            Ok(resp) => outcome_of(resp.status().as_u16()),
-            Err(e) => Outcome::Retry(e.to_string()),
-        }
+            .body(payload.to_vec());
+        self.http.send(request).await
     }
 }
 
 /// Web Push: the payload encrypted to the browser's keys, VAPID-signed.
 pub struct WebPush {
-    http: reqwest::Client,
+    http: PushHttp,
     vapid: web_push_native::jwt_simple::algorithms::ES256KeyPair,
     contact: String,
 }
 
 impl WebPush {
-    /// `vapid_private_key`: the raw P-256 private key, base64url.
-    pub fn new(vapid_private_key: &str, contact: &str) -> anyhow::Result<Self> {
+    /// `vapid_private_key`: the raw P-256 private key, base64url. `allow_private`: may
+    /// push to http and to loopback or private addresses (development).
+    pub fn new(vapid_private_key: &str, contact: &str, allow_private: bool) -> anyhow::Result<Self> {
         let raw = Base64UrlUnpadded::decode_vec(vapid_private_key.trim())
             .map_err(|_| anyhow::anyhow!("the VAPID key is not base64url"))?;
         let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::from_bytes(&raw)
             .map_err(|e| anyhow::anyhow!("bad VAPID key: {e}"))?;
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
-            vapid,
-            contact: contact.to_owned(),
-        })
+        Ok(Self { http: PushHttp::new(allow_private)?, vapid, contact: contact.to_owned() })
     }
 
     /// The HTTP request RFC 8030/8291 call for: encrypted body, VAPID authorization.
@@ -160,31 +398,26 @@ impl PushProvider for WebPush {
             Err(e) => return Outcome::unusable(e),
         };
         let (parts, body) = request.into_parts();
-        let mut req = self.http.post(parts.uri.to_string()).body(body);
+        // Checked as the very URL the request goes to.
+        let url = match self.http.target(&parts.uri.to_string()) {
+            Ok(url) => url,
+            Err(why) => return Outcome::refused(why),
+        };
+        let mut req = self.http.client.post(url).body(body);
         for (name, value) in &parts.headers {
             req = req.header(name.as_str(), value.as_bytes());
         }
-        match req.send().await {
-            Ok(resp) => outcome_of(resp.status().as_u16()),
-            Err(e) => Outcome::Retry(e.to_string()),
-        }
-    }
-}
-
-impl Outcome {
-    /// A subscription we cannot even encrypt to is as good as gone.
-    fn unusable(why: anyhow::Error) -> Self {
-        tracing::warn!(error = %why, "unusable push subscription dropped");
-        Self::Gone
+        self.http.send(req).await
     }
 }
 
 pub fn provider(settings: &Settings) -> anyhow::Result<Arc<dyn PushProvider>> {
+    let allow_private = settings.notifications.push_allow_private_endpoints;
     Ok(match &settings.push {
         ProviderSettings::WebPush { vapid_private_key, contact } => {
-            Arc::new(WebPush::new(vapid_private_key.expose_secret(), contact)?)
+            Arc::new(WebPush::new(vapid_private_key.expose_secret(), contact, allow_private)?)
         }
-        ProviderSettings::Callback { secret } => Arc::new(CallbackPush::new(secret.expose_secret())?),
+        ProviderSettings::Callback { secret } => Arc::new(CallbackPush::new(secret.expose_secret(), allow_private)?),
     })
 }
 
@@ -197,13 +430,12 @@ async fn subscribe(
     user: AuthUser,
     StrictJson(sub): StrictJson<Subscription>,
 ) -> ApiResult<StatusCode> {
-    let url = reqwest::Url::parse(&sub.endpoint)
-        .map_err(|_| ApiError::code(ErrorCode::InvalidRequest, "field `endpoint`: not a URL"))?;
-    if !matches!(url.scheme(), "https" | "http") || sub.endpoint.len() > 2048 {
-        return Err(ApiError::code(ErrorCode::InvalidRequest, "field `endpoint`: must be an http(s) URL"));
-    }
     if sub.keys.p256dh.len() > 256 || sub.keys.auth.len() > 64 {
         return Err(ApiError::code(ErrorCode::InvalidRequest, "field `keys`: too long"));
+    }
+    let allow_private = state.core.settings.notifications.push_allow_private_endpoints;
+    if let Err(why) = check_endpoint(&sub.endpoint, allow_private).await {
+        return Err(ApiError::code(ErrorCode::InvalidRequest, format!("field `endpoint`: {why}")));
     }
     sqlx::query!(
         "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth) VALUES ($1, $2, $3, $4)
@@ -250,36 +482,104 @@ pub async fn enqueue(
     Ok(queued.rows_affected())
 }
 
-struct Due {
+/// A delivery a sender has claimed. `attempts` counts this attempt and marks the
+/// claim: settling touches a delivery only while it still has the same count.
+struct Claimed {
     id: i64,
     user_id: Uuid,
-    payload: serde_json::Value,
     attempts: i32,
+    payload: serde_json::Value,
     endpoint: Option<String>,
     p256dh: Option<String>,
     auth: Option<String>,
 }
 
-/// One sender round: a batch of due deliveries; [`Next::Now`] while batches come full.
+/// The sender: claims due deliveries a batch at a time and sends each batch in a task of
+/// its own, so a batch waiting on slow endpoints (up to [`SEND_DEADLINE`]) holds up no
+/// delivery that falls due meanwhile: while fewer than [`IN_FLIGHT`] batches are out it
+/// keeps claiming, at once after a full batch, every [`IDLE`] otherwise. Returns once
+/// nothing is out and nothing is due. Stopped (dropped), it abandons the batches still
+/// out: their deliveries are due again when their lease ends.
 pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
-    Ok(if send_due(state).await? as i64 == BATCH { Next::Now } else { Next::Later })
+    let mut out = tokio::task::JoinSet::new();
+    loop {
+        let mut full = false;
+        if out.len() < IN_FLIGHT {
+            match claim(&state.core.db).await {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    full = batch.len() as i64 == BATCH;
+                    let state = state.clone();
+                    out.spawn(async move { deliver(&state, batch).await });
+                }
+                Err(e) => {
+                    while let Some(done) = out.join_next().await {
+                        settled(done);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        if out.is_empty() {
+            return Ok(Next::Later);
+        }
+        if full && out.len() < IN_FLIGHT {
+            continue;
+        }
+        tokio::select! {
+            Some(done) = out.join_next() => settled(done),
+            _ = tokio::time::sleep(IDLE) => {}
+        }
+    }
 }
 
+/// Logs a batch that could not be settled (its deliveries are due again after their lease).
+fn settled(done: Result<anyhow::Result<usize>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "push batch not settled; retried after its lease"),
+        Err(e) => tracing::warn!(error = %e, "push batch task failed; retried after its lease"),
+    }
+}
+
+/// One batch from claim to settlement, in this task: how many deliveries it held.
 pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
-    let mut tx = state.core.db.begin().await?;
-    let due = sqlx::query_as!(
-        Due,
-        r#"SELECT d.id, d.user_id, m.payload, d.attempts,
-                  s.endpoint AS "endpoint?", s.p256dh AS "p256dh?", s.auth AS "auth?"
-           FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
-           LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
-           WHERE d.next_attempt_at <= now() ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"#,
-        BATCH
+    let batch = claim(&state.core.db).await?;
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    deliver(state, batch).await
+}
+
+/// Claims up to [`BATCH`] due deliveries: one statement, so its own short transaction,
+/// that moves them a lease ahead and counts the attempt. Nothing stays locked while
+/// they are sent.
+async fn claim(db: &sqlx::PgPool) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as!(
+        Claimed,
+        r#"WITH due AS (
+               SELECT d.id, m.payload, s.endpoint, s.p256dh, s.auth
+               FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
+               LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
+               WHERE d.next_attempt_at <= now()
+               ORDER BY d.next_attempt_at LIMIT $1
+               FOR UPDATE OF d SKIP LOCKED)
+           UPDATE push_deliveries d
+           SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+           FROM due WHERE d.id = due.id
+           RETURNING d.id, d.user_id, d.attempts, due.payload AS "payload!",
+                     due.endpoint AS "endpoint?", due.p256dh AS "p256dh?", due.auth AS "auth?""#,
+        BATCH,
+        LEASE_SECS
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    let n = due.len();
-    let sends = due.into_iter().map(|d| async move {
+    .fetch_all(db)
+    .await
+}
+
+/// Sends a claimed batch, with no transaction open, then settles it.
+async fn deliver(state: &NotificationsState, batch: Vec<Claimed>) -> anyhow::Result<usize> {
+    let n = batch.len();
+    let sends = batch.into_iter().map(|d| async move {
         let outcome = match (&d.endpoint, &d.p256dh, &d.auth) {
             (Some(endpoint), Some(p256dh), Some(auth)) => {
                 let sub = Subscription {
@@ -287,51 +587,83 @@ pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
                     keys: SubscriptionKeys { p256dh: p256dh.clone(), auth: auth.clone() },
                     expiration_time: None,
                 };
-                state.push.send(&sub, d.payload.to_string().as_bytes()).await
+                let payload = d.payload.to_string();
+                tokio::time::timeout(SEND_DEADLINE, state.push.send(&sub, payload.as_bytes()))
+                    .await
+                    .unwrap_or_else(|_| Outcome::Retry(format!("no answer within {SEND_DEADLINE:?}")))
             }
             _ => Outcome::Gone, // unsubscribed since
         };
         (d, outcome)
     });
-    // Settled in three statements whatever the batch size: a fan-out queues a
-    // million deliveries, and this loop must not contend with it row by row.
-    let (mut finished, mut gone_users, mut retry) = (Vec::new(), Vec::new(), Vec::new());
-    for (d, outcome) in futures::future::join_all(sends).await {
+    let sent = futures::future::join_all(sends).await;
+    settle(&state.core.db, sent).await?;
+    Ok(n)
+}
+
+/// Settles a sent batch in one short transaction of three statements whatever its
+/// size (a fan-out queues a million deliveries: this must not contend with it row by
+/// row): finished deliveries deleted, gone subscriptions dropped (the endpoint that
+/// was sent to, not one the user has put since), retries scheduled. A delivery that is
+/// no longer this claim's (its lease ran out and another sender took it) is left alone.
+async fn settle(db: &sqlx::PgPool, sent: Vec<(Claimed, Outcome)>) -> sqlx::Result<()> {
+    let (mut finished_ids, mut finished_attempts) = (Vec::new(), Vec::new());
+    let (mut gone_users, mut gone_endpoints) = (Vec::new(), Vec::new());
+    let (mut retry_ids, mut retry_attempts, mut retry_delays) = (Vec::new(), Vec::new(), Vec::new());
+    for (d, outcome) in sent {
         match outcome {
-            Outcome::Delivered => {
-                count("delivered");
-                finished.push(d.id);
-            }
+            Outcome::Delivered => count("delivered"),
             Outcome::Gone => {
                 count("gone");
-                finished.push(d.id);
-                gone_users.push(d.user_id);
+                if let Some(endpoint) = d.endpoint {
+                    gone_users.push(d.user_id);
+                    gone_endpoints.push(endpoint);
+                }
             }
-            Outcome::Retry(why) if d.attempts + 1 >= MAX_ATTEMPTS => {
+            Outcome::Retry(why) if d.attempts >= MAX_ATTEMPTS => {
                 count("dropped");
                 tracing::warn!(user_id = %d.user_id, %why, "push dropped after retries");
-                finished.push(d.id);
             }
             Outcome::Retry(_) => {
                 count("retried");
-                retry.push((d.id, RETRY.delay_ms(d.attempts.max(0) as u32)));
+                retry_ids.push(d.id);
+                retry_attempts.push(d.attempts);
+                retry_delays.push(RETRY.delay_ms((d.attempts - 1).max(0) as u32));
+                continue;
             }
         }
+        finished_ids.push(d.id);
+        finished_attempts.push(d.attempts);
     }
-    sqlx::query!("DELETE FROM push_deliveries WHERE id = ANY($1)", &finished).execute(&mut *tx).await?;
-    sqlx::query!("DELETE FROM push_subscriptions WHERE user_id = ANY($1)", &gone_users).execute(&mut *tx).await?;
-    let (retry_ids, retry_delays): (Vec<i64>, Vec<i64>) = retry.into_iter().unzip();
+    let mut tx = db.begin().await?;
     sqlx::query!(
-        "UPDATE push_deliveries d SET attempts = d.attempts + 1,
-                next_attempt_at = now() + make_interval(secs => (r.delay_ms / 1000.0)::float8)
-         FROM unnest($1::bigint[], $2::bigint[]) AS r(id, delay_ms) WHERE d.id = r.id",
+        "DELETE FROM push_deliveries d USING unnest($1::bigint[], $2::int[]) AS f(id, attempts)
+         WHERE d.id = f.id AND d.attempts = f.attempts",
+        &finished_ids,
+        &finished_attempts
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM push_subscriptions s USING unnest($1::uuid[], $2::text[]) AS g(user_id, endpoint)
+         WHERE s.user_id = g.user_id AND s.endpoint = g.endpoint",
+        &gone_users,
+        &gone_endpoints
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE push_deliveries d
+         SET next_attempt_at = now() + make_interval(secs => (r.delay_ms / 1000.0)::float8)
+         FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS r(id, attempts, delay_ms)
+         WHERE d.id = r.id AND d.attempts = r.attempts",
         &retry_ids,
+        &retry_attempts,
         &retry_delays
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(n)
+    tx.commit().await
 }
 
 #[cfg(test)]
@@ -355,7 +687,7 @@ mod tests {
         };
         let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::generate();
         let key = Base64UrlUnpadded::encode_string(&vapid.to_bytes());
-        let push = WebPush::new(&key, "mailto:ops@drops.dev").unwrap();
+        let push = WebPush::new(&key, "mailto:ops@drops.dev", false).unwrap();
         let req = push.request(&sub, br#"{"kind":"drop_live"}"#).unwrap();
         assert_eq!(req.uri(), "https://push.example.net/send/abc");
         assert_eq!(req.headers()["content-encoding"], "aes128gcm");
@@ -372,5 +704,257 @@ mod tests {
         assert_eq!(outcome_of(410), Outcome::Gone);
         assert_eq!(outcome_of(404), Outcome::Gone);
         assert!(matches!(outcome_of(503), Outcome::Retry(_)));
+        // Never followed, so never deliverable.
+        for redirect in [301, 302, 303, 307, 308] {
+            assert_eq!(outcome_of(redirect), Outcome::Gone, "{redirect}");
+        }
+    }
+
+    /// Each range on both sides of its edges, and the IPv6 forms that carry an IPv4 address.
+    const ADDRESSES: &[(&str, bool)] = &[
+        // (address, refused)
+        ("0.0.0.0", true),
+        ("0.255.255.255", true),
+        ("1.0.0.0", false),
+        ("1.1.1.1", false),
+        ("8.8.8.8", false),
+        ("9.255.255.255", false),
+        ("10.0.0.0", true),
+        ("10.255.255.255", true),
+        ("11.0.0.0", false),
+        ("100.63.255.255", false),
+        ("100.64.0.0", true),
+        ("100.127.255.255", true),
+        ("100.128.0.0", false),
+        ("126.255.255.255", false),
+        ("127.0.0.0", true),
+        ("127.0.0.1", true),
+        ("127.255.255.255", true),
+        ("128.0.0.0", false),
+        ("169.253.255.255", false),
+        ("169.254.0.0", true),
+        ("169.254.169.254", true),
+        ("169.254.255.255", true),
+        ("169.255.0.0", false),
+        ("172.15.255.255", false),
+        ("172.16.0.0", true),
+        ("172.31.255.255", true),
+        ("172.32.0.0", false),
+        ("191.255.255.255", false),
+        ("192.0.0.0", true),
+        ("192.0.0.255", true),
+        ("192.0.1.0", false),
+        ("192.0.1.255", false),
+        ("192.0.2.0", true),
+        ("192.0.2.255", true),
+        ("192.0.3.0", false),
+        ("192.167.255.255", false),
+        ("192.168.0.0", true),
+        ("192.168.255.255", true),
+        ("192.169.0.0", false),
+        ("198.17.255.255", false),
+        ("198.18.0.0", true),
+        ("198.19.255.255", true),
+        ("198.20.0.0", false),
+        ("198.51.99.255", false),
+        ("198.51.100.0", true),
+        ("198.51.100.255", true),
+        ("198.51.101.0", false),
+        ("203.0.112.255", false),
+        ("203.0.113.0", true),
+        ("203.0.113.255", true),
+        ("203.0.114.0", false),
+        ("223.255.255.255", false),
+        ("224.0.0.0", true),
+        ("239.255.255.255", true),
+        ("240.0.0.0", true),
+        ("255.255.255.254", true),
+        ("255.255.255.255", true),
+        // IPv6
+        ("::", true),
+        ("::1", true),
+        ("2001:4860:4860::8888", false),
+        ("2606:4700:4700::1111", false),
+        ("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", false),
+        ("2001:db8::", true),
+        ("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", true),
+        ("2001:db9::", false),
+        ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false),
+        ("fc00::", true),
+        ("fd12:3456::1", true),
+        ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+        ("fe00::", false),
+        ("fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false),
+        ("fe80::", true),
+        ("fe80::1", true),
+        ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+        ("ff00::", true),
+        ("ff02::1", true),
+        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+        // IPv4-mapped ::ffff:0:0/96: the IPv4 address decides.
+        ("::ffff:127.0.0.1", true),
+        ("::ffff:10.1.2.3", true),
+        ("::ffff:169.254.169.254", true),
+        ("::ffff:0.0.0.0", true),
+        ("::ffff:8.8.8.8", false),
+        ("::fffe:ffff:ffff", false), // just below the mapped range, outside ::/96 too
+        // IPv4-compatible ::/96.
+        ("::127.0.0.1", true),
+        ("::10.0.0.1", true),
+        ("::8.8.8.8", false),
+        ("::1:0:0", false), // just above ::/96
+        // IPv4-translated ::ffff:0:0:0/96.
+        ("::ffff:0:127.0.0.1", true),
+        ("::ffff:0:8.8.8.8", false),
+        // NAT64 64:ff9b::/96, and its local-use /48.
+        ("64:ff9b::127.0.0.1", true),
+        ("64:ff9b::192.168.0.1", true),
+        ("64:ff9b::8.8.8.8", false),
+        ("64:ff9b:1::8.8.8.8", true),
+        // 6to4 2002::/16: the IPv4 address is the next 32 bits.
+        ("2002:7f00:1::", true),
+        ("2002:a00:1::1", true),
+        ("2002:a9fe:a9fe::", true),
+        ("2002:808:808::1", false),
+        ("2001:ffff:ffff:ffff:ffff:ffff:ffff:ffff", false),
+        ("2003::1", false),
+    ];
+
+    #[test]
+    fn the_address_classifier_refuses_every_non_public_range_and_nothing_else() {
+        for (address, refused) in ADDRESSES {
+            let ip: IpAddr = address.parse().unwrap();
+            assert_eq!(refused_range(ip).is_some(), *refused, "{address}: {:?}", refused_range(ip));
+            assert_eq!(is_public(ip), !refused, "{address}");
+        }
+        assert_eq!(refused_range("::ffff:127.0.0.1".parse().unwrap()), Some("loopback (127/8)"));
+        assert_eq!(refused_range("2002:a9fe:a9fe::".parse().unwrap()), Some("link-local (169.254/16)"));
+    }
+
+    #[tokio::test]
+    async fn subscribing_refuses_plain_http_and_every_non_public_endpoint() {
+        let refused = [
+            "http://8.8.8.8/push",
+            "ftp://8.8.8.8/push",
+            "not a url",
+            "https://10.0.0.1/push",
+            "https://127.0.0.1:8443/push",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[::1]/push",
+            "https://[::ffff:127.0.0.1]/push",
+            "https://[::ffff:7f00:1]/push",
+            "https://[fe80::1]/push",
+            "https://[64:ff9b::a00:1]/push",
+            "https://[2002:c0a8:101::1]/push",
+            "https://0x7f.1/push",     // 127.0.0.1, however spelled
+            "https://2130706433/push", // 127.0.0.1 as one number
+            "https://017700000001/",   // and in octal
+            "https://localhost/push",  // a name that resolves to loopback
+            "https://localhost./push",
+            "https://no-such-host.invalid/push", // a name that does not resolve
+        ];
+        for endpoint in refused {
+            let why = check_endpoint(endpoint, false).await;
+            assert!(why.is_err(), "{endpoint} was accepted");
+        }
+        let long = format!("https://8.8.8.8/{}", "a".repeat(MAX_ENDPOINT_LEN));
+        assert!(check_endpoint(&long, false).await.unwrap_err().contains("longer"));
+        let why = check_endpoint("https://[::ffff:127.0.0.1]/", false).await.unwrap_err();
+        assert!(why.contains("127.0.0.1") && why.contains("loopback"), "{why}");
+        let why = check_endpoint("https://localhost/", false).await.unwrap_err();
+        assert!(why.contains("public"), "{why}");
+        assert_eq!(
+            check_endpoint("https://no-such-host.invalid/", false).await.unwrap_err(),
+            "its host `no-such-host.invalid` must resolve, and to public addresses only",
+            "the same answer as for a private address: no map of our network"
+        );
+        assert!(check_endpoint("http://8.8.8.8/", false).await.unwrap_err().contains("https"));
+
+        for endpoint in ["https://8.8.8.8/push/abc", "https://8.8.8.8:8443/push", "https://[2606:4700:4700::1111]/push"]
+        {
+            assert_eq!(check_endpoint(endpoint, false).await, Ok(()), "{endpoint}");
+        }
+    }
+
+    #[tokio::test]
+    async fn development_may_push_to_http_and_to_private_addresses() {
+        for endpoint in [
+            "http://127.0.0.1:9/push",
+            "https://10.0.0.1/push",
+            "http://localhost:9/push",
+            "https://push.example.net/send/abc", // not resolved when subscribing
+        ] {
+            assert_eq!(check_endpoint(endpoint, true).await, Ok(()), "{endpoint}");
+        }
+        assert!(check_endpoint("ftp://127.0.0.1/", true).await.is_err());
+        assert!(check_endpoint("not a url", true).await.is_err());
+        let long = format!("http://127.0.0.1/{}", "a".repeat(MAX_ENDPOINT_LEN));
+        assert!(check_endpoint(&long, true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_send_time_resolver_keeps_public_addresses_only() {
+        use reqwest::dns::Resolve;
+        let refused = PublicAddressesOnly.resolve("localhost".parse().unwrap()).await;
+        let why = refused.err().expect("localhost is loopback only").to_string();
+        assert!(why.contains("no public address"), "{why}");
+    }
+
+    /// A local listener that counts the requests it gets and answers `status`.
+    async fn listener(status: StatusCode, location: Option<String>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let location = location.clone();
+            async move {
+                let mut resp = axum::response::IntoResponse::into_response(status);
+                if let Some(to) = location {
+                    resp.headers_mut().insert("location", to.parse().unwrap());
+                }
+                resp
+            }
+        });
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(socket, app).await.unwrap() });
+        (port, hits)
+    }
+
+    fn subscription(endpoint: String) -> Subscription {
+        Subscription {
+            endpoint,
+            keys: SubscriptionKeys { p256dh: "k".into(), auth: "a".into() },
+            expiration_time: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_reach_no_private_address_and_follow_no_redirect() {
+        use std::sync::atomic::Ordering;
+        let (target, target_hits) = listener(StatusCode::OK, None).await;
+        // Subscribed while private endpoints were allowed, or a name that points
+        // inside since (DNS rebinding): a strict sender reaches neither.
+        let strict = CallbackPush::new("secret", false).unwrap();
+        let literal = strict.send(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
+        assert_eq!(literal, Outcome::Gone, "an endpoint no longer allowed is dropped");
+        // The client itself connects to no name that resolves inside (IP literals skip
+        // its resolver: `target`, above, refuses those).
+        let client = PushHttp::new(false).unwrap();
+        let by_name = client.send(client.client.post(format!("http://localhost:{target}/push"))).await;
+        assert!(matches!(&by_name, Outcome::Retry(why) if why.contains("no public address")), "{by_name:?}");
+        assert_eq!(target_hits.load(Ordering::SeqCst), 0);
+
+        // A redirect is not followed, even where private addresses are allowed.
+        let (redirecting, redirect_hits) =
+            listener(StatusCode::TEMPORARY_REDIRECT, Some(format!("http://127.0.0.1:{target}/inside"))).await;
+        let dev = CallbackPush::new("secret", true).unwrap();
+        let redirected = dev.send(&subscription(format!("http://127.0.0.1:{redirecting}/push")), b"{}").await;
+        assert_eq!(redirected, Outcome::Gone);
+        assert_eq!(redirect_hits.load(Ordering::SeqCst), 1);
+        assert_eq!(target_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+        let delivered = dev.send(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
+        assert_eq!(delivered, Outcome::Delivered);
     }
 }

@@ -144,6 +144,16 @@ impl PaymentProvider for StripeProvider {
 mod tests {
     use super::*;
 
+    /// Stripe (and push services, and the cache purge API) are `https`: a client
+    /// built without TLS refuses the URL before connecting ("scheme is not http").
+    #[tokio::test]
+    async fn the_http_client_speaks_tls() {
+        let provider = StripeProvider::new("sk_test_x", "https://127.0.0.1:9").unwrap();
+        let err = provider.http.get("https://127.0.0.1:9/v1/payment_intents").send().await.unwrap_err();
+        assert!(!err.is_builder(), "the request could not even be built: {err}");
+        assert!(err.is_connect(), "{err}");
+    }
+
     fn eur(amount: i64) -> Money {
         Money { amount, currency: "EUR".into() }
     }

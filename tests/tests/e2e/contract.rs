@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/notifications/{id}/read"),
     ("post", "/v1/notifications/read-all"),
     ("get", "/v1/notifications/stream"),
+    ("post", "/v1/notifications/stream-ticket"),
     ("put", "/v1/me/push-subscription"),
     ("delete", "/v1/me/push-subscription"),
     ("post", "/v1/webhooks/payments"),
@@ -47,5 +48,45 @@ async fn the_openapi_document_describes_every_public_route() {
     }
     for schema in ["DropCard", "OrderCreated", "Order", "Problem", "Money", "StockResponse"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
+    }
+}
+
+/// The edge's route table (`drops_shared::routes`), the OpenAPI document and the
+/// origin's routers name the same routes with the same methods.
+#[tokio::test]
+async fn the_route_table_the_document_and_the_origin_agree() {
+    use drops_shared::routes::PUBLIC;
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let doc = client.get("/v1/openapi.json", None).await.json();
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |m| (path.clone(), m.to_uppercase())))
+        .collect();
+    let table: std::collections::BTreeSet<(String, String)> = PUBLIC
+        .iter()
+        .filter(|r| r.documented)
+        .flat_map(|r| r.methods.iter().map(|m| (r.path.to_owned(), (*m).to_owned())))
+        .collect();
+    assert_eq!(documented, table, "the document and the edge's table differ");
+
+    let id = uuid::Uuid::now_v7();
+    for route in PUBLIC {
+        let path = route.path.split('/').map(|s| if s.starts_with('{') { id.to_string() } else { s.to_owned() });
+        let url = format!("{}{}", stack.origin_url, path.collect::<Vec<_>>().join("/"));
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let answer = client.send(client.http.request(m, &url)).await;
+            let takes = route.methods.contains(&method);
+            assert_eq!(
+                answer.status == StatusCode::METHOD_NOT_ALLOWED,
+                !takes,
+                "the origin answers {method} {} with {}",
+                route.path,
+                answer.status
+            );
+        }
     }
 }

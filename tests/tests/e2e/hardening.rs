@@ -238,14 +238,18 @@ async fn unknown_methods_are_refused_not_read() {
     let invented = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
     let answer = client.send(client.http.request(invented, format!("{}/v1/drops", client.edge))).await;
     assert!(matches!(answer.status.as_u16(), 405 | 501), "FROBNICATE /v1/drops: {}", answer.status);
-    // Known methods on routes that do not take them: 405 naming what works, from the
-    // edge for its own routes and from the origin for the rest.
+    // Known methods on routes that do not take them: 405 naming what works.
     let stock = client.send(client.http.delete(format!("{}/v1/drops/{drop_id}/stock", client.edge))).await;
     assert_eq!((stock.status, stock.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
-    assert_eq!(stock.header("allow"), Some("GET"));
+    assert_eq!(stock.header("allow"), Some("GET, HEAD, OPTIONS"));
     let buy = client.send(client.http.get(format!("{}/v1/drops/{drop_id}/orders", client.edge))).await;
     assert_eq!((buy.status, buy.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(buy.header("allow"), Some("POST, OPTIONS"));
     let orders = client.send(client.http.delete(format!("{}/v1/orders", client.edge))).await;
     assert_eq!((orders.status, orders.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     assert_eq!(orders.header("content-type"), Some("application/problem+json"));
+    // OPTIONS says what a route takes.
+    let options = client.send(client.http.request(reqwest::Method::OPTIONS, format!("{}/v1/drops", client.edge))).await;
+    assert_eq!(options.status, StatusCode::NO_CONTENT);
+    assert_eq!(options.header("allow"), Some("GET, POST, HEAD, OPTIONS"));
 }
