@@ -5,7 +5,9 @@ state, so that `positive_data_acceptance` tests what the schema can express; cas
 generated as invalid are left as they are:
 
 - one field depending on another, on the drop endpoints (written in the document's
-  descriptions): `ends_at` is after `starts_at`, `max_per_user` at most `stock`;
+  descriptions): `ends_at` is after `starts_at`, `max_per_user` at most `stock`. A
+  change (PATCH) is checked against the drop as stored, which the fuzzer does not
+  know: a valid change names both fields of a pair or neither;
 - a list's `cursor` is a token the server issued with an earlier page (any other
   string is a 400, as API.md wants): a valid case asks for the first page.
 """
@@ -36,6 +38,11 @@ def map_case(context, case):
     body = case.body
     if not isinstance(body, dict):
         return case
+    if case.operation.method.upper() == "PATCH":
+        for pair in (("starts_at", "ends_at"), ("stock", "max_per_user")):
+            given = [field for field in pair if body.get(field) is not None]
+            if len(given) == 1:
+                body.pop(given[0])
     starts, ends = _parse(body.get("starts_at")), _parse(body.get("ends_at"))
     if starts is not None and ends is not None and ends <= starts:
         try:
