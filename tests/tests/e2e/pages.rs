@@ -151,9 +151,24 @@ async fn lists_are_paged_in_a_stable_order() {
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no duplicates across pages");
 
+    // Live, by `ends_at`: other tests' drops (the fuzz run makes hundreds) may come
+    // first; ours is on some page.
     let live = client.create_drop(DropSpec::live(3, 1)).await;
-    let listed = client.get("/v1/drops?status=live&limit=100", None).await.json();
-    assert!(listed["items"].as_array().unwrap().iter().any(|c| c["id"] == live.to_string()));
+    let mut cursor: Option<String> = None;
+    let mut found = false;
+    for _ in 0..100 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/drops?status=live&limit=100&cursor={c}"),
+            None => "/v1/drops?status=live&limit=100".to_owned(),
+        };
+        let page = client.get(&path, None).await.json();
+        found = page["items"].as_array().unwrap().iter().any(|c| c["id"] == live.to_string());
+        match page["next_cursor"].as_str() {
+            Some(c) if !found => cursor = Some(c.to_owned()),
+            _ => break,
+        }
+    }
+    assert!(found, "the live drop is listed");
     let bad = client.get("/v1/drops?status=sideways", None).await;
     assert_eq!((bad.status, bad.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
     let tampered = client.get("/v1/drops?status=live&cursor=bm9wZQ", None).await;
