@@ -11,8 +11,6 @@ use crate::http::EdgeError;
 
 /// The Durable Object namespace of the drops' inventory objects.
 pub const INVENTORY_BINDING: &str = "DROP_INVENTORY";
-/// The rate-limit binding of the buy path (per buyer).
-pub const BUYER_LIMITER_BINDING: &str = "BUYER_LIMITER";
 
 pub struct EdgeConfig {
     /// `ORIGIN_URL`, without a trailing slash.

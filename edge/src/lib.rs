@@ -9,6 +9,7 @@
 //!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
 //!   idempotency records, and the queue of reservations the origin has not yet
 //!   acknowledged. Split into its commands, routes, alarm and storage.
+//! - [`limits`]: who may call how often (per client address, per user on writes, per buyer).
 //! - [`outbound`]: what an inventory object owes the origin, delivered until acknowledged.
 //! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
 //! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
@@ -19,6 +20,7 @@ mod config;
 mod http;
 mod internal;
 mod inventory_object;
+mod limits;
 mod orders;
 mod origin;
 mod outbound;

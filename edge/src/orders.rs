@@ -9,15 +9,16 @@ use drops_shared::problem::{ErrorCode, Problem};
 use uuid::Uuid;
 use worker::{Env, Request};
 
-use crate::config::{EdgeConfig, BUYER_LIMITER_BINDING};
+use crate::config::EdgeConfig;
 use crate::http::{header, now_utc, read_body, EdgeResult};
 use crate::inventory_object::{self, Command, ReserveCommand};
+use crate::limits;
 
 pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     let cfg = EdgeConfig::get(env)?;
     let identity = verify_bearer(header(&req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), now_utc())?;
     identity.require(&[Role::Buyer])?;
-    rate_limit(env, identity.user_id).await?;
+    limits::buyer(env, identity.user_id).await?;
     let key = header(&req, "idempotency-key").ok_or(ErrorCode::IdempotencyKeyMissing)?;
     validate_idempotency_key(&key)?;
     let body = read_body(&mut req).await?;
@@ -102,20 +103,6 @@ mod sold_out {
             Ok(_) => {} // units came back meanwhile
             Err(e) => worker::console_warn!("no sold-out memo for {drop_id}: {e}"),
         }
-    }
-}
-
-/// One buyer may not hammer the buy path: 429 with `Retry-After` past the binding's
-/// limit. Without the binding (a misconfigured deploy) buying still works.
-async fn rate_limit(env: &Env, user_id: Uuid) -> EdgeResult<()> {
-    let Ok(limiter) = env.rate_limiter(BUYER_LIMITER_BINDING) else { return Ok(()) };
-    match limiter.limit(user_id.to_string()).await {
-        Ok(outcome) if !outcome.success => Err(Problem::new(
-            ErrorCode::RateLimited,
-            Some("too many buy attempts from this account; retry in a few seconds".into()),
-        )
-        .into()),
-        _ => Ok(()),
     }
 }
 

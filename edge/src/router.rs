@@ -3,13 +3,15 @@
 //! public route to the origin, which owns it. Paths and methods no public route
 //! takes are answered here (404, or 405 with `Allow`), from `drops_shared::routes`.
 
+use drops_shared::auth::verify_bearer;
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::routes::{self, PublicRoute};
 use uuid::Uuid;
 use worker::{Context, Env, Method, Request, Response};
 
+use crate::config::EdgeConfig;
 use crate::http::{self, EdgeResult};
-use crate::{internal, orders, origin, pages};
+use crate::{internal, limits, orders, origin, pages};
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
     let path = req.path();
@@ -32,6 +34,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         if method == "OPTIONS" {
             return with_allow(Response::empty()?.with_status(204), route);
         }
+        limit(&req, env, route, &method).await?;
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
@@ -46,6 +49,30 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
         _ => Err(ErrorCode::NotFound.into()),
     }
+}
+
+/// Every public route but the provider's webhook counts against the client's
+/// address; writes other than buying (limited on their own) against the user too.
+async fn limit(req: &Request, env: &Env, route: &PublicRoute, method: &str) -> EdgeResult<()> {
+    if route.path == "/v1/webhooks/payments" {
+        return Ok(());
+    }
+    let write = !matches!(method, "GET" | "HEAD" | "OPTIONS");
+    let writer = if write && route.path != "/v1/drops/{drop_id}/orders" {
+        let cfg = EdgeConfig::get(env)?;
+        verify_bearer(http::header(req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), http::now_utc()).ok()
+    } else {
+        None
+    };
+    let client = limits::client(env, limits::client_address(req));
+    match writer {
+        Some(identity) => {
+            let (by_address, by_user) = futures_util::join!(client, limits::writer(env, identity.user_id));
+            by_address.and(by_user)?
+        }
+        None => client.await?,
+    }
+    Ok(())
 }
 
 fn with_allow(mut resp: Response, route: &PublicRoute) -> EdgeResult {

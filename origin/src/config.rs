@@ -49,6 +49,7 @@ pub struct Settings {
     pub cache_purger: CachePurger,
     pub push: PushProvider,
     pub notifications: NotificationSettings,
+    pub limits: LimitSettings,
     pub log_format: LogFormat,
 }
 
@@ -64,6 +65,10 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
+    /// How long a request may wait for a pooled connection before it is answered 503
+    /// `overloaded` (a full pool means the database is the bottleneck: waiting longer
+    /// only deepens the queue).
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +156,71 @@ pub struct NotificationSettings {
     pub max_sockets_per_user: u32,
 }
 
+/// What one client, or one caller of the signed routes, may send: a bucket of
+/// `burst` requests refilled at `per_minute` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// The origin's own defences (`overload.rs`): per-client limits and load shedding.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Per client address for requests that come without the edge's word for the
+    /// client (apps calling the origin directly): keyed by the TCP peer address.
+    pub direct: Rate,
+    /// Per client address the edge vouches for (`x-drops-client`, signed; see
+    /// `drops_shared::client_address`). Higher than `direct`: the edge limits each
+    /// client first, and this is the backstop behind it.
+    pub forwarded: Rate,
+    /// Per peer address on the payment webhook and the signed internal routes,
+    /// which the per-client limits do not apply to.
+    pub signed: Rate,
+    /// Requests handled at once; more wait in a short queue.
+    pub max_in_flight: u32,
+    /// Requests that may wait for a slot; one more is answered 503 `overloaded` at once.
+    pub max_queued: u32,
+    /// How long a request waits for a slot before it is answered 503 `overloaded`.
+    pub queue_wait_ms: u64,
+}
+
+/// Limits where the environment decides the default: production's protect the
+/// origin; development's are far above anything the end-to-end suite or the
+/// benches send from their one address (tests that check a limit set their own).
+struct LimitDefaults {
+    client_rate_per_minute: u32,
+    client_burst: u32,
+    edge_client_rate_per_minute: u32,
+    edge_client_burst: u32,
+    signed_rate_per_minute: u32,
+    signed_burst: u32,
+    max_in_flight: u32,
+    max_queued: u32,
+}
+
+const PRODUCTION_LIMITS: LimitDefaults = LimitDefaults {
+    client_rate_per_minute: 600,
+    client_burst: 60,
+    edge_client_rate_per_minute: 3_000,
+    edge_client_burst: 300,
+    signed_rate_per_minute: 60_000,
+    signed_burst: 2_000,
+    max_in_flight: 256,
+    max_queued: 256,
+};
+
+const DEVELOPMENT_LIMITS: LimitDefaults = LimitDefaults {
+    client_rate_per_minute: 1_000_000,
+    client_burst: 100_000,
+    edge_client_rate_per_minute: 1_000_000,
+    edge_client_burst: 100_000,
+    signed_rate_per_minute: 1_000_000,
+    signed_burst: 100_000,
+    max_in_flight: 1_024,
+    max_queued: 1_024,
+};
+
 /// The environment as the origin reads it: `DROPS_<FIELD>` for each field.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -162,6 +232,7 @@ pub struct EnvSettings {
     pub edge_url: String,
     pub database_url: SecretString,
     pub database_max_connections: u32,
+    pub database_acquire_timeout_ms: u64,
     pub redis_url: SecretString,
     pub redis_prefix: String,
     pub jwt_secret: SecretString,
@@ -191,6 +262,17 @@ pub struct EnvSettings {
     /// Unset: true in development, false in production (which refuses `true`).
     pub push_allow_private_endpoints: Option<bool>,
     pub max_sockets_per_user: u32,
+    // Limits (`LimitSettings`). Unset: production's or development's default
+    // (`PRODUCTION_LIMITS`, `DEVELOPMENT_LIMITS`).
+    pub client_rate_per_minute: Option<u32>,
+    pub client_burst: Option<u32>,
+    pub edge_client_rate_per_minute: Option<u32>,
+    pub edge_client_burst: Option<u32>,
+    pub signed_rate_per_minute: Option<u32>,
+    pub signed_burst: Option<u32>,
+    pub max_in_flight: Option<u32>,
+    pub max_queued: Option<u32>,
+    pub queue_wait_ms: u64,
 }
 
 impl Default for EnvSettings {
@@ -203,6 +285,7 @@ impl Default for EnvSettings {
             edge_url: "http://127.0.0.1:8787".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/drops_dev".into(),
             database_max_connections: 20,
+            database_acquire_timeout_ms: 250,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "drops".into(),
             jwt_secret: DEV_JWT_SECRET.into(),
@@ -227,6 +310,15 @@ impl Default for EnvSettings {
             vapid_contact: "mailto:ops@drops.dev".into(),
             push_allow_private_endpoints: None,
             max_sockets_per_user: 5,
+            client_rate_per_minute: None,
+            client_burst: None,
+            edge_client_rate_per_minute: None,
+            edge_client_burst: None,
+            signed_rate_per_minute: None,
+            signed_burst: None,
+            max_in_flight: None,
+            max_queued: None,
+            queue_wait_ms: 50,
         }
     }
 }
@@ -246,6 +338,7 @@ impl EnvSettings {
 
     /// The typed settings, or why these values cannot run.
     pub fn into_settings(self) -> anyhow::Result<Settings> {
+        let limits = self.limits()?;
         let payment_provider = match self.payment_provider.as_str() {
             "sandbox" => PaymentProvider::Sandbox,
             "stripe" => PaymentProvider::Stripe {
@@ -294,6 +387,7 @@ impl EnvSettings {
             .collect();
         anyhow::ensure!(!webhook_secrets.is_empty(), "DROPS_WEBHOOK_SECRETS: at least one secret is needed");
         anyhow::ensure!(self.max_sockets_per_user >= 1, "DROPS_MAX_SOCKETS_PER_USER: at least 1");
+        anyhow::ensure!(self.database_acquire_timeout_ms >= 1, "DROPS_DATABASE_ACQUIRE_TIMEOUT_MS: at least 1");
         let settings = Settings {
             environment: self.environment,
             server: ServerSettings {
@@ -301,7 +395,11 @@ impl EnvSettings {
                 port: self.port,
                 public_url: self.public_url.trim_end_matches('/').to_owned(),
             },
-            database: DatabaseSettings { url: self.database_url, max_connections: self.database_max_connections },
+            database: DatabaseSettings {
+                url: self.database_url,
+                max_connections: self.database_max_connections,
+                acquire_timeout_ms: self.database_acquire_timeout_ms,
+            },
             redis: RedisSettings { url: self.redis_url, prefix: self.redis_prefix },
             edge: EdgeSettings {
                 url: self.edge_url.trim_end_matches('/').to_owned(),
@@ -326,10 +424,52 @@ impl EnvSettings {
                     .unwrap_or(self.environment == Environment::Development),
                 max_sockets_per_user: self.max_sockets_per_user,
             },
+            limits,
             log_format: self.log_format,
         };
         settings.check()?;
         Ok(settings)
+    }
+}
+
+impl EnvSettings {
+    /// The limits: each unset one from this environment's defaults, each at least 1.
+    fn limits(&self) -> anyhow::Result<LimitSettings> {
+        let d = match self.environment {
+            Environment::Production => PRODUCTION_LIMITS,
+            Environment::Development => DEVELOPMENT_LIMITS,
+        };
+        let positive = |value: Option<u32>, default: u32, name: &str| {
+            let v = value.unwrap_or(default);
+            anyhow::ensure!(v >= 1, "{name}: at least 1");
+            Ok(v)
+        };
+        let rate = |per_minute: Option<u32>, burst: Option<u32>, d: (u32, u32), names: (&str, &str)| {
+            anyhow::Ok(Rate { per_minute: positive(per_minute, d.0, names.0)?, burst: positive(burst, d.1, names.1)? })
+        };
+        Ok(LimitSettings {
+            direct: rate(
+                self.client_rate_per_minute,
+                self.client_burst,
+                (d.client_rate_per_minute, d.client_burst),
+                ("DROPS_CLIENT_RATE_PER_MINUTE", "DROPS_CLIENT_BURST"),
+            )?,
+            forwarded: rate(
+                self.edge_client_rate_per_minute,
+                self.edge_client_burst,
+                (d.edge_client_rate_per_minute, d.edge_client_burst),
+                ("DROPS_EDGE_CLIENT_RATE_PER_MINUTE", "DROPS_EDGE_CLIENT_BURST"),
+            )?,
+            signed: rate(
+                self.signed_rate_per_minute,
+                self.signed_burst,
+                (d.signed_rate_per_minute, d.signed_burst),
+                ("DROPS_SIGNED_RATE_PER_MINUTE", "DROPS_SIGNED_BURST"),
+            )?,
+            max_in_flight: positive(self.max_in_flight, d.max_in_flight, "DROPS_MAX_IN_FLIGHT")?,
+            max_queued: self.max_queued.unwrap_or(d.max_queued),
+            queue_wait_ms: self.queue_wait_ms,
+        })
     }
 }
 
@@ -448,6 +588,28 @@ mod tests {
         assert_eq!(Settings::development().notifications.max_sockets_per_user, 5);
         let none = EnvSettings { max_sockets_per_user: 0, ..EnvSettings::default() };
         assert!(none.into_settings().unwrap_err().to_string().contains("DROPS_MAX_SOCKETS_PER_USER"));
+    }
+
+    #[test]
+    fn limits_default_by_environment_and_are_at_least_one() {
+        let dev = Settings::development();
+        assert_eq!(dev.database.acquire_timeout_ms, 250, "a full pool answers 503 within a quarter second");
+        assert!(dev.limits.direct.per_minute >= 100_000, "the suite sends everything from 127.0.0.1, unthrottled");
+        let prod = production().into_settings().unwrap();
+        assert_eq!(prod.limits.direct, Rate { per_minute: 600, burst: 60 });
+        assert_eq!(prod.limits.forwarded, Rate { per_minute: 3_000, burst: 300 });
+        assert!(prod.limits.forwarded.per_minute > prod.limits.direct.per_minute, "the edge limits first");
+        assert_eq!((prod.limits.max_in_flight, prod.limits.max_queued, prod.limits.queue_wait_ms), (256, 256, 50));
+        let set = EnvSettings { client_rate_per_minute: Some(5), max_queued: Some(0), ..production() };
+        let set = set.into_settings().unwrap();
+        assert_eq!(set.limits.direct, Rate { per_minute: 5, burst: 60 });
+        assert_eq!(set.limits.max_queued, 0, "no queue: shed at once");
+        let zero = EnvSettings { edge_client_burst: Some(0), ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_EDGE_CLIENT_BURST"));
+        let zero = EnvSettings { max_in_flight: Some(0), ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_MAX_IN_FLIGHT"));
+        let zero = EnvSettings { database_acquire_timeout_ms: 0, ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_DATABASE_ACQUIRE_TIMEOUT_MS"));
     }
 
     #[test]

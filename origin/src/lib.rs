@@ -20,7 +20,9 @@
 //! [`extract`] (auth, strict JSON and query, signed internal calls), [`paging`],
 //! [`events`] (outbox, relay, consumer groups), [`edge`] (signed calls to the
 //! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
-//! [`telemetry`], [`health`], [`openapi`].
+//! [`overload`] (per-client limits, load shedding), [`keepalive`] (closing what must
+//! close), [`telemetry`], [`health`],
+//! [`openapi`].
 //!
 //! Only [`startup`] (routers and background workers) and [`cli`] see every area.
 
@@ -33,10 +35,12 @@ pub mod events;
 pub mod extract;
 pub mod followers;
 pub mod health;
+pub mod keepalive;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;
 pub mod orders;
+pub mod overload;
 pub mod paging;
 pub mod payments;
 pub mod startup;

@@ -2,6 +2,11 @@
 //! counts its own with the `metrics` macros); gauges are read at scrape time by the
 //! areas that own the data (orders by state, outbox and consumer lag), so they are
 //! true even after a restart.
+//!
+//! Every 429 and 503 is also counted as `drops_http_refusals_total{route, reason}`:
+//! the reason a protection marked it with ([`Refusal`]: `rate_limited`,
+//! `overloaded`, `pool_exhausted`), or for a refusal a handler made itself,
+//! `rate_limited` (429) or `unavailable` (503).
 
 use std::sync::OnceLock;
 
@@ -13,6 +18,7 @@ use axum::Router;
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::error::Refusal;
 use crate::state::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -33,7 +39,8 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// Counts every request by route template (`/v1/drops/{drop_id}`, not the id),
-/// so tests and benches can see how many requests reached the origin.
+/// so tests and benches can see how many requests reached the origin, and every
+/// refusal (429, 503) by route and reason.
 pub async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let route = req
         .extensions()
@@ -52,6 +59,15 @@ pub async fn count_requests(req: axum::extract::Request, next: axum::middleware:
         _ => "other",
     };
     let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    if matches!(status, 429 | 503) {
+        let reason = match resp.extensions().get::<Refusal>() {
+            Some(refusal) => refusal.as_str(),
+            None if status == 429 => "rate_limited",
+            None => "unavailable",
+        };
+        metrics::counter!("drops_http_refusals_total", "route" => route.clone(), "reason" => reason).increment(1);
+    }
     metrics::counter!("drops_http_requests_total", "method" => method, "route" => route).increment(1);
     resp
 }

@@ -53,7 +53,8 @@ struct BearerAuth;
 
 /// What every operation shares, written once: problems are
 /// `application/problem+json`; any operation may answer 503 `overloaded` (the
-/// edge or the origin shedding load, or the origin out of reach); an operation
+/// edge or the origin shedding load, or the origin out of reach), and any but the
+/// provider's webhook 429 `rate_limited` (per address; writes per user); an operation
 /// that reads a body may answer 400 and 413; one that needs a token, 401.
 struct SharedResponses;
 
@@ -66,7 +67,8 @@ impl Modify for SharedResponses {
                 .content(PROBLEM, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
                 .build()
         };
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let limited = path != "/v1/webhooks/payments";
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -92,6 +94,9 @@ impl Modify for SharedResponses {
                     responses.entry(status.to_owned()).or_insert_with(|| problem(description).into());
                 };
                 add("503", "`overloaded`: shedding load, or the origin is out of reach; `Retry-After`");
+                if limited {
+                    add("429", "`rate_limited`: too many requests from this address (or, writing, this account); `Retry-After`");
+                }
                 if op.request_body.is_some() {
                     add("400", "`invalid_request`: malformed JSON, a wrong or unknown field (named in `detail`)");
                     add("413", "`payload_too_large`: bodies are limited to 64 KiB");

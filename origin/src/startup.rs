@@ -1,6 +1,7 @@
 //! Building and running the origin: the one place that sees every area. It builds
 //! each area's state, plugs the areas' implementations into the traits lower areas
-//! name, merges the areas' routers, and lists the background workers.
+//! name, merges the areas' routers (behind the origin's own defences, `overload`),
+//! and lists the background workers.
 //! `Application::build` binds its listener first (port 0 in tests gives a free
 //! port), so callers learn the port before serving.
 
@@ -29,10 +30,11 @@ use crate::events::bus::{Consumer, Handler, Interest};
 use crate::metrics::GaugeSource;
 use crate::notifications::NotificationsState;
 use crate::orders::OrdersState;
+use crate::overload::{self, Guard};
 use crate::payments::{Payments, PaymentsState};
 use crate::state::{Core, LazyRedis};
 use crate::tasks::{Next, Workers};
-use crate::{catalogue, events, followers, health, metrics, notifications, openapi, orders, payments};
+use crate::{catalogue, events, followers, health, keepalive, metrics, notifications, openapi, orders, payments};
 
 /// Every area's state, built once.
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct App {
     pub payments: Payments,
     pub notifications: NotificationsState,
     pub purger: Arc<dyn Purger>,
+    /// Per-client limits and load shedding, shared by every request of this instance.
+    pub guard: Arc<Guard>,
 }
 
 impl App {
@@ -52,6 +56,7 @@ impl App {
             payments: Payments::new(&core.settings, Arc::new(orders::lifecycle::Settlement))?,
             notifications: NotificationsState::new(core.clone())?,
             purger: catalogue::purge::purger(&core)?,
+            guard: Arc::new(Guard::new(&core.settings)),
             core,
         })
     }
@@ -106,7 +111,10 @@ pub fn router(app: &App) -> Router {
                 Some("this route does not take this method (see Allow)".into()),
             ))
         })
+        // Inside the request counter, so refusals are counted (by route and reason) too.
+        .layer(axum::middleware::from_fn_with_state(app.guard.clone(), overload::guard))
         .layer(axum::middleware::from_fn(metrics::count_requests))
+        .layer(axum::middleware::from_fn(keepalive::close_if_unread))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -135,6 +143,11 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
     let core = app.core.clone();
     let settings = &core.settings;
 
+    let guard = app.guard.clone();
+    workers.every("rate limit sweep", Duration::from_secs(60), move || {
+        guard.sweep();
+        async { Ok(Next::Later) }
+    });
     let c = core.clone();
     workers.every("inventory terms sync", Duration::from_secs(1), move || {
         let c = c.clone();

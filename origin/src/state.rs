@@ -43,12 +43,30 @@ impl Core {
     }
 }
 
+/// How long start-up waits for Postgres to hand out a first connection.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The pool. A request waits for a connection at most
+/// `database.acquire_timeout_ms` (then `sqlx::Error::PoolTimedOut`, which the error
+/// type answers 503 `overloaded`); start-up alone waits longer for the first one.
 pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(settings.database.url.expose_secret())
-        .await?)
+        .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+        .connect_lazy(settings.database.url.expose_secret())?;
+    let first = tokio::time::timeout(CONNECT_WITHIN, async {
+        loop {
+            match pool.acquire().await {
+                Err(sqlx::Error::PoolTimedOut) => continue,
+                other => return other.map(drop),
+            }
+        }
+    });
+    match first.await {
+        Ok(connected) => connected?,
+        Err(_) => anyhow::bail!("no connection to Postgres within {CONNECT_WITHIN:?}"),
+    }
+    Ok(pool)
 }
 
 /// A Redis connection made on first use and shared by clones of this handle; once

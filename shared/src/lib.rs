@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod bloom;
+pub mod client_address;
 pub mod events;
 pub mod internal;
 pub mod inventory;

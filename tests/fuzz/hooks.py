@@ -1,5 +1,9 @@
 """Schemathesis hooks for the fuzz run (tests/tests/e2e/fuzz.rs).
 
+The run acts as several accounts of one role, taking turns (`FUZZ_TOKENS`, comma
+separated): a user's writes are rate limited, and one account writing as fast as a
+fuzzer would spend most of the run on 429s.
+
 Cases generated as *valid* are made to keep two kinds of rule JSON Schema cannot
 state, so that `positive_data_acceptance` tests what the schema can express; cases
 generated as invalid are left as they are:
@@ -12,6 +16,9 @@ generated as invalid are left as they are:
   string is a 400, as API.md wants): a valid case asks for the first page.
 """
 
+import itertools
+import os
+import threading
 from datetime import datetime, timedelta
 
 import schemathesis
@@ -54,3 +61,22 @@ def map_case(context, case):
     if isinstance(stock, number) and isinstance(limit, number) and limit > stock:
         body["max_per_user"] = stock
     return case
+
+
+@schemathesis.auth()
+class TakingTurns:
+    def __init__(self):
+        tokens = [t for t in os.environ.get("FUZZ_TOKENS", "").split(",") if t]
+        self._next = itertools.cycle(tokens) if tokens else None
+        self._lock = threading.Lock()
+
+    def get(self, case, context):
+        return "turns"
+
+    def set(self, case, data, context):
+        if self._next is None:
+            return
+        with self._lock:
+            token = next(self._next)
+        case.headers = case.headers or {}
+        case.headers["Authorization"] = f"Bearer {token}"

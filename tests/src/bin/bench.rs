@@ -189,8 +189,10 @@ async fn main() -> anyhow::Result<()> {
     // (g): the inventory object read through the Worker, no write: what a call to
     // the object costs before the decision writes anything.
     let stock_path = format!("/v1/drops/{drop_id}/stock");
-    let object_read = measure("(g) stock via the object", baseline_n, in_flight, |_| async {
-        client.get(&stock_path, None).await.status.as_u16()
+    let object_read = measure("(g) stock via the object", baseline_n, in_flight, |i| {
+        let address = drops_tests::client::client_address(uuid::Uuid::from_u128(i as u128));
+        let (client, stock_path) = (&client, &stock_path);
+        async move { client.get_from(stock_path, &address).await.status.as_u16() }
     })
     .await;
 

@@ -19,12 +19,14 @@ async fn load(client: &drops_tests::Client, path: &str, route: &str, requests: u
     let before = client.origin_requests("GET", route).await;
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
-    let results = join_all((0..requests).map(|_| {
+    let results = join_all((0..requests).map(|i| {
         let gate = gate.clone();
+        // Visitors, each from an address of their own (the edge limits per address).
+        let address = drops_tests::client::client_address(uuid::Uuid::from_u128(i as u128));
         async move {
             let _p = gate.acquire().await.expect("gate");
             let t = Instant::now();
-            let a = client.get(path, None).await;
+            let a = client.get_from(path, &address).await;
             (a.status.as_u16(), a.header("x-cache").unwrap_or("-").to_owned(), t.elapsed())
         }
     }))

@@ -1,11 +1,12 @@
 //! The public API fuzzed from its own OpenAPI document: schemathesis (from the
 //! project's `.venv-fuzz`, which `scripts/setup` installs) runs every operation
-//! through the edge as a buyer, a creator and an admin, with every check on
+//! through the edge as buyers, creators and admins (three runs at once, each from
+//! its own address, its accounts taking turns), with every check on
 //! (`schemathesis.toml` at the root), a fixed seed and a bounded number of cases;
 //! `tests/fuzz/hooks.py` keeps valid drop bodies to the rules that cross fields.
 //! Any failure fails the suite; each run's counts are printed.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use drops_shared::auth::Role;
 use drops_tests::client::token;
@@ -17,6 +18,11 @@ const SEED: &str = "20261126";
 /// Cases per operation in the fuzzing phase, per role.
 const MAX_EXAMPLES: &str = "12";
 
+/// Accounts each role's run takes turns with (a user's writes are rate limited).
+const ACCOUNTS: usize = 10;
+/// Requests a second, per run: under the edge's per-address limit.
+const RATE: &str = "50/s";
+
 #[derive(Debug)]
 struct Run {
     role: &'static str,
@@ -24,25 +30,32 @@ struct Run {
     summary: String,
 }
 
-fn fuzz_as(edge: &str, role: &'static str, bearer: &str) -> Run {
+/// Starts schemathesis from `address`, its accounts (`tokens`) taking turns.
+fn fuzz_as(edge: &str, address: &str, tokens: &[String]) -> std::process::Child {
     let root = repo_root();
     let bin = root.join(".venv-fuzz/bin/schemathesis");
     assert!(bin.exists(), "{} is missing: run scripts/setup", bin.display());
-    let output = Command::new(&bin)
+    Command::new(&bin)
         .current_dir(&root)
         .args(["--config-file", "schemathesis.toml", "--no-color", "run"])
         .arg(format!("{edge}/v1/openapi.json"))
         .args(["--url", edge, "--checks", "all", "--seed", SEED, "--max-examples", MAX_EXAMPLES])
-        .args(["--phases", "examples,coverage,fuzzing", "--workers", "2"])
+        .args(["--phases", "examples,coverage,fuzzing", "--workers", "2", "--rate-limit", RATE])
         .args(["--request-timeout", "10", "--output-truncate", "true", "--generation-database", "none"])
+        .args(["-H", &format!("CF-Connecting-IP: {address}")])
         .env("SCHEMATHESIS_HOOKS", "tests.fuzz.hooks")
-        .args(["-H", &format!("Authorization: Bearer {bearer}")])
-        .output()
-        .expect("schemathesis runs");
+        .env("FUZZ_TOKENS", tokens.join(","))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("schemathesis runs")
+}
+
+fn outcome(role: &'static str, output: std::process::Output) -> Run {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let passed = output.status.success();
-    // The failures and the summary, or everything when schemathesis did not get that far.
+    // The errors, failures and summary, or everything when schemathesis did not get that far.
     let report = stdout
         .lines()
         .skip_while(|l| !["ERRORS", "FAILURES", "SUMMARY"].iter().any(|section| l.contains(section)))
@@ -61,15 +74,25 @@ async fn the_api_holds_to_its_openapi_document_under_fuzzing() {
     // would see them arrive mid-test (their lists, their load).
     let stack = Stack::exclusive().await;
     let client = stack.client();
-    let (creator, _) = client.creator_with_product().await;
+    let mut creators = Vec::new();
+    for _ in 0..ACCOUNTS {
+        creators.push(client.creator_with_product().await.0);
+    }
+    let accounts = |role: Role| (0..ACCOUNTS).map(|_| token(Uuid::now_v7(), role)).collect::<Vec<_>>();
     let roles = [
-        ("buyer", token(Uuid::now_v7(), Role::Buyer)),
-        ("creator", creator),
-        ("admin", token(Uuid::now_v7(), Role::Admin)),
+        ("buyer", "198.51.100.1", accounts(Role::Buyer)),
+        ("creator", "198.51.100.2", creators),
+        ("admin", "198.51.100.3", accounts(Role::Admin)),
     ];
     let edge = stack.edge_url.clone();
+    // The three runs at once, each from its own address.
     let runs = tokio::task::spawn_blocking(move || {
-        roles.iter().map(|(role, bearer)| fuzz_as(&edge, role, bearer)).collect::<Vec<_>>()
+        let children: Vec<_> =
+            roles.iter().map(|(role, address, tokens)| (*role, fuzz_as(&edge, address, tokens))).collect();
+        children
+            .into_iter()
+            .map(|(role, child)| outcome(role, child.wait_with_output().expect("schemathesis finishes")))
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap();

@@ -1,0 +1,332 @@
+//! The origin's own defences, so no single client, and no rush, can melt it. One
+//! middleware ([`guard`]) runs on every route, after routing (it sees the route
+//! template) and before any extractor reads a token or a body:
+//!
+//! 1. **Per-client limits** (GCRA, `governor`, one bucket per address). The routes
+//!    fall in three classes ([`class`]):
+//!    - public routes (everything apps can reach): limited per client address. The
+//!      address is the TCP peer's, except when the request carries the edge's word
+//!      for the client: `x-drops-client: <ip>` with a valid
+//!      `x-drops-client-sig` (`drops_shared::client_address`: an HMAC under a key
+//!      derived from the edge → origin secret, fresh within a minute). Those are
+//!      limited per that address, on a budget of their own
+//!      (`settings.limits.forwarded`, higher than the direct one: the edge has
+//!      limited each client already). A missing, forged or stale header is ignored,
+//!      so the request counts against its peer: naming someone else buys nothing.
+//!    - the payment webhook and the signed internal routes (`/internal/…`): not
+//!      held to the per-client limits (the edge's few addresses and the payment
+//!      provider's carry everyone's traffic), but bounded: a generous budget per
+//!      peer address of their own (`settings.limits.signed`), so junk sent to those
+//!      paths from one address cannot starve the edge's calls from another.
+//!    - `/healthz`, `/readyz`, `/metrics`: exempt from everything here, so the
+//!      origin can be watched while it refuses work.
+//!
+//!    IPv6 clients are counted per /64 (one subscriber's usual allocation), so
+//!    walking through one's own addresses does not multiply a budget. Over the
+//!    limit: 429 `rate_limited`, `Retry-After` the seconds until the next request
+//!    would pass.
+//! 2. **Load shedding**: at most `max_in_flight` requests are handled at once; up to
+//!    `max_queued` more wait for a slot, each at most `queue_wait_ms`. Beyond that,
+//!    or once the wait is out: 503 `overloaded`, `Retry-After: 1`, at once. The
+//!    slot is held until the handler has its answer (a WebSocket's, once upgraded,
+//!    is not: sockets have their own per-user cap).
+//!
+//! The third defence, a database pool that answers 503 instead of queueing, is the
+//! pool's acquire timeout (`state::connect_db`) and its mapping in `error`. Each
+//! refusal is marked with its [`Refusal`] and counted by `metrics`.
+//!
+//! Buckets of addresses not seen for a while are dropped by [`Guard::sweep`], which
+//! `startup` runs every minute.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use drops_shared::client_address::{self, CLIENT_HEADER, CLIENT_SIGNATURE_HEADER};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Rate, Settings};
+use crate::error::Refusal;
+
+/// Routes outside `/internal/` that are signed by their caller and so not held to
+/// the per-client limits (the payment webhook).
+const SIGNED_ROUTES: &[&str] = &["/v1/webhooks/payments"];
+/// Routes nothing here applies to.
+const EXEMPT_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// What a route is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Per-client limits and load shedding.
+    Public,
+    /// The signed routes' own per-peer limit and load shedding.
+    Signed,
+    /// Nothing.
+    Exempt,
+}
+
+/// The class of the route template `route` (a request that matched no route is public).
+pub fn class(route: Option<&str>) -> Class {
+    match route {
+        Some(r) if EXEMPT_ROUTES.contains(&r) => Class::Exempt,
+        Some(r) if r.starts_with("/internal/") || SIGNED_ROUTES.contains(&r) => Class::Signed,
+        _ => Class::Public,
+    }
+}
+
+/// Whom a public request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The client address the edge vouches for (budget `limits.forwarded`).
+    Forwarded(IpAddr),
+    /// The TCP peer: no valid word from the edge (budget `limits.direct`).
+    Direct(IpAddr),
+}
+
+/// The client of a public request from `peer` with `headers`, at `now` (unix s):
+/// the edge's signed client address if it checks against `secret`, else the peer.
+pub fn client(peer: Option<SocketAddr>, headers: &HeaderMap, secret: &[u8], now: i64) -> Client {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match client_address::verify(secret, value(CLIENT_HEADER), value(CLIENT_SIGNATURE_HEADER), now) {
+        Ok(address) => Client::Forwarded(bucket(address)),
+        Err(why) => {
+            if headers.contains_key(CLIENT_HEADER) {
+                tracing::debug!(error = %why, "client header ignored; counting the request against its peer");
+            }
+            Client::Direct(bucket(peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip())))
+        }
+    }
+}
+
+/// The bucket an address counts in: IPv4 as it is (an IPv4-mapped IPv6 address
+/// too), IPv6 by its /64.
+pub fn bucket(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+type Limiter = DefaultKeyedRateLimiter<IpAddr>;
+
+fn limiter(rate: Rate) -> Limiter {
+    let one = NonZeroU32::MIN;
+    let period = (Duration::from_secs(60) / rate.per_minute.max(1)).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period).expect("a period above zero");
+    Limiter::keyed(quota.allow_burst(NonZeroU32::new(rate.burst).unwrap_or(one)))
+}
+
+/// The limiters and the slots of one origin instance.
+pub struct Guard {
+    direct: Limiter,
+    forwarded: Limiter,
+    signed: Limiter,
+    edge_secret: SecretString,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_queued: usize,
+    queue_wait: Duration,
+}
+
+impl Guard {
+    pub fn new(settings: &Settings) -> Self {
+        let limits = &settings.limits;
+        Guard {
+            direct: limiter(limits.direct),
+            forwarded: limiter(limits.forwarded),
+            signed: limiter(limits.signed),
+            edge_secret: settings.edge.edge_to_origin_secret.clone(),
+            slots: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+            waiting: AtomicUsize::new(0),
+            max_queued: limits.max_queued as usize,
+            queue_wait: Duration::from_millis(limits.queue_wait_ms),
+        }
+    }
+
+    /// Forgets the buckets that are full again (their addresses are as good as new).
+    pub fn sweep(&self) {
+        for limiter in [&self.direct, &self.forwarded, &self.signed] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// `Err(seconds to wait)` when `address` is over `limiter`'s rate.
+    fn check(limiter: &Limiter, address: IpAddr) -> Result<(), u64> {
+        limiter.check_key(&address).map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    /// A slot, at once or after a short wait in a bounded queue; `None`: shed.
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _leaves = Waiting(&self.waiting);
+        if ahead >= self.max_queued {
+            return None;
+        }
+        tokio::time::timeout(self.queue_wait, self.slots.clone().acquire_owned()).await.ok()?.ok()
+    }
+}
+
+/// One place in the queue, given back however the wait ends (a client that hangs
+/// up drops it too).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The middleware: the limit of the request's class, then a slot.
+pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let limited = match class(route) {
+        Class::Exempt => return next.run(req).await,
+        Class::Signed => {
+            let peer = bucket(peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()));
+            Guard::check(&guard.signed, peer)
+        }
+        Class::Public => match client(peer, req.headers(), guard.edge_secret.expose_secret().as_bytes(), unix_now()) {
+            Client::Forwarded(address) => Guard::check(&guard.forwarded, address),
+            Client::Direct(address) => Guard::check(&guard.direct, address),
+        },
+    };
+    if let Err(wait) = limited {
+        return Refusal::RateLimited.response("too many requests from this client; retry after the pause", wait);
+    }
+    let Some(slot) = guard.admit().await else {
+        return Refusal::Overloaded.response("the origin is at capacity; retry shortly", 1);
+    };
+    let resp = next.run(req).await;
+    drop(slot);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use axum::http::HeaderValue;
+
+    const SECRET: &[u8] = b"edge-secret";
+    const NOW: i64 = 1_800_000_000;
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 50_000))
+    }
+
+    fn with_client(client: &str, sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CLIENT_HEADER, HeaderValue::from_str(client).unwrap());
+        h.insert(CLIENT_SIGNATURE_HEADER, HeaderValue::from_str(sig).unwrap());
+        h
+    }
+
+    #[test]
+    fn routes_fall_in_their_class() {
+        assert_eq!(class(Some("/v1/drops/{drop_id}")), Class::Public);
+        assert_eq!(class(Some("/v1/sandbox/checkout/{reference}")), Class::Public);
+        assert_eq!(class(None), Class::Public, "an unmatched path is someone's request too");
+        assert_eq!(class(Some("/v1/webhooks/payments")), Class::Signed);
+        assert_eq!(class(Some("/internal/v1/reservations")), Class::Signed);
+        for exempt in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(class(Some(exempt)), Class::Exempt);
+        }
+    }
+
+    #[test]
+    fn the_edge_names_the_client_only_with_a_valid_signature() {
+        let edge = peer("10.0.0.5");
+        let signed = client_address::sign(SECRET, "203.0.113.7", NOW);
+        let vouched = client(edge, &with_client("203.0.113.7", &signed), SECRET, NOW);
+        assert_eq!(vouched, Client::Forwarded("203.0.113.7".parse().unwrap()));
+        // Forged, for another address, stale, with another secret, or no signature:
+        // the request counts against its peer.
+        let direct = Client::Direct("10.0.0.5".parse().unwrap());
+        assert_eq!(client(edge, &with_client("198.51.100.1", &signed), SECRET, NOW), direct);
+        assert_eq!(client(edge, &with_client("203.0.113.7", "t=1,v1=00"), SECRET, NOW), direct);
+        assert_eq!(client(edge, &with_client("203.0.113.7", &signed), SECRET, NOW + 3_600), direct);
+        assert_eq!(client(edge, &with_client("203.0.113.7", &signed), b"other", NOW), direct);
+        let mut unsigned = HeaderMap::new();
+        unsigned.insert(CLIENT_HEADER, HeaderValue::from_static("203.0.113.7"));
+        assert_eq!(client(edge, &unsigned, SECRET, NOW), direct);
+        assert_eq!(client(edge, &HeaderMap::new(), SECRET, NOW), direct);
+        // No peer known (a router served without connection info): one shared bucket.
+        assert_eq!(client(None, &HeaderMap::new(), SECRET, NOW), Client::Direct("0.0.0.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let b = |s: &str| bucket(s.parse().unwrap());
+        assert_eq!(b("2001:db8:1:2:aaaa::1"), b("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_eq!(b("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(b("2001:db8:1:2::1"), b("2001:db8:1:3::1"));
+        assert_eq!(b("::ffff:203.0.113.7"), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(b("203.0.113.7"), "203.0.113.7".parse::<IpAddr>().unwrap());
+        let signed = client_address::sign(SECRET, "2001:db8:1:2::99", NOW);
+        assert_eq!(
+            client(peer("10.0.0.5"), &with_client("2001:db8:1:2::99", &signed), SECRET, NOW),
+            Client::Forwarded("2001:db8:1:2::".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bucket_holds_its_burst_then_says_how_long_to_wait() {
+        let limiter = limiter(Rate { per_minute: 2, burst: 3 });
+        let (a, b): (IpAddr, IpAddr) = ("203.0.113.7".parse().unwrap(), "203.0.113.8".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(Guard::check(&limiter, a), Ok(()));
+        }
+        let wait = Guard::check(&limiter, a).unwrap_err();
+        assert!((1..=30).contains(&wait), "one request every 30 s: {wait}");
+        assert_eq!(Guard::check(&limiter, b), Ok(()), "another address has its own bucket");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_the_slots_and_the_short_queue_requests_are_shed() {
+        let mut settings = Settings::development();
+        settings.limits.max_in_flight = 2;
+        settings.limits.max_queued = 1;
+        settings.limits.queue_wait_ms = 50;
+        let guard = Arc::new(Guard::new(&settings));
+        let first = guard.admit().await.expect("a free slot");
+        let _second = guard.admit().await.expect("a free slot");
+        // The third waits in the queue; the fourth finds the queue full.
+        let queued = tokio::spawn({
+            let guard = guard.clone();
+            async move { guard.admit().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(guard.admit().await.is_none(), "queue full: shed at once");
+        drop(first);
+        let _third = queued.await.unwrap().expect("a slot freed within the wait goes to the one queued");
+        // Nothing frees up: the queued one is shed once its wait is out.
+        let started = tokio::time::Instant::now();
+        assert!(guard.admit().await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert_eq!(guard.waiting.load(Ordering::Acquire), 0, "every place in the queue given back");
+    }
+}
