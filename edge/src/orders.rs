@@ -28,7 +28,7 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
         return Err(Problem::sold_out(0).into());
     }
     let command = ReserveCommand { user_id: identity.user_id, idempotency_key: key, quantity: order.quantity };
-    let mut answer = inventory_object::call(env, drop_id, &Command::Reserve(command)).await?;
+    let mut answer = inventory_object::call_for_client(env, drop_id, &Command::Reserve(command)).await?;
     if answer.status_code() != 409 {
         return Ok(answer);
     }
@@ -107,5 +107,5 @@ mod sold_out {
 }
 
 pub async fn stock(env: &Env, drop_id: Uuid) -> EdgeResult {
-    Ok(inventory_object::call(env, drop_id, &Command::Stock).await?)
+    inventory_object::call_for_client(env, drop_id, &Command::Stock).await
 }

@@ -43,6 +43,20 @@ pub async fn call(env: &Env, drop_id: Uuid, command: &Command) -> worker::Result
     stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{drop_id}"), &init)?).await
 }
 
+/// [`call`] for a public request: when the object cannot be reached (overloaded,
+/// too many requests queued, reset while it restarted), the answer is 503
+/// `overloaded` with `Retry-After`, at once. A buy retried with the same key after
+/// one is decided once: either the object never saw it, or it replays its answer.
+pub async fn call_for_client(env: &Env, drop_id: Uuid, command: &Command) -> Result<Response, EdgeError> {
+    call(env, drop_id, command).await.map_err(|err| {
+        worker::console_warn!("inventory object {drop_id} unreachable: {err}");
+        EdgeError::Problem(drops_shared::problem::Problem::new(
+            ErrorCode::Overloaded,
+            Some("this drop is busy; retry in a moment".into()),
+        ))
+    })
+}
+
 /// The in-memory key of a (user, idempotency key): a hash, so a collision only
 /// costs a storage read, which tells the truth.
 fn answer_key(user_id: Uuid, key: &str) -> u64 {
