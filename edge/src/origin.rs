@@ -1,6 +1,7 @@
 //! Talking to the origin: signed internal calls, and the proxy for the public
 //! routes the origin owns (catalogue writes, orders, and the rest).
 
+use drops_shared::client_address::{self, CLIENT_HEADER, CLIENT_SIGNATURE_HEADER};
 use drops_shared::internal::{Endpoint, Method as RouteMethod};
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -38,6 +39,21 @@ pub async fn signed<E: Endpoint>(cfg: &EdgeConfig, route: &E, body: &[u8]) -> wo
     Fetch::Request(req).send().await
 }
 
+/// Says, signed, which client a request to the origin is for (the address
+/// Cloudflare gave, `CF-Connecting-IP`), so that the origin's per-client limits
+/// count the client and not the edge. Headers of that name from the client are
+/// replaced; without an address, none are sent.
+pub fn vouch(cfg: &EdgeConfig, headers: &Headers, client: Option<&str>) -> worker::Result<()> {
+    headers.delete(CLIENT_HEADER)?;
+    headers.delete(CLIENT_SIGNATURE_HEADER)?;
+    if let Some(client) = client {
+        for (name, value) in client_address::headers(cfg.edge_to_origin_secret.as_bytes(), client, now_ms() / 1000) {
+            headers.set(name, &value)?;
+        }
+    }
+    Ok(())
+}
+
 fn js_sys_bytes(body: &[u8]) -> worker::js_sys::Uint8Array {
     worker::js_sys::Uint8Array::from(body)
 }
@@ -51,6 +67,7 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
         None => format!("{}{}", cfg.origin_url, url.path()),
     };
     let headers = Headers::new();
+    let client = req.headers().get("cf-connecting-ip")?;
     if req.headers().get("upgrade")?.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         // A WebSocket (the notification stream): hand the upgrade through as it is;
         // the origin authenticates it, and the runtime joins the two sockets.
@@ -60,6 +77,7 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
             }
         }
         headers.set(REQUEST_ID_HEADER, request_id)?;
+        vouch(&cfg, &headers, client.as_deref())?;
         let mut init = RequestInit::new();
         init.with_method(Method::Get).with_headers(headers);
         return Ok(Fetch::Request(Request::new_with_init(&target, &init)?).send().await?);
@@ -70,6 +88,7 @@ pub async fn proxy(mut req: Request, env: &Env, request_id: &str) -> EdgeResult 
         }
     }
     headers.set(REQUEST_ID_HEADER, request_id)?;
+    vouch(&cfg, &headers, client.as_deref())?;
     let method = req.method();
     let mut init = RequestInit::new();
     init.with_method(method.clone()).with_headers(headers);

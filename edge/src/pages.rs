@@ -134,8 +134,8 @@ fn answer(status: u16, body: &[u8]) -> EdgeResult {
 }
 
 /// Fetches `key` as its claimant, and releases the claim.
-async fn fetch_claimed(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
-    let fetched = fetch_and_store(env, key, path, kind).await;
+async fn fetch_claimed(env: &Env, key: &str, path: &str, kind: &Kind, client: Option<&str>) -> worker::Result<Fetched> {
+    let fetched = fetch_and_store(env, key, path, kind, client).await;
     finish(key, &fetched);
     fetched
 }
@@ -183,6 +183,7 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
     let cfg = EdgeConfig::get(env)?;
     let policy = cfg.pages;
     let key = cache_url(&cfg, &req.url()?, &path);
+    let client = header(req, "cf-connecting-ip");
     let cached = read(&key).await;
     let now = now_ms();
     let if_none_match = header(req, "if-none-match");
@@ -194,9 +195,9 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
         }
         if age < policy.fresh_ms + policy.grace_ms {
             if claim(&key, now) {
-                let (env, key) = (env.clone(), key.clone());
+                let (env, key, client) = (env.clone(), key.clone(), client.clone());
                 ctx.wait_until(async move {
-                    if let Err(e) = fetch_claimed(&env, &key, &path, &kind).await {
+                    if let Err(e) = fetch_claimed(&env, &key, &path, &kind, client.as_deref()).await {
                         worker::console_warn!("background refresh of {key} failed: {e}");
                     }
                 });
@@ -208,7 +209,7 @@ async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind
         return answer(status, &body);
     }
     let fetched = if claim(&key, now) {
-        fetch_claimed(env, &key, &path, &kind).await
+        fetch_claimed(env, &key, &path, &kind, client.as_deref()).await
     } else {
         // Someone in this isolate is fetching it: wait for the page to land.
         loop {
@@ -266,9 +267,22 @@ async fn read(key: &str) -> Option<Entry> {
     Some(Entry { body: std::rc::Rc::new(body), etag, stored_at_ms })
 }
 
-async fn fetch_and_store(env: &Env, key: &str, path: &str, kind: &Kind) -> worker::Result<Fetched> {
+/// Fetches a page from the origin on behalf of `client` (the request that found it
+/// missing or stale: a flood of misses counts against whoever sends it).
+async fn fetch_and_store(
+    env: &Env,
+    key: &str,
+    path: &str,
+    kind: &Kind,
+    client: Option<&str>,
+) -> worker::Result<Fetched> {
     let cfg = EdgeConfig::get(env).map_err(|_| worker::Error::RustError("edge settings missing".into()))?;
-    let mut resp = Fetch::Url(worker::Url::parse(&format!("{}{path}", cfg.origin_url))?).send().await?;
+    let headers = worker::Headers::new();
+    crate::origin::vouch(&cfg, &headers, client)?;
+    let mut init = worker::RequestInit::new();
+    init.with_headers(headers);
+    let request = Request::new_with_init(&format!("{}{path}", cfg.origin_url), &init)?;
+    let mut resp = Fetch::Request(request).send().await?;
     let status = resp.status_code();
     let body = resp.bytes().await?;
     if status != 200 {

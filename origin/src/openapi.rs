@@ -53,8 +53,8 @@ struct BearerAuth;
 
 /// What every operation shares, written once: problems are
 /// `application/problem+json`; any operation may answer 503 `overloaded` (the
-/// edge or the origin shedding load, or the origin out of reach), and any but the
-/// provider's webhook 429 `rate_limited` (per address; writes per user); an operation
+/// edge or the origin shedding load, or the origin out of reach), and 429
+/// `rate_limited` (per address, writes per user; the webhook its own bound); an operation
 /// that reads a body may answer 400 and 413; one that needs a token, 401.
 struct SharedResponses;
 
@@ -68,7 +68,7 @@ impl Modify for SharedResponses {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let limited = path != "/v1/webhooks/payments";
+            let webhook = path == "/v1/webhooks/payments";
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -94,9 +94,14 @@ impl Modify for SharedResponses {
                     responses.entry(status.to_owned()).or_insert_with(|| problem(description).into());
                 };
                 add("503", "`overloaded`: shedding load, or the origin is out of reach; `Retry-After`");
-                if limited {
-                    add("429", "`rate_limited`: too many requests from this address (or, writing, this account); `Retry-After`");
-                }
+                add(
+                    "429",
+                    if webhook {
+                        "`rate_limited`: past the origin's bound on signed callers; `Retry-After`"
+                    } else {
+                        "`rate_limited`: too many requests from this address (or, writing, this account); `Retry-After`"
+                    },
+                );
                 if op.request_body.is_some() {
                     add("400", "`invalid_request`: malformed JSON, a wrong or unknown field (named in `detail`)");
                     add("413", "`payload_too_large`: bodies are limited to 64 KiB");

@@ -19,9 +19,12 @@ const IN_FLIGHT: usize = 500;
 async fn rush(client: &drops_tests::Client, drop_id: Uuid) -> Vec<(StatusCode, String)> {
     let path = format!("/v1/drops/{drop_id}");
     let gate = tokio::sync::Semaphore::new(IN_FLIGHT);
-    join_all((0..REQUESTS).map(|_| async {
+    // A thousand readers are a thousand visitors: each from an address of its own.
+    let (gate, path) = (&gate, &path);
+    join_all((0..REQUESTS).map(|i| async move {
+        let address = drops_tests::client::client_address(Uuid::from_u128(i as u128));
         let _slot = gate.acquire().await.expect("gate");
-        let a = client.get(&path, None).await;
+        let a = client.get_from(path, &address).await;
         (a.status, a.header("x-cache").unwrap_or("-").to_owned())
     }))
     .await

@@ -336,3 +336,36 @@ async fn an_exhausted_pool_answers_503_at_once_never_500_nor_a_long_wait() {
     assert!(refusals(&client, card_route, "pool_exhausted").await > before, "counted on /metrics");
     assert!(refusals(&client, "/v1/orders/{order_id}", "pool_exhausted").await > orders_before);
 }
+
+/// Through the edge, the origin counts each client (the edge vouches for the
+/// address Cloudflare gave it), not the edge: one client past the origin's limit
+/// for it is refused, another client through the same edge is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_edge_the_origin_limits_each_client_not_the_edge() {
+    let stack = Stack::exclusive().await;
+    stack
+        .start_origin_with(|s| {
+            s.limits.forwarded = Rate { per_minute: 1, burst: 3 };
+        })
+        .await;
+    let client = stack.client();
+    let through_edge = |address: &'static str| {
+        let url = format!("{}{}", client.edge, creator_path());
+        client.send(client.http.get(url).header("cf-connecting-ip", address))
+    };
+    for i in 0..3 {
+        assert_served(&through_edge("203.0.113.50").await, &format!("request #{}", i + 1));
+    }
+    assert_refused(&through_edge("203.0.113.50").await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_served(&through_edge("203.0.113.51").await, "another client through the same edge");
+    // A client cannot name itself someone else: its own headers are replaced.
+    let forged = client.send(
+        client
+            .http
+            .get(format!("{}{}", client.edge, creator_path()))
+            .header("cf-connecting-ip", "203.0.113.50")
+            .header(CLIENT_HEADER, "203.0.113.99")
+            .header(CLIENT_SIGNATURE_HEADER, "t=1,v1=00"),
+    );
+    assert_refused(&forged.await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}
