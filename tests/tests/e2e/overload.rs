@@ -343,6 +343,7 @@ async fn an_exhausted_pool_answers_503_at_once_never_500_nor_a_long_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_edge_the_origin_limits_each_client_not_the_edge() {
     let stack = Stack::exclusive().await;
+    stack.stop_origin().await;
     stack
         .start_origin_with(|s| {
             s.limits.forwarded = Rate { per_minute: 1, burst: 3 };
