@@ -38,15 +38,32 @@ use crate::http::{problem_response, EdgeError};
 pub async fn call(env: &Env, drop_id: Uuid, command: &Command) -> worker::Result<Response> {
     let body = serde_json::to_vec(command).map_err(|e| worker::Error::RustError(e.to_string()))?;
     let stub = env.durable_object(INVENTORY_BINDING)?.id_from_name(&drop_id.to_string())?.get_stub()?;
+    let headers = worker::Headers::new();
+    headers.set(SENT_AT_HEADER, &crate::http::now_ms().to_string())?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(body.as_slice()))));
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(JsValue::from(worker::js_sys::Uint8Array::from(body.as_slice()))));
     stub.fetch_with_request(Request::new_with_init(&format!("https://inventory/{drop_id}"), &init)?).await
+}
+
+/// When the Worker sent a command (unix ms): the object measures its backlog by
+/// how long a command waited to be handled.
+const SENT_AT_HEADER: &str = "x-drops-sent-at";
+
+/// Whether a command that waited `waited_ms` for the object is refused rather than
+/// decided: buys and stock reads, past `max_wait_ms`. A buyer would rather hear
+/// "retry in a second" than wait in a queue that only grows; the origin's commands
+/// (terms, holds, snapshots) and the sold-out memo always go through.
+fn sheds(command: &Command, waited_ms: i64, max_wait_ms: i64) -> bool {
+    matches!(command, Command::Reserve(_) | Command::Stock) && waited_ms > max_wait_ms
 }
 
 /// [`call`] for a public request: when the object cannot be reached (overloaded,
 /// too many requests queued, reset while it restarted), the answer is 503
-/// `overloaded` with `Retry-After`, at once. A buy retried with the same key after
-/// one is decided once: either the object never saw it, or it replays its answer.
+/// `overloaded` with `Retry-After`, at once, as when it sheds a command that waited
+/// too long ([`sheds`]). A buy retried with the same key after one is decided once:
+/// either the object never decided it, or it replays its answer.
 pub async fn call_for_client(env: &Env, drop_id: Uuid, command: &Command) -> Result<Response, EdgeError> {
     call(env, drop_id, command).await.map_err(|err| {
         worker::console_warn!("inventory object {drop_id} unreachable: {err}");
@@ -107,7 +124,20 @@ impl DropInventory {
 
     async fn handle(&self, mut req: Request) -> Result<Response, EdgeError> {
         let drop_id = req.path().trim_start_matches('/').parse::<Uuid>().map_err(|_| ErrorCode::NotFound)?;
+        let sent_at = req.headers().get(SENT_AT_HEADER)?.and_then(|v| v.parse::<i64>().ok());
         let command: Command = drops_shared::json::from_slice(&req.bytes().await?)?;
+        if let Some(sent_at) = sent_at {
+            let max_wait_ms = crate::config::EdgeConfig::get(&self.env)?.inventory_max_wait_ms;
+            let waited_ms = crate::http::now_ms() - sent_at;
+            if sheds(&command, waited_ms, max_wait_ms) {
+                worker::console_warn!("drop {drop_id}: a command waited {waited_ms} ms; shed");
+                return Err(drops_shared::problem::Problem::new(
+                    ErrorCode::Overloaded,
+                    Some("this drop is busy; retry in a moment".into()),
+                )
+                .into());
+            }
+        }
         self.dispatch(drop_id, command).await
     }
 }
@@ -150,5 +180,26 @@ impl worker::DurableObject for DropInventory {
     async fn alarm(&self) -> worker::Result<Response> {
         self.run_alarm().await?;
         Response::empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_buys_and_stock_reads_that_waited_too_long_are_shed() {
+        let buy = Command::Reserve(ReserveCommand {
+            user_id: Uuid::from_u128(1),
+            idempotency_key: "key-00000001".into(),
+            quantity: 1,
+        });
+        assert!(!sheds(&buy, 1_000, 1_000), "at the limit: decided");
+        assert!(sheds(&buy, 1_001, 1_000));
+        assert!(sheds(&Command::Stock, 5_000, 1_000));
+        assert!(!sheds(&Command::Stock, -20, 1_000), "a clock behind the Worker's is no wait");
+        for origins in [Command::Snapshot, Command::SoldOutMemo] {
+            assert!(!sheds(&origins, 60_000, 1_000), "{origins:?} always goes through");
+        }
     }
 }
