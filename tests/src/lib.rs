@@ -44,7 +44,8 @@ pub struct Stack {
     pub edge_url: String,
     pub origin_url: String,
     pub database_url: String,
-    settings: Settings,
+    /// The origin's settings as the stack configured them (tests tweak copies).
+    pub settings: Settings,
     runtime: tokio::runtime::Runtime,
     origin: Mutex<Option<RunningOrigin>>,
 }
