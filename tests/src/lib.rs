@@ -127,11 +127,46 @@ extern "C" fn kill_wranglers() {
     }
 }
 
+/// Builds the Worker of `config` (relative to the repository root) with its
+/// `[build] command`, and writes beside it a copy of the config without `[build]`,
+/// whose path it returns. With a custom build, `wrangler dev` builds once to start,
+/// then again when its file watcher is ready, and reloads the Worker seconds after it
+/// first answered: a test then sees "Your worker restarted mid-request" (a 503).
+fn prebuilt(root: &std::path::Path, config: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(root.join(config))?;
+    let (mut command, mut kept, mut in_build) = (None, Vec::new(), false);
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if !in_build {
+            kept.push(line);
+        } else if let Some(value) = trimmed.strip_prefix("command").and_then(|r| r.trim_start().strip_prefix('=')) {
+            command = Some(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    if let Some(command) = command {
+        let built = Command::new("bash").arg("-c").arg(&command).current_dir(root).output()?;
+        anyhow::ensure!(
+            built.status.success(),
+            "building the Worker (`{command}`) failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    let (dir, file) = config.rsplit_once('/').map_or(("", config), |(d, f)| (d, f));
+    let name = format!(".{}.test.toml", file.trim_end_matches(".toml"));
+    let copy = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+    std::fs::write(root.join(&copy), kept.join("\n") + "\n")?;
+    Ok(copy)
+}
+
 /// Starts `wrangler dev` on `config` (relative to the repository root) at `port`,
-/// with `vars`, and waits until `ready_path` answers 2xx. Its process group is
-/// killed when this process exits.
+/// with `vars`, its Worker built first (see [`prebuilt`]), and waits until
+/// `ready_path` answers 2xx. Its process group is killed when this process exits.
 pub async fn wrangler_dev(config: &str, port: u16, vars: &[String], ready_path: &str) -> anyhow::Result<()> {
     let root = repo_root();
+    let config = &prebuilt(&root, config)?;
     let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
     let log_path = std::env::temp_dir().join(format!("drops-wrangler-{port}.log"));
     let log = std::fs::File::create(&log_path)?;
