@@ -116,8 +116,8 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.expect("response body").to_vec();
-        // Our 503s are problems; one that is not came from the runtime (seen twice
-        // under the full suite's load, cause not yet found): say what it carried.
+        // Our 503s are problems; one that is not came from the runtime (as when
+        // `wrangler dev` reloaded the Worker mid-request): say what it carried.
         if status.as_u16() == 503 && serde_json::from_slice::<Value>(&body).is_err() {
             eprintln!("a 503 that is not a problem: {headers:?} {:?}", String::from_utf8_lossy(&body));
         }
