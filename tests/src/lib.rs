@@ -308,14 +308,21 @@ impl Stack {
     }
 
     fn start_wrangler(&self, port: u16) -> anyhow::Result<()> {
-        let vars = [
+        self.runtime.block_on(wrangler_dev("wrangler.toml", port, &self.edge_vars(&[]), "/healthz"))
+    }
+
+    /// The `--var`s the stack's edge runs with (its origin, its secrets), and `more`:
+    /// for a test that needs an edge of its own, set otherwise.
+    pub fn edge_vars(&self, more: &[&str]) -> Vec<String> {
+        let mut vars = vec![
             format!("ORIGIN_URL:{}", self.origin_url),
             format!("JWT_SECRET:{JWT_SECRET}"),
             format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
             format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
             "FORWARD_RETRY_MAX_MS:2000".to_owned(),
         ];
-        self.runtime.block_on(wrangler_dev("wrangler.toml", port, &vars, "/healthz"))
+        vars.extend(more.iter().map(|v| (*v).to_owned()));
+        vars
     }
 
     /// Stops the origin (graceful: in-flight requests finish) and waits until it has.

@@ -370,3 +370,69 @@ async fn through_the_edge_the_origin_limits_each_client_not_the_edge() {
     );
     assert_refused(&forged.await, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
+
+/// A drop's inventory object with a backlog answers 503 `overloaded` (`Retry-After: 1`)
+/// to buys that waited too long, before deciding them; retried with the same key,
+/// each is decided once. On an edge of its own (its own `wrangler dev`) with
+/// `INVENTORY_MAX_WAIT_MS` at 20 ms, where three hundred buys at once on one drop
+/// make the later ones wait longer than that; the stack's edge keeps the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_object_with_a_backlog_sheds_buys_and_a_retried_key_is_decided_once() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(100, 1)).await;
+    let terms = stack.snapshot(drop_id).await.terms;
+    let port = drops_tests::free_port();
+    drops_tests::wrangler_dev("wrangler.toml", port, &stack.edge_vars(&["INVENTORY_MAX_WAIT_MS:20"]), "/healthz")
+        .await
+        .expect("an edge of the test's own");
+    let mut settings = stack.settings.clone();
+    settings.edge.url = format!("http://127.0.0.1:{port}");
+    let edge = drops_origin::edge::EdgeClient::new(&settings).unwrap();
+    edge.put_terms(drop_id, &terms).await.expect("the drop's terms on that edge");
+    let busy = Client { edge: settings.edge.url.clone(), ..client.clone() };
+
+    let buyers: Vec<drops_tests::Buyer> = (0..300).map(|_| drops_tests::Buyer::new()).collect();
+    let key = |b: &drops_tests::Buyer| format!("backlog-{}", b.id);
+    let first = futures::future::join_all(buyers.iter().map(|b| {
+        let (busy, key) = (&busy, key(b));
+        async move { busy.buy(b, drop_id, &key, 1).await }
+    }))
+    .await;
+    let shed: Vec<&drops_tests::Buyer> = buyers
+        .iter()
+        .zip(&first)
+        .filter(|(_, a)| a.status == StatusCode::SERVICE_UNAVAILABLE)
+        .map(|(b, _)| b)
+        .collect();
+    assert!(!shed.is_empty(), "300 buys at once on one object: none waited past 20 ms");
+    for a in first.iter().filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE) {
+        assert_eq!(a.code(), "overloaded");
+        assert_eq!(a.header("content-type"), Some(PROBLEM_CONTENT_TYPE));
+        assert_eq!(a.header("retry-after"), Some("1"));
+    }
+    let mut orders: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for a in &first {
+        match a.status {
+            StatusCode::CREATED => assert!(orders.insert(a.json()["order_id"].as_str().unwrap().to_owned())),
+            StatusCode::CONFLICT => assert_eq!(a.code(), "sold_out"),
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("unexpected {other}: {:?}", a.json()),
+        }
+    }
+    // Each shed buyer tries again with the same key, one at a time, as told.
+    for b in &shed {
+        let again = busy.buy(b, drop_id, &key(b), 1).await;
+        match again.status {
+            StatusCode::CREATED => assert!(orders.insert(again.json()["order_id"].as_str().unwrap().to_owned())),
+            StatusCode::CONFLICT => assert_eq!(again.code(), "sold_out"),
+            other => panic!("a retry one at a time: {other} {:?}", again.json()),
+        }
+        // And once more: the same answer, replayed, never a second unit.
+        let replay = busy.buy(b, drop_id, &key(b), 1).await;
+        assert_eq!(replay.status, again.status);
+    }
+    let snapshot = edge.snapshot(drop_id).await.unwrap().expect("the drop on that edge");
+    assert_eq!((snapshot.held + snapshot.sold) as usize, orders.len(), "one unit per order answered");
+    assert!(orders.len() <= 100);
+}
