@@ -32,6 +32,8 @@ pub struct EdgeConfig {
     /// `INVENTORY_MAX_WAIT_MS`: how long a buy or stock read may have waited for a
     /// drop's inventory object before the object answers 503 instead of deciding.
     pub inventory_max_wait_ms: i64,
+    /// `REFUSAL_REPORT_MS`: how often at most an isolate reports its refusals to the origin.
+    pub refusal_report_ms: i64,
 }
 
 /// How drop pages are cached (see `pages`).
@@ -87,6 +89,7 @@ impl EdgeConfig {
             sold_out_memo_ms: number("SOLD_OUT_MEMO_MS", 1_000),
             public_base_url: lookup("PUBLIC_BASE_URL").filter(|v| !v.is_empty()),
             inventory_max_wait_ms: number("INVENTORY_MAX_WAIT_MS", 1_000).max(1),
+            refusal_report_ms: number("REFUSAL_REPORT_MS", 10_000).max(100),
         })
     }
 }
@@ -116,7 +119,7 @@ mod tests {
         assert_eq!(cfg.pages, PagePolicy { fresh_ms: 2_000, grace_ms: 30_000, stale_if_error_ms: 86_400_000 });
         assert_eq!((cfg.forward_retry_max_ms, cfg.sold_out_memo_ms), (5_000, 1_000));
         assert_eq!(cfg.public_base_url, None);
-        assert_eq!(cfg.inventory_max_wait_ms, 1_000);
+        assert_eq!((cfg.inventory_max_wait_ms, cfg.refusal_report_ms), (1_000, 10_000));
         assert_eq!(EdgeConfig::parse(lookup(&SECRETS[..3])).err(), Some("ORIGIN_TO_EDGE_SECRET"));
         let mut tuned = SECRETS.to_vec();
         tuned.extend([("PAGE_FRESH_SECS", "5"), ("SOLD_OUT_MEMO_MS", "oops")]);

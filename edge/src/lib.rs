@@ -10,6 +10,7 @@
 //!   idempotency records, and the queue of reservations the origin has not yet
 //!   acknowledged. Split into its commands, routes, alarm and storage.
 //! - [`limits`]: who may call how often (per client address, per user on writes, per buyer).
+//! - [`refusals`]: the edge's 429s and 503s, reported to the origin's `/metrics`.
 //! - [`outbound`]: what an inventory object owes the origin, delivered until acknowledged.
 //! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
 //! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
@@ -25,6 +26,7 @@ mod orders;
 mod origin;
 mod outbound;
 mod pages;
+mod refusals;
 mod router;
 mod sqlite;
 
@@ -35,6 +37,7 @@ use worker::{event, Context, Env, Request, Response, Result};
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let request_id = http::request_id(&req);
+    let path = req.path();
     let response = match router::handle(req, &env, &ctx, &request_id).await {
         Ok(resp) => Ok(resp),
         Err(http::EdgeError::Problem(problem)) => http::problem_response(&problem),
@@ -43,5 +46,12 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             http::problem_response(&drops_shared::problem::ErrorCode::Internal.into())
         }
     };
-    http::with_request_id(response?, &request_id).await
+    let response = response?;
+    refusals::count(&path, response.status_code());
+    if let Ok(cfg) = config::EdgeConfig::get(&env) {
+        if let Some(report) = refusals::due(http::now_ms(), cfg.refusal_report_ms) {
+            ctx.wait_until(async move { refusals::send(&cfg, report).await });
+        }
+    }
+    http::with_request_id(response, &request_id).await
 }

@@ -10,15 +10,17 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, on};
 use axum::Router;
+use drops_shared::internal::{Endpoint, RefusalsNoted, ReportRefusals};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::error::Refusal;
+use crate::extract::{method_of, Answer, Signed};
 use crate::state::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -78,8 +80,35 @@ struct Scrape {
     gauges: &'static [GaugeSource],
 }
 
+impl FromRef<Scrape> for Core {
+    fn from_ref(scrape: &Scrape) -> Core {
+        scrape.core.clone()
+    }
+}
+
 pub fn router(core: Core, gauges: &'static [GaugeSource]) -> Router {
-    Router::new().route("/metrics", get(scrape)).with_state(Scrape { core, gauges })
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route(ReportRefusals::PATH, on(method_of::<ReportRefusals>(), edge_refusals))
+        .with_state(Scrape { core, gauges })
+}
+
+/// The edge's refusals (it has no `/metrics` of its own), counted as
+/// `drops_edge_refusals_total{route, reason}`. Labels are bounded: a route must be a
+/// public route template and a reason one of the two the edge gives.
+async fn edge_refusals(call: Signed<ReportRefusals>) -> Answer<ReportRefusals> {
+    let mut counted = 0;
+    for c in &call.body.counts {
+        let Some(route) = drops_shared::routes::PUBLIC.iter().find(|r| r.path == c.route) else { continue };
+        let reason = match c.reason.as_str() {
+            "rate_limited" => "rate_limited",
+            "overloaded" => "overloaded",
+            _ => continue,
+        };
+        metrics::counter!("drops_edge_refusals_total", "route" => route.path, "reason" => reason).increment(c.count);
+        counted += c.count;
+    }
+    Ok(axum::Json(RefusalsNoted { counted }))
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {

@@ -13,6 +13,7 @@
 //! | [`GetInventory`] | edge | `GET /internal/v1/drops/{drop_id}/inventory` |
 //! | [`MoveHold`] | edge | `POST /internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}` |
 //! | [`Purge`] | edge | `POST /internal/v1/purge` |
+//! | [`ReportRefusals`] | origin | `POST /internal/v1/refusals` |
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,8 +80,33 @@ json_bodies!(
     InventorySnapshot,
     HoldOutcome,
     PurgeRequest,
-    PurgeAck
+    PurgeAck,
+    EdgeRefusals,
+    RefusalsNoted
 );
+
+/// Body of [`ReportRefusals`]: refusals by public route template and reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeRefusals {
+    pub counts: Vec<RefusalCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalCount {
+    /// A template of `crate::routes::PUBLIC`.
+    pub route: String,
+    /// `rate_limited` (429) or `overloaded` (503).
+    pub reason: String,
+    pub count: u64,
+}
+
+/// Answer of [`ReportRefusals`]: how many refusals the origin counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalsNoted {
+    pub counted: u64,
+}
 
 /// One internal route. `Self` is the route with its path parameters.
 pub trait Endpoint: Sized + Send + Sync + 'static {
@@ -189,6 +215,8 @@ endpoints! {
         Post "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}", Empty => HoldOutcome;
     /// edge: evict cached pages.
     Purge {} = Post "/internal/v1/purge", PurgeRequest => PurgeAck;
+    /// origin: what the edge refused (429, 503) since it last said, for `/metrics`.
+    ReportRefusals {} = Post "/internal/v1/refusals", EdgeRefusals => RefusalsNoted;
 }
 
 /// The routes the edge serves, matched from a request line.
@@ -381,6 +409,7 @@ mod tests {
             round_trip(MoveHold { drop_id: d, reservation_id: r, action });
         }
         round_trip(Purge {});
+        round_trip(ReportRefusals {});
         assert_eq!(
             MoveHold { drop_id: d, reservation_id: r, action: HoldAction::Reinstate }.path(),
             format!("/internal/v1/drops/{d}/holds/{r}/reinstate")

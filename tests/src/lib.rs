@@ -320,6 +320,7 @@ impl Stack {
             format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
             format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
             "FORWARD_RETRY_MAX_MS:2000".to_owned(),
+            "REFUSAL_REPORT_MS:500".to_owned(),
         ];
         vars.extend(more.iter().map(|v| (*v).to_owned()));
         vars

@@ -1,7 +1,8 @@
 //! The edge's rate limits (`wrangler.toml`, `edge/src/limits.rs`): per client
 //! address on every public route but the payment webhook, per user on writes. Each
 //! is driven past its window by a burst larger than two windows allow, wherever
-//! the burst falls across a window's edge.
+//! the burst falls across a window's edge. The refusals show on the origin's
+//! `/metrics`.
 
 use drops_shared::auth::Role;
 use drops_tests::client::{token, Answer, Client};
@@ -51,6 +52,28 @@ async fn one_address_flooding_is_refused_and_others_are_served() {
     // Another address, meanwhile, is served.
     let other = client.send(client.http.get(&url).header("cf-connecting-ip", "203.0.113.8")).await;
     assert_eq!(other.status, StatusCode::OK);
+    // The edge reports its refusals to the origin's /metrics (the next request
+    // after `REFUSAL_REPORT_MS`, 500 ms in the tests, sends them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let reported = edge_refusals(&client, "/v1/drops/{drop_id}/stock", "rate_limited").await;
+        if reported >= limited.len() as u64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{reported} of {} refusals on /metrics", limited.len());
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        client.send(client.http.get(&url).header("cf-connecting-ip", "203.0.113.8")).await;
+    }
+}
+
+/// `drops_edge_refusals_total` for `route` and `reason` on the origin's `/metrics`.
+async fn edge_refusals(client: &Client, route: &str, reason: &str) -> u64 {
+    let text = client.get_raw_metrics().await;
+    let (r, why) = (format!("route=\"{route}\""), format!("reason=\"{reason}\""));
+    text.lines()
+        .filter(|l| l.starts_with("drops_edge_refusals_total{") && l.contains(&r) && l.contains(&why))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
