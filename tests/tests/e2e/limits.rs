@@ -127,3 +127,27 @@ async fn one_account_writing_too_fast_is_refused_and_others_write() {
     let other = client.send(client.http.put(&follow).bearer_auth(&Buyer::new().token)).await;
     assert_eq!(other.status, StatusCode::NO_CONTENT);
 }
+
+/// A flood of drop ids that do not exist, from one address: what the address's
+/// limit refuses never reaches the origin, and each id let through costs it one
+/// fetch at most (the edge remembers the 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_drops_costs_the_origin_no_more_than_the_limit_lets_through() {
+    // Alone: it counts the origin's card fetches.
+    let stack = Stack::exclusive().await;
+    let client = stack.client();
+    let route = "/v1/drops/{drop_id}";
+    let before = client.origin_requests("GET", route).await;
+    let answers = burst(&client, ADDRESS_BURST, || {
+        client
+            .http
+            .get(format!("{}/v1/drops/{}", client.edge, uuid::Uuid::now_v7()))
+            .header("cf-connecting-ip", "203.0.113.77")
+    })
+    .await;
+    let limited = refused(&answers).len();
+    assert!(limited > 0, "{ADDRESS_BURST} unknown ids from one address were all looked up");
+    assert!(answers.iter().all(|a| a.status == StatusCode::NOT_FOUND || a.status == StatusCode::TOO_MANY_REQUESTS));
+    let reached = (client.origin_requests("GET", route).await - before) as usize;
+    assert!(reached <= ADDRESS_BURST - limited, "{reached} fetches for {} ids let through", ADDRESS_BURST - limited);
+}
