@@ -132,7 +132,17 @@ extern "C" fn kill_wranglers() {
 /// whose path it returns. With a custom build, `wrangler dev` builds once to start,
 /// then again when its file watcher is ready, and reloads the Worker seconds after it
 /// first answered: a test then sees "Your worker restarted mid-request" (a 503).
+///
+/// Once per process and config: a `wrangler dev` already running watches its
+/// config and its Worker's files, and would reload (or, reading a config being
+/// written, stop) if a second one rebuilt them. The copy is written only when it
+/// differs from what is there.
 fn prebuilt(root: &std::path::Path, config: &str) -> anyhow::Result<String> {
+    static PREBUILT: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    let mut prebuilt = PREBUILT.lock().expect("prebuilt configs");
+    if let Some((_, copy)) = prebuilt.iter().find(|(c, _)| c == config) {
+        return Ok(copy.clone());
+    }
     let text = std::fs::read_to_string(root.join(config))?;
     let (mut command, mut kept, mut in_build) = (None, Vec::new(), false);
     for line in text.lines() {
@@ -157,7 +167,11 @@ fn prebuilt(root: &std::path::Path, config: &str) -> anyhow::Result<String> {
     let (dir, file) = config.rsplit_once('/').map_or(("", config), |(d, f)| (d, f));
     let name = format!(".{}.test.toml", file.trim_end_matches(".toml"));
     let copy = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-    std::fs::write(root.join(&copy), kept.join("\n") + "\n")?;
+    let content = kept.join("\n") + "\n";
+    if std::fs::read_to_string(root.join(&copy)).ok().as_deref() != Some(content.as_str()) {
+        std::fs::write(root.join(&copy), content)?;
+    }
+    prebuilt.push((config.to_owned(), copy.clone()));
     Ok(copy)
 }
 
