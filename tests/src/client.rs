@@ -80,6 +80,11 @@ impl Answer {
         self.json()["code"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// A 503 that is not one of ours (ours are problems) but `wrangler dev`'s.
+    fn is_dev_proxy_hiccup(&self) -> bool {
+        self.status.as_u16() == 503 && serde_json::from_slice::<Value>(&self.body).is_err()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -112,15 +117,32 @@ impl Client {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        // `wrangler dev`'s local proxy, under the suite's load, sometimes loses its
+        // link to the Worker and answers a plain-text 503 ("Your worker restarted
+        // mid-request … try sending the request again"), which Cloudflare's edge does
+        // not do. A request that may be repeated (a read, a PUT or DELETE, a buy with
+        // its idempotency key) is sent once more, as the message asks; others are not.
+        let again = req.try_clone().filter(|r| {
+            r.try_clone().and_then(|r| r.build().ok()).is_some_and(|r| {
+                matches!(r.method().as_str(), "GET" | "HEAD" | "PUT" | "DELETE")
+                    || r.headers().contains_key("idempotency-key")
+            })
+        });
+        let mut answer = Self::send_once(req).await;
+        if answer.is_dev_proxy_hiccup() {
+            eprintln!("a 503 from wrangler dev's proxy: {:?}", String::from_utf8_lossy(&answer.body));
+            if let Some(again) = again {
+                answer = Self::send_once(again).await;
+            }
+        }
+        answer
+    }
+
+    async fn send_once(req: reqwest::RequestBuilder) -> Answer {
         let resp = req.send().await.expect("request reaches the edge");
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.expect("response body").to_vec();
-        // Our 503s are problems; one that is not came from the runtime (as when
-        // `wrangler dev` reloaded the Worker mid-request): say what it carried.
-        if status.as_u16() == 503 && serde_json::from_slice::<Value>(&body).is_err() {
-            eprintln!("a 503 that is not a problem: {headers:?} {:?}", String::from_utf8_lossy(&body));
-        }
         Answer { status, headers, body }
     }
 

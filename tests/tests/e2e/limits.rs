@@ -40,7 +40,8 @@ async fn burst(client: &Client, n: usize, request: impl Fn() -> reqwest::Request
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_flooding_is_refused_and_others_are_served() {
-    let stack = Stack::shared().await;
+    // Alone: a flood on a shared `wrangler dev` makes its local proxy drop others' requests.
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(3, 1)).await;
     let url = format!("{}/v1/drops/{drop_id}/stock", client.edge);
@@ -78,7 +79,8 @@ async fn edge_refusals(client: &Client, route: &str, reason: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_webhook_is_not_limited_by_address() {
-    let stack = Stack::shared().await;
+    // Alone: a flood on a shared `wrangler dev` makes its local proxy drop others' requests.
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let url = format!("{}/v1/webhooks/payments", client.edge);
     let answers = burst(&client, ADDRESS_BURST, || {
@@ -96,7 +98,8 @@ async fn the_payment_webhook_is_not_limited_by_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_account_writing_too_fast_is_refused_and_others_write() {
-    let stack = Stack::shared().await;
+    // Alone: a flood on a shared `wrangler dev` makes its local proxy drop others' requests.
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let admin = token(uuid::Uuid::now_v7(), Role::Admin);
     let made = client

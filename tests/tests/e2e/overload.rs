@@ -378,7 +378,8 @@ async fn through_the_edge_the_origin_limits_each_client_not_the_edge() {
 /// make the later ones wait longer than that; the stack's edge keeps the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inventory_object_with_a_backlog_sheds_buys_and_a_retried_key_is_decided_once() {
-    let stack = Stack::shared().await;
+    // Alone: a second `wrangler dev` starting and a burst beside the others' tests.
+    let stack = Stack::exclusive().await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(100, 1)).await;
     let terms = stack.snapshot(drop_id).await.terms;
