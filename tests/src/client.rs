@@ -370,10 +370,15 @@ impl Client {
 
     /// How many `method route` requests the origin has served (its own counter).
     pub async fn origin_requests(&self, method: &str, route: &str) -> u64 {
-        let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();
-        let (m, r) = (format!("method=\"{method}\""), format!("route=\"{route}\""));
+        self.counter("drops_http_requests_total", &[("method", method), ("route", route)]).await
+    }
+
+    /// The origin's counter `name` on `/metrics`, summed over the series carrying `labels`.
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let text = self.get_raw_metrics().await;
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
         text.lines()
-            .filter(|l| l.starts_with("drops_http_requests_total{") && l.contains(&m) && l.contains(&r))
+            .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }

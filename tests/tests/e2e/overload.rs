@@ -47,12 +47,7 @@ fn vouched(address: &str, secret: &str) -> Vec<(&'static str, String)> {
 
 /// `drops_http_refusals_total` for `route` and `reason`, as `/metrics` shows it now.
 async fn refusals(client: &Client, route: &str, reason: &str) -> u64 {
-    let text = client.get_raw_metrics().await;
-    let (r, why) = (format!("route=\"{route}\""), format!("reason=\"{reason}\""));
-    text.lines()
-        .filter(|l| l.starts_with("drops_http_refusals_total{") && l.contains(&r) && l.contains(&why))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    client.counter("drops_http_refusals_total", &[("route", route), ("reason", reason)]).await
 }
 
 /// A problem answer with `status` and `code`, carrying a `Retry-After` of at least a second.
