@@ -101,6 +101,25 @@ impl<G> Deref for Lease<G> {
         self.stack
     }
 }
+/// Connections of the origin's pool a test holds ([`Stack::hold_pool`]).
+pub struct PoolHold {
+    release: tokio::sync::oneshot::Sender<()>,
+    gone: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl PoolHold {
+    /// Whether the connections are still held.
+    pub fn holding(&mut self) -> bool {
+        self.gone.try_recv().is_err()
+    }
+
+    /// Gives the connections back, and waits until they are.
+    pub async fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.gone.await;
+    }
+}
+
 /// The process groups of the `wrangler dev`s this process started.
 static WRANGLER_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
@@ -387,6 +406,31 @@ impl Stack {
     {
         let state = self.origin.lock().expect("origin lock").as_ref().map(|o| o.app.clone()).expect("origin running");
         self.runtime.spawn(f(state)).await.expect("task on the origin runtime")
+    }
+
+    /// Takes `n` connections of the running origin's pool (its background workers
+    /// use them too: retries until it has them) and holds them until released.
+    pub async fn hold_pool(&self, n: usize) -> PoolHold {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (taken_tx, taken) = tokio::sync::oneshot::channel::<()>();
+        let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+        self.with_origin(move |app| async move {
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while held.len() < n {
+                    if let Ok(conn) = app.core.db.acquire().await {
+                        held.push(conn);
+                    }
+                }
+                let _ = taken_tx.send(());
+                let _ = released.await;
+                drop(held);
+                let _ = gone_tx.send(());
+            });
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(20), taken).await.expect("the pool's connections").expect("held");
+        PoolHold { release, gone }
     }
 
     /// The edge's inventory of a drop, as reconciliation sees it.

@@ -107,24 +107,7 @@ async fn pool_exhausted(stack: &Stack, client: &drops_tests::Client, timeout_ms:
             s.database.acquire_timeout_ms = timeout_ms;
         })
         .await;
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (taken_tx, taken) = tokio::sync::oneshot::channel::<()>();
-    stack
-        .with_origin(move |app| async move {
-            tokio::spawn(async move {
-                let mut held = Vec::new();
-                while held.len() < 2 {
-                    if let Ok(conn) = app.core.db.acquire().await {
-                        held.push(conn);
-                    }
-                }
-                let _ = taken_tx.send(());
-                let _ = released.await;
-                drop(held);
-            });
-        })
-        .await;
-    taken.await?;
+    let held = stack.hold_pool(2).await;
     let mut phase =
         Phase::new(format!("(4) origin, pool exhausted, acquire timeout {timeout_ms} ms: GET /v1/creators/{{id}}"));
     let gate = Semaphore::new(10);
@@ -150,7 +133,7 @@ async fn pool_exhausted(stack: &Stack, client: &drops_tests::Client, timeout_ms:
     for (status, took) in results {
         phase.record(status, took);
     }
-    let _ = release.send(());
+    held.release().await;
     stack.stop_origin().await;
     stack.start_origin().await;
     Ok(phase)

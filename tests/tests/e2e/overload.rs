@@ -284,28 +284,7 @@ async fn an_exhausted_pool_answers_503_at_once_never_500_nor_a_long_wait() {
     let orders_before = refusals(&client, "/v1/orders/{order_id}", "pool_exhausted").await;
     assert_eq!(origin_get(&client, &format!("/v1/drops/{drop_id}"), &[]).await.status, StatusCode::OK);
 
-    // The test takes both of the origin's connections (its background workers use
-    // them too: retry until it has them) and holds them until told.
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (taken_tx, taken) = tokio::sync::oneshot::channel::<()>();
-    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
-    stack
-        .with_origin(move |app| async move {
-            tokio::spawn(async move {
-                let mut held = Vec::new();
-                while held.len() < 2 {
-                    if let Ok(conn) = app.core.db.acquire().await {
-                        held.push(conn);
-                    }
-                }
-                let _ = taken_tx.send(());
-                let _ = released.await;
-                drop(held);
-                let _ = gone_tx.send(());
-            });
-        })
-        .await;
-    tokio::time::timeout(Duration::from_secs(20), taken).await.expect("the pool's connections").unwrap();
+    let mut held = stack.hold_pool(2).await;
 
     let started = Instant::now();
     let card = origin_get(&client, &format!("/v1/drops/{drop_id}"), &[]).await;
@@ -315,10 +294,9 @@ async fn an_exhausted_pool_answers_503_at_once_never_500_nor_a_long_wait() {
     let buyer = drops_tests::Buyer::new();
     let order = client.get(&format!("/v1/orders/{}", Uuid::now_v7()), Some(&buyer.token)).await;
     assert_refused(&order, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
-    assert!(gone.try_recv().is_err(), "refused while the connections were still held");
+    assert!(held.holding(), "refused while the connections were still held");
 
-    release.send(()).unwrap();
-    gone.await.unwrap();
+    held.release().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let card = origin_get(&client, &format!("/v1/drops/{drop_id}"), &[]).await;
