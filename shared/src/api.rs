@@ -463,3 +463,48 @@ mod tests {
         assert!(CreateDrop { stock: 0, ..ok }.validate().is_err());
     }
 }
+
+/// Answer of `POST /v1/media` (201). Public: `url` is the file's permanent address.
+/// Private: `url` is a signed link valid for an hour, `expires_at` its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadedMedia {
+    /// `<sha-256 of the bytes, hex>.<png|jpg|webp|mp4|webm>`
+    pub key: String,
+    pub url: String,
+    pub visibility: crate::media::Visibility,
+    /// The type the bytes were found to be, whatever the request claimed.
+    pub content_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /v1/private/{key}/links`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateLink {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604_800))]
+    pub ttl_seconds: u32,
+}
+
+impl CreateLink {
+    pub fn validate(&self) -> Result<(), Problem> {
+        if !(1..=crate::media::MAX_LINK_TTL_SECONDS).contains(&self.ttl_seconds) {
+            return Err(invalid(format!(
+                "field `ttl_seconds`: must be 1 to {} (a week)",
+                crate::media::MAX_LINK_TTL_SECONDS
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Answer of `POST /v1/private/{key}/links` (201): a signed link and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PrivateLink {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}

@@ -14,6 +14,7 @@
 //! | [`MoveHold`] | edge | `POST /internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}` |
 //! | [`Purge`] | edge | `POST /internal/v1/purge` |
 //! | [`ReportRefusals`] | origin | `POST /internal/v1/refusals` |
+//! | [`RecordMedia`] | origin | `POST /internal/v1/media` |
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -82,7 +83,9 @@ json_bodies!(
     PurgeRequest,
     PurgeAck,
     EdgeRefusals,
-    RefusalsNoted
+    RefusalsNoted,
+    MediaUpload,
+    MediaRecorded
 );
 
 /// Body of [`ReportRefusals`]: refusals by public route template and reason.
@@ -100,6 +103,24 @@ pub struct RefusalCount {
     /// `rate_limited` (429) or `overloaded` (503).
     pub reason: String,
     pub count: u64,
+}
+
+/// Body of [`RecordMedia`]: one upload, stored before it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaUpload {
+    pub key: crate::media::MediaKey,
+    pub visibility: crate::media::Visibility,
+    pub content_type: String,
+    pub size: u64,
+    pub uploaded_by: Uuid,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+/// Answer of [`RecordMedia`]: whether these bytes were new (at this visibility).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRecorded {
+    pub first_upload: bool,
 }
 
 /// Answer of [`ReportRefusals`]: how many refusals the origin counted.
@@ -217,6 +238,9 @@ endpoints! {
     Purge {} = Post "/internal/v1/purge", PurgeRequest => PurgeAck;
     /// origin: what the edge refused (429, 503) since it last said, for `/metrics`.
     ReportRefusals {} = Post "/internal/v1/refusals", EdgeRefusals => RefusalsNoted;
+    /// origin: a file the edge has stored in R2, and who uploaded it (idempotent on
+    /// key, visibility and uploader).
+    RecordMedia {} = Post "/internal/v1/media", MediaUpload => MediaRecorded;
 }
 
 /// The routes the edge serves, matched from a request line.

@@ -13,6 +13,7 @@
 //! - [`internal`]: the internal endpoints (method, path, request and answer) and their bodies.
 //! - [`inventory`]: the stock rules of one drop; the edge's inventory object runs them.
 //! - [`json`]: strict JSON decoding that names the offending field.
+//! - [`media`]: what an uploaded file is (by its bytes), its content-addressed key, private links.
 //! - [`pages`]: the public paths of the pages the edge caches.
 //! - [`routes`]: every public route and the methods it takes.
 
@@ -25,6 +26,7 @@ pub mod events;
 pub mod internal;
 pub mod inventory;
 pub mod json;
+pub mod media;
 pub mod pages;
 pub mod problem;
 pub mod routes;

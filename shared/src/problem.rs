@@ -46,6 +46,8 @@ pub enum ErrorCode {
     /// The path exists, not with this method (or the method is not one HTTP defines
     /// for this API); the `Allow` header names those that work.
     MethodNotAllowed,
+    /// An upload that is not one of the media types taken (judged by its bytes).
+    UnsupportedMediaType,
     #[serde(rename = "internal_error")]
     #[strum(serialize = "internal_error")]
     Internal,
@@ -74,6 +76,7 @@ impl ErrorCode {
             | Self::Conflict => 409,
             Self::LinkExpired => 410,
             Self::MethodNotAllowed => 405,
+            Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
             Self::Overloaded => 503,
             Self::Internal => 500,
@@ -102,6 +105,7 @@ impl ErrorCode {
             Self::InvalidSignature => "Invalid signature",
             Self::LinkExpired => "Link expired",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::UnsupportedMediaType => "Unsupported media type",
             Self::Internal => "Internal error",
         }
     }
