@@ -21,6 +21,8 @@ pub struct EdgeConfig {
     pub edge_to_origin_secret: String,
     /// `ORIGIN_TO_EDGE_SECRET`: verifies calls from the origin to the edge.
     pub origin_to_edge_secret: String,
+    /// `MEDIA_LINK_SECRET`: signs and verifies links to private media.
+    pub media_link_secret: String,
     /// `FORWARD_RETRY_MAX_MS`: longest pause between retries of a message the
     /// origin has not acknowledged.
     pub forward_retry_max_ms: u64,
@@ -80,6 +82,7 @@ impl EdgeConfig {
             jwt_secret: required("JWT_SECRET")?,
             edge_to_origin_secret: required("EDGE_TO_ORIGIN_SECRET")?,
             origin_to_edge_secret: required("ORIGIN_TO_EDGE_SECRET")?,
+            media_link_secret: required("MEDIA_LINK_SECRET")?,
             forward_retry_max_ms: number("FORWARD_RETRY_MAX_MS", 5_000).max(0) as u64,
             pages: PagePolicy {
                 fresh_ms: number("PAGE_FRESH_SECS", 2) * 1000,
@@ -105,11 +108,12 @@ mod tests {
         move |name| vars.get(name).cloned()
     }
 
-    const SECRETS: [(&str, &str); 4] = [
+    const SECRETS: [(&str, &str); 5] = [
         ("ORIGIN_URL", "http://origin/"),
         ("JWT_SECRET", "j"),
         ("EDGE_TO_ORIGIN_SECRET", "e"),
         ("ORIGIN_TO_EDGE_SECRET", "o"),
+        ("MEDIA_LINK_SECRET", "m"),
     ];
 
     #[test]
@@ -121,6 +125,7 @@ mod tests {
         assert_eq!(cfg.public_base_url, None);
         assert_eq!((cfg.inventory_max_wait_ms, cfg.refusal_report_ms), (1_000, 10_000));
         assert_eq!(EdgeConfig::parse(lookup(&SECRETS[..3])).err(), Some("ORIGIN_TO_EDGE_SECRET"));
+        assert_eq!(EdgeConfig::parse(lookup(&SECRETS[..4])).err(), Some("MEDIA_LINK_SECRET"));
         let mut tuned = SECRETS.to_vec();
         tuned.extend([("PAGE_FRESH_SECS", "5"), ("SOLD_OUT_MEMO_MS", "oops")]);
         let cfg = EdgeConfig::parse(lookup(&tuned)).unwrap_or_else(|m| panic!("{m}"));

@@ -9,6 +9,7 @@
 //!   stock is decided** (with the rules in `drops_shared::inventory`), holds,
 //!   idempotency records, and the queue of reservations the origin has not yet
 //!   acknowledged. Split into its commands, routes, alarm and storage.
+//! - [`media`]: uploads into R2, public files through the Cache API, signed private links.
 //! - [`limits`]: who may call how often (per client address, per user on writes, per buyer).
 //! - [`refusals`]: the edge's 429s and 503s, reported to the origin's `/metrics`.
 //! - [`outbound`]: what an inventory object owes the origin, delivered until acknowledged.
@@ -22,6 +23,7 @@ mod http;
 mod internal;
 mod inventory_object;
 mod limits;
+mod media;
 mod orders;
 mod origin;
 mod outbound;

@@ -1,5 +1,5 @@
 //! The request line decides the module: the buy path and stock go to the drop's
-//! inventory object, `/internal/` to the signed internal routes, and every other
+//! inventory object, media to R2, `/internal/` to the signed internal routes, and every other
 //! public route to the origin, which owns it. Paths and methods no public route
 //! takes are answered here (404, or 405 with `Allow`), from `drops_shared::routes`.
 
@@ -11,7 +11,7 @@ use worker::{Context, Env, Method, Request, Response};
 
 use crate::config::EdgeConfig;
 use crate::http::{self, EdgeResult};
-use crate::{internal, limits, orders, origin, pages};
+use crate::{internal, limits, media, orders, origin, pages};
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
     let path = req.path();
@@ -45,6 +45,10 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         (Method::Get | Method::Head, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
         (Method::Get | Method::Head, ["v1", "drops"]) => pages::list(req, env, ctx, request_id).await,
         (Method::Get | Method::Head, ["v1", "drops", drop_id]) => pages::card(&req, env, ctx, parse_id(drop_id)?).await,
+        (Method::Post, ["v1", "media"]) => media::upload(req, env).await,
+        (Method::Get | Method::Head, ["v1", "media", key]) => media::public(&req, env, ctx, key).await,
+        (Method::Get | Method::Head, ["v1", "private", key]) => media::private(&req, env, key).await,
+        (Method::Post, ["v1", "private", key, "links"]) => media::mint_link(req, env, key).await,
         (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
         (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
         _ => Err(ErrorCode::NotFound.into()),

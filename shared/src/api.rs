@@ -184,7 +184,10 @@ pub struct CreateProduct {
     #[cfg_attr(feature = "openapi", schema(max_length = 10_000))]
     pub description: String,
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 2_000, pattern = "\\S"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 2_000, pattern = "^/v1/media/[0-9a-f]{64}\\.(png|jpg|webp|mp4|webm)$")
+    )]
     pub image_url: Option<String>,
     /// Whose product: omitted, the caller's own creator profile; another creator's
     /// only for admins (else 403).

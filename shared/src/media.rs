@@ -66,8 +66,8 @@ impl MediaType {
 /// ISO base media major brands of MP4 video. Other `ftyp` files (HEIC, AVIF,
 /// QuickTime, 3GP) are not taken: browsers do not all play or show them.
 const MP4_BRANDS: &[&[u8; 4]] = &[
-    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"mp41", b"mp42", b"avc1", b"M4V ", b"M4VP", b"dash",
-    b"mmp4", b"MSNV",
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"mp41", b"mp42", b"avc1", b"M4V ", b"M4VP",
+    b"dash", b"mmp4", b"MSNV",
 ];
 
 /// What `bytes` are, from their leading bytes; `None` for anything not taken.
@@ -215,9 +215,11 @@ pub fn private_link(secret: &[u8], key: &MediaKey, expires: i64) -> String {
     format!("{PRIVATE_PREFIX}{key}?exp={expires}&sig={sig}")
 }
 
-/// The expiry of a link minted at `now` for `ttl_seconds`.
+/// The expiry of a link minted at `now` for `ttl_seconds`, in whole seconds (what
+/// the link carries, so the stated expiry is the real one).
 pub fn link_expiry(now: DateTime<Utc>, ttl_seconds: u32) -> DateTime<Utc> {
-    now + chrono::Duration::seconds(i64::from(ttl_seconds))
+    let expires = now.timestamp() + i64::from(ttl_seconds);
+    DateTime::from_timestamp(expires, 0).unwrap_or(now)
 }
 
 /// Checks a link's `exp` and `sig` query values at `now` (unix seconds). The
@@ -241,6 +243,53 @@ pub fn verify_link(
         return Err(LinkRefusal::Expired);
     }
     Ok(())
+}
+
+/// What a `Range` header asks of a file of `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No header, a unit other than bytes, several ranges, or a header that does
+    /// not parse: the whole file (RFC 9110 lets a server ignore what it does not serve).
+    Whole,
+    /// The bytes `first..=last`.
+    Part { first: u64, last: u64 },
+    /// A range starting past the end: 416 with `Content-Range: bytes */size`.
+    Unsatisfiable,
+}
+
+/// Reads a single-range `Range: bytes=…` header against a file of `size` bytes.
+pub fn range_request(header: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return RangeRequest::Whole };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Whole };
+    let number = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) { s.parse::<u64>().ok() } else { None };
+    match (first.is_empty(), last.is_empty()) {
+        // `bytes=-n`: the last n bytes.
+        (true, false) => match number(last) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if size == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Part { first: size.saturating_sub(n), last: size - 1 },
+            None => RangeRequest::Whole,
+        },
+        (false, _) => {
+            let Some(first) = number(first) else { return RangeRequest::Whole };
+            let last = if last.is_empty() { Some(u64::MAX) } else { number(last) };
+            match last {
+                Some(last) if last < first => RangeRequest::Whole,
+                Some(_) if first >= size => RangeRequest::Unsatisfiable,
+                Some(last) => RangeRequest::Part { first, last: last.min(size - 1) },
+                None => RangeRequest::Whole,
+            }
+        }
+        (true, true) => RangeRequest::Whole,
+    }
+}
+
+/// Whether an `If-None-Match` header names `etag` (or is `*`), weak or strong.
+pub fn none_match(header: Option<&str>, etag: &str) -> bool {
+    header.is_some_and(|h| h.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag))
 }
 
 #[cfg(test)]
@@ -306,7 +355,10 @@ mod tests {
         assert_eq!(verify_link(b"s", &key, Some(&later), Some(&sig), now), Err(LinkRefusal::InvalidSignature));
         assert_eq!(verify_link(b"s", &other, Some(&exp), Some(&sig), now), Err(LinkRefusal::InvalidSignature));
         assert_eq!(verify_link(b"t", &key, Some(&exp), Some(&sig), now), Err(LinkRefusal::InvalidSignature));
-        assert_eq!(verify_link(b"s", &key, Some(&format!("+{exp}")), Some(&sig), now), Err(LinkRefusal::InvalidSignature));
+        assert_eq!(
+            verify_link(b"s", &key, Some(&format!("+{exp}")), Some(&sig), now),
+            Err(LinkRefusal::InvalidSignature)
+        );
         assert_eq!(verify_link(b"s", &key, None, Some(&sig), now), Err(LinkRefusal::InvalidSignature));
         assert_eq!(verify_link(b"s", &key, Some(&exp), Some("zz"), now), Err(LinkRefusal::InvalidSignature));
         // A forged link that has also expired is still refused as forged.
@@ -314,5 +366,34 @@ mod tests {
             verify_link(b"s", &key, Some(&exp), Some(&"0".repeat(64)), now + 999),
             Err(LinkRefusal::InvalidSignature)
         );
+    }
+
+    #[test]
+    fn ranges_of_a_ten_byte_file() {
+        use RangeRequest::*;
+        let r = |h: &str| range_request(Some(h), 10);
+        assert_eq!(range_request(None, 10), Whole);
+        assert_eq!(r("bytes=0-3"), Part { first: 0, last: 3 });
+        assert_eq!(r("bytes=4-"), Part { first: 4, last: 9 });
+        assert_eq!(r("bytes=2-99"), Part { first: 2, last: 9 });
+        assert_eq!(r("bytes=-3"), Part { first: 7, last: 9 });
+        assert_eq!(r("bytes=-30"), Part { first: 0, last: 9 });
+        assert_eq!(r("bytes=10-"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        assert_eq!(r("bytes=5-2"), Whole);
+        assert_eq!(r("bytes=0-1,4-5"), Whole);
+        assert_eq!(r("items=0-1"), Whole);
+        assert_eq!(r("bytes=+1-2"), Whole);
+        assert_eq!(r("bytes=-"), Whole);
+        assert_eq!(range_request(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn if_none_match_names_the_etag() {
+        assert!(none_match(Some("\"a\""), "\"a\""));
+        assert!(none_match(Some("\"b\", W/\"a\""), "\"a\""));
+        assert!(none_match(Some("*"), "\"a\""));
+        assert!(!none_match(Some("\"b\""), "\"a\""));
+        assert!(!none_match(None, "\"a\""));
     }
 }
