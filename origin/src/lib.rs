@@ -6,6 +6,8 @@
 //! - [`payments`]: providers (sandbox, Stripe), the payment webhook, payment rows, refunds.
 //! - [`orders`]: reservations from the edge, the buyer's orders, the order lifecycle,
 //!   edge sync, reconciliation.
+//! - [`media`]: the record of the files the edge stores in R2 (who uploaded what),
+//!   which products' pictures are held to.
 //! - [`catalogue`]: creators, products, drops, each drop's terms at the edge, the
 //!   lifecycle scheduler, cache purge.
 //! - [`notifications`]: the inbox, live sockets and presence, push.
@@ -36,6 +38,7 @@ pub mod extract;
 pub mod followers;
 pub mod health;
 pub mod keepalive;
+pub mod media;
 pub mod metrics;
 pub mod notifications;
 pub mod openapi;

@@ -1,12 +1,13 @@
 //! The OpenAPI document of the public API (`GET /v1/openapi.json`), generated with
 //! utoipa from the shared API types. Routes the edge answers itself (cards, lists,
-//! stock, the buy path) are described here too, since apps see one API; the
+//! stock, the buy path, media) are described here too, since apps see one API; the
 //! functions below exist only to carry the descriptions.
 #![allow(dead_code)]
 
 use axum::routing::get;
 use axum::{Json, Router};
 use drops_shared::api::*;
+use drops_shared::media::Visibility;
 use drops_shared::problem::Problem;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -49,13 +50,21 @@ struct PushKeys {
     auth: String,
 }
 
+/// A file's bytes, as uploaded and served: PNG, JPEG, WebP, MP4 or WebM, judged by
+/// the bytes themselves.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+struct MediaBytes(Vec<u8>);
+
 struct BearerAuth;
 
 /// What every operation shares, written once: problems are
 /// `application/problem+json`; any operation may answer 503 `overloaded` (the
 /// edge or the origin shedding load, or the origin out of reach), and 429
 /// `rate_limited` (per address, writes per user; the webhook its own bound); an operation
-/// that reads a body may answer 400 and 413; one that needs a token, 401.
+/// that reads a body may answer 400 and 413 (a JSON body is held to 64 KiB; another
+/// kind, such as an upload, to the bound its operation states); one that needs a
+/// token, 401.
 struct SharedResponses;
 
 impl Modify for SharedResponses {
@@ -102,9 +111,16 @@ impl Modify for SharedResponses {
                         "`rate_limited`: too many requests from this address (or, writing, this account); `Retry-After`"
                     },
                 );
-                if op.request_body.is_some() {
-                    add("400", "`invalid_request`: malformed JSON, a wrong or unknown field (named in `detail`)");
-                    add("413", "`payload_too_large`: bodies are limited to 64 KiB");
+                match &op.request_body {
+                    Some(body) if body.content.contains_key("application/json") => {
+                        add("400", "`invalid_request`: malformed JSON, a wrong or unknown field (named in `detail`)");
+                        add("413", "`payload_too_large`: bodies are limited to 64 KiB");
+                    }
+                    Some(_) => {
+                        add("400", "`invalid_request`: a malformed request (what is wrong is named in `detail`)");
+                        add("413", "`payload_too_large`: the body is over this operation's bound");
+                    }
+                    None => {}
                 }
                 if op.security.is_some() {
                     add("401", "`unauthorized`: a missing, forged or expired token");
@@ -115,6 +131,37 @@ impl Modify for SharedResponses {
 }
 
 const PROBLEM: &str = drops_shared::problem::PROBLEM_CONTENT_TYPE;
+
+/// An optional header is sent as a string or not at all: a header has no null, so
+/// its schema does not offer one (utoipa makes an `Option` parameter nullable).
+struct OptionalHeaders;
+
+impl Modify for OptionalHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            let operations =
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch, &mut item.head];
+            for op in operations.into_iter().flatten() {
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.parameter_in != ParameterIn::Header {
+                        continue;
+                    }
+                    if let Some(RefOr::T(Schema::Object(object))) = &mut param.schema {
+                        if let SchemaType::Array(types) = &object.schema_type {
+                            let kept: Vec<Type> = types.iter().filter(|t| **t != Type::Null).cloned().collect();
+                            if let [only] = kept.as_slice() {
+                                object.schema_type = SchemaType::Type(only.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -171,7 +218,9 @@ fn create_order_doc() {}
 fn create_drop_doc() {}
 
 #[utoipa::path(post, path = "/v1/products", tag = "drops", request_body = CreateProduct, security(("bearer" = [])),
-    responses((status = 201, body = Product), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 201, body = Product),
+              (status = 400, description = "`invalid_request`: a wrong or unknown field, or an `image_url` that is not `/v1/media/<key>` of a public file uploaded with `POST /v1/media`", body = Problem),
+              (status = 401, body = Problem),
               (status = 403, description = "`forbidden`: a buyer, a caller with no creator profile, or a creator naming another creator", body = Problem),
               (status = 404, description = "`not_found`: an admin named a creator that does not exist", body = Problem)))]
 fn create_product_doc() {}
@@ -275,6 +324,75 @@ fn delete_push_subscription_doc() {}
     responses((status = 200, description = "Applied, duplicate or ignored"), (status = 400, description = "`invalid_signature`", body = Problem)))]
 fn payment_webhook_doc() {}
 
+#[utoipa::path(post, path = "/v1/media", tag = "media", security(("bearer" = [])),
+    params(("visibility" = Option<Visibility>, Query,
+            description = "`public` (default): served to anyone at `/v1/media/<key>`; `private`: only through signed, expiring links")),
+    request_body(description = "The file's raw bytes, at most 10 MiB. Its type is judged by its bytes (PNG, JPEG, WebP, MP4, WebM), whatever `Content-Type` says",
+        content((inline(MediaBytes) = "application/octet-stream"), (inline(MediaBytes) = "image/png"),
+                (inline(MediaBytes) = "image/jpeg"), (inline(MediaBytes) = "image/webp"),
+                (inline(MediaBytes) = "video/mp4"), (inline(MediaBytes) = "video/webm"))),
+    responses((status = 201, description = "Stored and recorded. Public: `url` is the file's permanent address (`/v1/media/<key>`, the key being the SHA-256 of the bytes: the same bytes always get the same URL). Private: `url` is a signed link valid for an hour, `expires_at` its expiry", body = UploadedMedia,
+               headers(("Location" = String, description = "public uploads: the file's `url`"))),
+              (status = 400, description = "`invalid_request`: `visibility` is not `public` or `private`, or the query names anything else", body = Problem),
+              (status = 401, body = Problem),
+              (status = 403, description = "`forbidden`: only creators and admins upload", body = Problem),
+              (status = 413, description = "`payload_too_large`: over 10 MiB", body = Problem),
+              (status = 415, description = "`unsupported_media_type`: the bytes are not a PNG, JPEG, WebP, MP4 or WebM file", body = Problem),
+              (status = 503, description = "`overloaded`: shedding load, or the origin could not record the upload; `Retry-After`", body = Problem)))]
+fn upload_media_doc() {}
+
+#[utoipa::path(get, path = "/v1/media/{key}", tag = "media",
+    params(("key" = String, Path, pattern = r"^[0-9a-f]{64}\.(png|jpg|webp|mp4|webm)$",
+            description = "`<sha-256 of the bytes, hex>.<png|jpg|webp|mp4|webm>`, as `POST /v1/media` answered"),
+           ("If-None-Match" = Option<String>, Header, description = "the `ETag` of a copy already held: 304 if it is this file's"),
+           ("Range" = Option<String>, Header, description = "one byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-500`): 206 with just those bytes")),
+    responses((status = 200, description = "The bytes, with the type they were found to be. Immutable: `Cache-Control: public, max-age=31536000, immutable`, a strong `ETag`, `Accept-Ranges: bytes`",
+               content((inline(MediaBytes) = "image/png"), (inline(MediaBytes) = "image/jpeg"), (inline(MediaBytes) = "image/webp"),
+                       (inline(MediaBytes) = "video/mp4"), (inline(MediaBytes) = "video/webm")),
+               headers(("ETag" = String, description = "the SHA-256 of the bytes, quoted"),
+                       ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"),
+                       ("x-cache" = String, description = "`HIT` (from the edge's cache) or `MISS` (from the bucket)"))),
+              (status = 206, description = "The range asked for (`Content-Range: bytes <first>-<last>/<size>`)",
+               content((inline(MediaBytes) = "image/png"), (inline(MediaBytes) = "image/jpeg"), (inline(MediaBytes) = "image/webp"),
+                       (inline(MediaBytes) = "video/mp4"), (inline(MediaBytes) = "video/webm")),
+               headers(("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"))),
+              (status = 304, description = "Not modified: `If-None-Match` named this file"),
+              (status = 404, description = "`not_found`: no public file has this key (or it is not a key)", body = Problem),
+              (status = 416, description = "`Range` starts past the end of the file (`Content-Range: bytes */<size>`)", body = Problem,
+               headers(("Content-Range" = String, description = "`bytes */<size>`")))))]
+fn get_media_doc() {}
+
+#[utoipa::path(get, path = "/v1/private/{key}", tag = "media",
+    params(("key" = String, Path, pattern = r"^[0-9a-f]{64}\.(png|jpg|webp|mp4|webm)$",
+            description = "the private file's key"),
+           ("exp" = i64, Query, description = "the link's expiry, unix seconds"),
+           ("sig" = String, Query, description = "the link's signature (hex HMAC-SHA256 over the key and `exp`)"),
+           ("Range" = Option<String>, Header, description = "one byte range, as for public files: 206 with just those bytes")),
+    responses((status = 200, description = "The bytes (`Cache-Control: private`), while the link is genuine and unexpired",
+               content((inline(MediaBytes) = "image/png"), (inline(MediaBytes) = "image/jpeg"), (inline(MediaBytes) = "image/webp"),
+                       (inline(MediaBytes) = "video/mp4"), (inline(MediaBytes) = "video/webm")),
+               headers(("Cache-Control" = String, description = "`private`"))),
+              (status = 206, description = "The range asked for (`Content-Range: bytes <first>-<last>/<size>`)",
+               content((inline(MediaBytes) = "image/png"), (inline(MediaBytes) = "image/jpeg"), (inline(MediaBytes) = "image/webp"),
+                       (inline(MediaBytes) = "video/mp4"), (inline(MediaBytes) = "video/webm")),
+               headers(("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"))),
+              (status = 403, description = "`invalid_signature`: `exp` or `sig` missing, malformed, or not made by the platform for this key and expiry", body = Problem),
+              (status = 404, description = "`not_found`: a genuine link to a file that is not stored", body = Problem),
+              (status = 410, description = "`link_expired`: a genuine link past its expiry", body = Problem),
+              (status = 416, description = "`Range` starts past the end of the file (`Content-Range: bytes */<size>`)", body = Problem,
+               headers(("Content-Range" = String, description = "`bytes */<size>`")))))]
+fn get_private_media_doc() {}
+
+#[utoipa::path(post, path = "/v1/private/{key}/links", tag = "media", security(("bearer" = [])),
+    params(("key" = String, Path, pattern = r"^[0-9a-f]{64}\.(png|jpg|webp|mp4|webm)$",
+            description = "the private file's key")),
+    request_body = CreateLink,
+    responses((status = 201, description = "A signed link to the file, valid `ttl_seconds`", body = PrivateLink),
+              (status = 400, description = "`invalid_request`: `ttl_seconds` missing or not 1 to 604800 (a week), or another field", body = Problem),
+              (status = 401, body = Problem),
+              (status = 404, description = "`not_found`: no such private file, or the caller neither uploaded it nor is an admin", body = Problem)))]
+fn private_link_doc() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "drops", version = "1", description = "Limited drops, sold to a rush of followers."),
@@ -282,10 +400,10 @@ fn payment_webhook_doc() {}
           create_product_doc, create_creator_doc, show_creator_doc, follow_doc, unfollow_doc, followers_doc,
           following_doc, show_order_doc, list_orders_doc, cancel_order_doc, notifications_doc, read_notification_doc,
           read_all_notifications_doc, notification_stream_doc, stream_ticket_doc, put_push_subscription_doc, delete_push_subscription_doc,
-          payment_webhook_doc),
+          payment_webhook_doc, upload_media_doc, get_media_doc, get_private_media_doc, private_link_doc),
     // Schemas only parameters name are not collected on their own.
-    components(schemas(DropListing)),
-    modifiers(&BearerAuth, &SharedResponses)
+    components(schemas(DropListing, Visibility, UploadedMedia, CreateLink, PrivateLink)),
+    modifiers(&BearerAuth, &SharedResponses, &OptionalHeaders)
 )]
 pub struct ApiDoc;
 
@@ -329,7 +447,7 @@ mod tests {
                 }
             }
         }
-        assert!(operations >= 24, "{operations}");
+        assert!(operations >= 28, "{operations}");
     }
 
     #[test]
@@ -364,5 +482,61 @@ mod tests {
             None => status["schema"].clone(),
         };
         assert!(listing.to_string().contains(r#"["live","upcoming"]"#), "{status} {listing}");
+    }
+
+    #[test]
+    fn media_routes_are_described_with_every_answer_the_edge_gives() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
+        };
+        for (path, method, expected) in [
+            ("/v1/media", "post", &["201", "400", "401", "403", "413", "415", "429", "503"][..]),
+            ("/v1/media/{key}", "get", &["200", "206", "304", "404", "416", "429", "503"][..]),
+            ("/v1/private/{key}", "get", &["200", "206", "403", "404", "410", "416", "429", "503"][..]),
+            ("/v1/private/{key}/links", "post", &["201", "400", "401", "404", "413", "429", "503"][..]),
+        ] {
+            let got = statuses(path, method);
+            for status in expected {
+                assert!(got.contains(&status.to_string()), "{method} {path} documents {status}: {got:?}");
+            }
+        }
+        // The upload is raw bytes of any of the taken types, not JSON; its 400 and 413
+        // are not the JSON bodies' ones.
+        let upload = &doc["paths"]["/v1/media"]["post"];
+        let content = upload["requestBody"]["content"].as_object().unwrap();
+        for media in ["application/octet-stream", "image/png", "image/jpeg", "image/webp", "video/mp4", "video/webm"] {
+            assert_eq!(content[media]["schema"]["format"], "binary", "{media}");
+        }
+        assert!(!content.contains_key("application/json"));
+        assert!(upload["responses"]["413"]["description"].as_str().unwrap().contains("10 MiB"));
+        let visibility = upload["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "visibility").unwrap();
+        assert_eq!(visibility["required"], false);
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["Visibility"].to_string().contains(r#"["public","private"]"#), "{}", schemas["Visibility"]);
+        for schema in ["UploadedMedia", "CreateLink", "PrivateLink"] {
+            assert!(schemas[schema].is_object(), "{schema}");
+        }
+        assert_eq!(schemas["CreateLink"]["properties"]["ttl_seconds"]["maximum"], 604_800);
+        // A key is the hash and an extension; a link's `exp` and `sig` are required;
+        // an optional header is a string, never null.
+        let pattern = r"^[0-9a-f]{64}\.(png|jpg|webp|mp4|webm)$";
+        for (path, method) in
+            [("/v1/media/{key}", "get"), ("/v1/private/{key}", "get"), ("/v1/private/{key}/links", "post")]
+        {
+            let params = doc["paths"][path][method]["parameters"].as_array().unwrap();
+            let key = params.iter().find(|p| p["name"] == "key").unwrap();
+            assert_eq!(key["schema"]["pattern"], pattern, "{path}");
+            for header in params.iter().filter(|p| p["in"] == "header") {
+                assert_eq!(header["schema"]["type"], "string", "{path}: {header}");
+            }
+        }
+        let link = doc["paths"]["/v1/private/{key}"]["get"]["parameters"].as_array().unwrap();
+        for name in ["exp", "sig"] {
+            assert_eq!(link.iter().find(|p| p["name"] == name).unwrap()["required"], true, "{name}");
+        }
+        // A product's picture is a public media path.
+        let image_url = &schemas["CreateProduct"]["properties"]["image_url"]["pattern"];
+        assert!(image_url.as_str().unwrap().starts_with("^/v1/media/"), "{image_url}");
     }
 }

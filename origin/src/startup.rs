@@ -34,7 +34,9 @@ use crate::overload::{self, Guard};
 use crate::payments::{Payments, PaymentsState};
 use crate::state::{Core, LazyRedis};
 use crate::tasks::{Next, Workers};
-use crate::{catalogue, events, followers, health, keepalive, metrics, notifications, openapi, orders, payments};
+use crate::{
+    catalogue, events, followers, health, keepalive, media, metrics, notifications, openapi, orders, payments,
+};
 
 /// Every area's state, built once.
 #[derive(Clone)]
@@ -99,6 +101,7 @@ pub fn router(app: &App) -> Router {
         .merge(health::router(app.core.clone()))
         .merge(openapi::router())
         .merge(metrics::router(app.core.clone(), GAUGES))
+        .merge(media::router(app.core.clone()))
         .merge(catalogue::router(app.catalogue()))
         .merge(followers::router(app.core.clone()))
         .merge(notifications::router(app.notifications.clone()))

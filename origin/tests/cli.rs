@@ -90,6 +90,40 @@ async fn migrate_seed_and_token_give_a_working_demo() {
     env.run(&["seed"]); // twice changes nothing
     let drops: i64 = sqlx::query_scalar("SELECT count(*) FROM drops").fetch_one(&mut env.db().await).await.unwrap();
     assert_eq!(drops, 2);
+    // The demo product's picture: the asset's key, recorded once as public media the
+    // demo admin uploaded (`scripts/run` uploads the same bytes through the edge).
+    let key = demo::product_image();
+    let image_url: Option<String> = sqlx::query_scalar("SELECT image_url FROM products WHERE id = $1")
+        .bind(demo::PRODUCT)
+        .fetch_one(&mut env.db().await)
+        .await
+        .unwrap();
+    assert_eq!(image_url, Some(format!("/v1/media/{key}")));
+    let media: Vec<(String, String, i64, Uuid)> =
+        sqlx::query_as("SELECT visibility, content_type, size, uploaded_by FROM media WHERE key = $1")
+            .bind(key.to_string())
+            .fetch_all(&mut env.db().await)
+            .await
+            .unwrap();
+    assert_eq!(
+        media,
+        vec![("public".to_owned(), "image/png".to_owned(), demo::PRODUCT_IMAGE.len() as i64, demo::ADMIN)]
+    );
+    let uploaders: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM media_uploads WHERE key = $1")
+        .bind(key.to_string())
+        .fetch_all(&mut env.db().await)
+        .await
+        .unwrap();
+    assert_eq!(uploaders, vec![demo::ADMIN]);
+    // A database seeded before products had pictures gets this one.
+    sqlx::query("UPDATE products SET image_url = NULL").execute(&mut env.db().await).await.unwrap();
+    env.run(&["seed"]);
+    let image_url: Option<String> = sqlx::query_scalar("SELECT image_url FROM products WHERE id = $1")
+        .bind(demo::PRODUCT)
+        .fetch_one(&mut env.db().await)
+        .await
+        .unwrap();
+    assert_eq!(image_url, Some(key.public_path()));
 
     let token = env.run(&["token", "--role", "creator"]);
     let identity = verify_bearer(

@@ -3,10 +3,12 @@
 
 use chrono::{Duration, Utc};
 use drops_shared::auth::Role;
+use drops_shared::internal::MediaUpload;
+use drops_shared::media::{MediaKey, Visibility};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::users;
+use crate::{media, users};
 
 pub const ADMIN: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000001);
 pub const CREATOR_USER: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000002);
@@ -15,6 +17,16 @@ pub const CREATOR: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000101
 pub const PRODUCT: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000201);
 pub const LIVE_DROP: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000301);
 pub const UPCOMING_DROP: Uuid = Uuid::from_u128(0x0196a000_0000_7000_8000_000000000302);
+
+/// The demo product's picture: a small PNG, recorded as public media the demo admin
+/// uploaded. `scripts/run` uploads the same bytes through the edge (same bytes, same
+/// key), so the card's `image_url` serves.
+pub const PRODUCT_IMAGE: &[u8] = include_bytes!("../../assets/demo-drop.png");
+
+/// The key of [`PRODUCT_IMAGE`]; the demo product's `image_url` is its public path.
+pub fn product_image() -> MediaKey {
+    MediaKey::of(PRODUCT_IMAGE).expect("the demo image is a PNG")
+}
 
 /// The demo user of each role.
 pub fn user_of(role: Role) -> Uuid {
@@ -25,9 +37,10 @@ pub fn user_of(role: Role) -> Uuid {
     }
 }
 
-/// An admin, a buyer, a creator ("Nova Studio") with a product, a live drop of 100
-/// units and an upcoming drop of 50. Re-running it keeps what exists and asks for a
-/// fresh inventory sync.
+/// An admin, a buyer, a creator ("Nova Studio") with a product (its picture recorded
+/// as public media), a live drop of 100 units and an upcoming drop of 50. Re-running
+/// it keeps what exists (but gives the product this picture) and asks for a fresh
+/// inventory sync.
 pub async fn seed(conn: &mut PgConnection, hold_seconds: u32) -> sqlx::Result<()> {
     for role in [Role::Admin, Role::Creator, Role::Buyer] {
         users::ensure(&mut *conn, user_of(role), role).await?;
@@ -39,11 +52,27 @@ pub async fn seed(conn: &mut PgConnection, hold_seconds: u32) -> sqlx::Result<()
     )
     .execute(&mut *conn)
     .await?;
+    let image = product_image();
+    media::record(
+        &mut *conn,
+        &MediaUpload {
+            key: image,
+            visibility: Visibility::Public,
+            content_type: image.kind().content_type().to_owned(),
+            size: PRODUCT_IMAGE.len() as u64,
+            uploaded_by: ADMIN,
+            uploaded_at: Utc::now(),
+        },
+    )
+    .await?;
     sqlx::query!(
-        "INSERT INTO products (id, creator_id, title, description) VALUES ($1, $2, 'Aurora Hoodie',
-         'Heavyweight hoodie, numbered run of 100.') ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO products (id, creator_id, title, description, image_url) VALUES ($1, $2, 'Aurora Hoodie',
+         'Heavyweight hoodie, numbered run of 100.', $3)
+         ON CONFLICT (id) DO UPDATE SET image_url = EXCLUDED.image_url
+         WHERE products.image_url IS DISTINCT FROM EXCLUDED.image_url",
         PRODUCT,
-        CREATOR
+        CREATOR,
+        image.public_path()
     )
     .execute(&mut *conn)
     .await?;
@@ -70,4 +99,19 @@ pub async fn seed(conn: &mut PgConnection, hold_seconds: u32) -> sqlx::Result<()
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use drops_shared::media::MediaType;
+
+    use super::*;
+
+    #[test]
+    fn the_demo_picture_is_a_small_png_served_at_its_hash() {
+        assert!(PRODUCT_IMAGE.len() < 8 * 1024, "a few KB at most: {}", PRODUCT_IMAGE.len());
+        let key = product_image();
+        assert_eq!(key.kind(), MediaType::Png);
+        assert_eq!(MediaKey::from_public_url(&key.public_path()), Some(key));
+    }
 }

@@ -3,8 +3,10 @@
 //! scheduler ([`schedule`]) and cache invalidation ([`purge`]).
 //!
 //! Owns the tables `creators`, `products` and `drops`. Stands on the orders area for
-//! the units a drop has committed; a creator's follower count comes from the
-//! followers area (above this one) as a [`FollowerCounts`], wired in `startup`.
+//! the units a drop has committed and on the media area for the pictures products
+//! name (a product's `image_url` is a recorded public file); a creator's follower
+//! count comes from the followers area (above this one) as a [`FollowerCounts`],
+//! wired in `startup`.
 
 pub mod creators;
 pub mod demo;

@@ -1,4 +1,7 @@
 //! Products: what a drop sells. A creator makes their own; an admin names the creator.
+//! A product's `image_url` is a public file the platform stored (see [`crate::media`]):
+//! exactly its path, `/v1/media/<key>`, so the edge serves it and nothing elsewhere
+//! can be passed off as the product's picture.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,6 +9,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use drops_shared::api::{CreateProduct, Product};
 use drops_shared::auth::Role;
+use drops_shared::media::MediaKey;
 use drops_shared::problem::ErrorCode;
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -13,6 +17,7 @@ use uuid::Uuid;
 use super::{creators, CatalogueState};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Authorized, Sellers, StrictJson};
+use crate::media;
 
 pub fn router() -> Router<CatalogueState> {
     Router::new().route("/v1/products", post(create_product))
@@ -24,6 +29,9 @@ async fn create_product(
     StrictJson(body): StrictJson<CreateProduct>,
 ) -> ApiResult<(StatusCode, Json<Product>)> {
     body.validate()?;
+    if let Some(url) = &body.image_url {
+        check_image_url(&state.core.db, url).await?;
+    }
     // Omitted, `creator_id` is the caller's own profile. Naming another creator is
     // a matter of permission (admins only), not of a malformed request.
     let creator_id = match (user.0.role, body.creator_id) {
@@ -53,6 +61,23 @@ async fn create_product(
     .fetch_one(&state.core.db)
     .await?;
     Ok((StatusCode::CREATED, Json(product)))
+}
+
+/// A product's `image_url` must be `/v1/media/<key>` of a public file the platform
+/// stored: not a private file, not a key nothing was uploaded under, not a URL
+/// elsewhere (absolute, or any other path).
+pub async fn check_image_url(db: impl PgExecutor<'_>, url: &str) -> ApiResult<MediaKey> {
+    let recorded = match MediaKey::from_public_url(url) {
+        Some(key) if media::is_public(db, &key).await? => Some(key),
+        _ => None,
+    };
+    recorded.ok_or_else(|| {
+        ApiError::code(
+            ErrorCode::InvalidRequest,
+            "field `image_url`: must be the `url` `POST /v1/media` answered for a public upload \
+             (`/v1/media/<key>`, exactly)",
+        )
+    })
 }
 
 /// The creator a product belongs to, if there is such a product.
