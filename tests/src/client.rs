@@ -383,3 +383,33 @@ impl Client {
             .sum::<f64>() as u64
     }
 }
+
+impl Client {
+    /// `POST /v1/media{query}` (`""` or `"?visibility=private"`) with `bytes` as the
+    /// raw body, claimed to be `content_type`, as `token`.
+    pub async fn upload(&self, token: Option<&str>, query: &str, content_type: &str, bytes: &[u8]) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/media{query}", self.edge))
+            .header("content-type", content_type)
+            .body(bytes.to_vec());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send_upload(req).await
+    }
+
+    /// Sends an upload, once more after a `wrangler dev` hiccup (see [`Client::send`]):
+    /// a file is named by its bytes, so sending it again changes nothing.
+    pub async fn send_upload(&self, req: reqwest::RequestBuilder) -> Answer {
+        let again = req.try_clone();
+        let answer = Self::send_once(req).await;
+        match again {
+            Some(again) if answer.is_dev_proxy_hiccup() => {
+                eprintln!("a 503 from wrangler dev's proxy: {:?}", String::from_utf8_lossy(&answer.body));
+                Self::send_once(again).await
+            }
+            _ => answer,
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
 pub const PUSH_SECRET: &str = "test-push-callback-secret";
 /// A second webhook secret, as during a rotation: both must be accepted.
 pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_old_secret";
+/// Signs the edge's links to private media.
+pub const MEDIA_LINK_SECRET: &str = "test-media-link-secret-0123456789abcdef";
 
 pub struct Stack {
     pub edge_url: String,
@@ -352,6 +354,7 @@ impl Stack {
             format!("JWT_SECRET:{JWT_SECRET}"),
             format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
             format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
+            format!("MEDIA_LINK_SECRET:{MEDIA_LINK_SECRET}"),
             "FORWARD_RETRY_MAX_MS:2000".to_owned(),
             "REFUSAL_REPORT_MS:500".to_owned(),
         ];

@@ -72,8 +72,16 @@ async fn the_route_table_the_document_and_the_origin_agree() {
         .collect();
     assert_eq!(documented, table, "the document and the edge's table differ");
 
-    // The edge answers these itself (the drop's inventory object decides them).
-    let edge_alone = ["/v1/drops/{drop_id}/stock", "/v1/drops/{drop_id}/orders"];
+    // The edge answers these itself (the drop's inventory object decides them; the
+    // edge stores and serves media).
+    let edge_alone = [
+        "/v1/drops/{drop_id}/stock",
+        "/v1/drops/{drop_id}/orders",
+        "/v1/media",
+        "/v1/media/{key}",
+        "/v1/private/{key}",
+        "/v1/private/{key}/links",
+    ];
     let id = uuid::Uuid::now_v7();
     for route in PUBLIC.iter().filter(|r| !edge_alone.contains(&r.path)) {
         let path = route.path.split('/').map(|s| if s.starts_with('{') { id.to_string() } else { s.to_owned() });

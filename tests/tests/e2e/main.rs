@@ -11,6 +11,7 @@ mod fuzz;
 mod hardening;
 mod limits;
 mod live_socket;
+mod media;
 mod origin_down;
 mod overload;
 mod pages;
