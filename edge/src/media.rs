@@ -69,6 +69,7 @@ pub async fn upload(mut req: Request, env: &Env) -> EdgeResult {
             content_type: kind.content_type().to_owned(),
             size,
             uploaded_by: uploader.user_id,
+            uploaded_by_role: uploader.role,
             uploaded_at,
         },
     )

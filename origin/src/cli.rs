@@ -1,7 +1,7 @@
 //! The origin's command line (`drops-origin --help`): serving, and the one-off
 //! commands an operator runs with the same settings (from the environment, see
 //! README.md): migrations, demo data, demo tokens, reconciliation, outbox replay,
-//! rebuilding derived stores.
+//! rebuilding derived stores (follower sets, analytics).
 
 use chrono::{Duration, Utc};
 use clap::{Parser, Subcommand};
@@ -13,7 +13,7 @@ use crate::catalogue::demo;
 use crate::config::Settings;
 use crate::startup::{App, Application};
 use crate::state::{connect_db, Core, MIGRATOR};
-use crate::{events, followers};
+use crate::{analytics, events, followers};
 
 #[derive(Debug, Parser)]
 #[command(name = "drops-origin", version, about = "The drops origin: orders, payments, catalogue, events.")]
@@ -55,6 +55,18 @@ pub enum Command {
     },
     /// Rebuild every creator's follower set in Redis from Postgres.
     FollowersRebuild,
+    /// The analytics' derived figures.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyticsCommand {
+    /// Empty the analytics tables and apply every drop and order event of the outbox
+    /// again, in order, in one transaction (safe while origins run: they wait).
+    Rebuild,
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -78,6 +90,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Reconcile => reconcile(settings).await,
         Command::OutboxReplay { from, to } => outbox_replay(settings, from, to).await,
         Command::FollowersRebuild => followers_rebuild(settings).await,
+        Command::Analytics { command: AnalyticsCommand::Rebuild } => analytics_rebuild(settings).await,
     }
 }
 
@@ -141,6 +154,15 @@ pub async fn outbox_replay(settings: Settings, from: i64, to: i64) -> anyhow::Re
     let core = Core::connect(settings).await?;
     let n = events::relay::replay(&core, from, to).await?;
     println!("republished {n} event(s) with seq in {from}..={to}");
+    Ok(())
+}
+
+/// Rebuilds the analytics from the outbox (see [`analytics::ledger::rebuild`]).
+pub async fn analytics_rebuild(settings: Settings) -> anyhow::Result<()> {
+    let db = connect_db(&settings).await?;
+    MIGRATOR.run(&db).await?;
+    let n = analytics::ledger::rebuild(&db).await?;
+    println!("analytics rebuilt from the outbox: {n} event(s) applied");
     Ok(())
 }
 

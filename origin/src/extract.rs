@@ -41,6 +41,25 @@ where
     }
 }
 
+/// The request's `x-request-id`: the client's, passed on by the edge, or the one the
+/// origin's request-id layer made. `None` only if it is not a short printable
+/// header (the audit log keeps it as given).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Option<String>);
+
+/// The longest request id kept (the edge passes on at most 128 characters).
+const MAX_REQUEST_ID_BYTES: usize = 200;
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let id = parts.headers.get(drops_shared::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+        let sane = id.filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES);
+        Ok(RequestId(sane.map(str::to_owned)))
+    }
+}
+
 /// Which roles a route admits; checked with the token, before the body is read.
 pub trait Roles: Send + Sync {
     const ALLOWED: &'static [Role];

@@ -3,6 +3,8 @@
 //! split into services along its event boundaries.
 //!
 //! Areas, each depending only on those listed before it:
+//! - [`audit`]: the append-only, hash-chained log of every event and privileged
+//!   action; every area below writes its privileged actions to it.
 //! - [`payments`]: providers (sandbox, Stripe), the payment webhook, payment rows, refunds.
 //! - [`orders`]: reservations from the edge, the buyer's orders, the order lifecycle,
 //!   edge sync, reconciliation.
@@ -12,6 +14,8 @@
 //!   lifecycle scheduler, cache purge.
 //! - [`notifications`]: the inbox, live sockets and presence, push.
 //! - [`followers`]: follows and the fan-out of "drop is live".
+//! - [`analytics`]: each drop's sales figures, kept from the drop and order events
+//!   (rebuildable from the outbox); the catalogue says at query time whose a drop is.
 //!
 //! Where a lower area needs something from a higher one it names a trait and
 //! `startup` plugs the higher area's implementation in (the payment webhook
@@ -24,13 +28,16 @@
 //! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
 //! [`overload`] (per-client limits, load shedding), [`keepalive`] (closing what must
 //! close), [`telemetry`], [`health`],
-//! [`openapi`].
+//! [`openapi`], [`dashboard`] (the page people watch a drop's analytics on).
 //!
 //! Only [`startup`] (routers and background workers) and [`cli`] see every area.
 
+pub mod analytics;
+pub mod audit;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod edge;
 pub mod error;
 pub mod events;

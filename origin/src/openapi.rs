@@ -393,6 +393,37 @@ fn get_private_media_doc() {}
               (status = 404, description = "`not_found`: no such private file, or the caller neither uploaded it nor is an admin", body = Problem)))]
 fn private_link_doc() {}
 
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "audit", security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before"),
+           ("subject_id" = Option<String>, Query, max_length = 200,
+            description = "only the entries about this subject (an order's, a drop's, a creator's id, a media key)")),
+    responses((status = 200, description = "Audit entries, oldest first. `hash` is the hex SHA-256 of `prev_hash` followed by the entry's canonical JSON (every other field, keys sorted, no whitespace, `at` with microseconds)", body = Page<AuditEntry>),
+              (status = 400, description = "`invalid_request`: `limit` not 1 to 100, a `cursor` this list did not issue, a `subject_id` over 200 characters, or another query parameter", body = Problem),
+              (status = 401, body = Problem),
+              (status = 403, description = "`forbidden`: admins only", body = Problem)))]
+fn audit_log_doc() {}
+
+#[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, description = "The whole chain recomputed: `first_invalid_seq` is the first entry whose seq, `prev_hash` or `hash` does not hold", body = AuditVerification),
+              (status = 401, body = Problem),
+              (status = 403, description = "`forbidden`: admins only", body = Problem)))]
+fn audit_verify_doc() {}
+
+#[utoipa::path(get, path = "/v1/drops/{drop_id}/analytics", tag = "analytics", security(("bearer" = [])),
+    params(("drop_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The drop's sales figures, at most a few seconds behind its orders: orders by the state they are in now, revenue (confirmed orders), conversion (confirmed ÷ all orders), seconds from the start until no unit remained, and a timeline of units reserved, confirmed and released (per second for the first ten minutes, per minute to a day, hourly after; only buckets with something in them)", body = DropAnalytics),
+              (status = 401, body = Problem),
+              (status = 404, description = "`not_found`: no such drop, or the caller is neither its creator nor an admin", body = Problem)))]
+fn drop_analytics_doc() {}
+
+#[utoipa::path(get, path = "/v1/creators/{creator_id}/analytics", tag = "analytics", security(("bearer" = [])),
+    params(("creator_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The figures of each of the creator's drops (oldest start first) and their sums; revenue per currency", body = CreatorAnalytics),
+              (status = 401, body = Problem),
+              (status = 404, description = "`not_found`: no such creator, or the caller is neither that creator nor an admin", body = Problem)))]
+fn creator_analytics_doc() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "drops", version = "1", description = "Limited drops, sold to a rush of followers."),
@@ -400,7 +431,8 @@ fn private_link_doc() {}
           create_product_doc, create_creator_doc, show_creator_doc, follow_doc, unfollow_doc, followers_doc,
           following_doc, show_order_doc, list_orders_doc, cancel_order_doc, notifications_doc, read_notification_doc,
           read_all_notifications_doc, notification_stream_doc, stream_ticket_doc, put_push_subscription_doc, delete_push_subscription_doc,
-          payment_webhook_doc, upload_media_doc, get_media_doc, get_private_media_doc, private_link_doc),
+          payment_webhook_doc, upload_media_doc, get_media_doc, get_private_media_doc, private_link_doc,
+          audit_log_doc, audit_verify_doc, drop_analytics_doc, creator_analytics_doc),
     // Schemas only parameters name are not collected on their own.
     components(schemas(DropListing, Visibility, UploadedMedia, CreateLink, PrivateLink)),
     modifiers(&BearerAuth, &SharedResponses, &OptionalHeaders)
@@ -482,6 +514,28 @@ mod tests {
             None => status["schema"].clone(),
         };
         assert!(listing.to_string().contains(r#"["live","upcoming"]"#), "{status} {listing}");
+    }
+
+    #[test]
+    fn audit_routes_are_admin_only_and_name_their_schemas() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, expected) in [
+            ("/v1/admin/audit", &["200", "400", "401", "403", "429", "503"][..]),
+            ("/v1/admin/audit/verify", &["200", "401", "403", "429", "503"][..]),
+        ] {
+            let op = &doc["paths"][path]["get"];
+            assert!(op["security"].is_array(), "{path} needs a token");
+            for status in expected {
+                assert!(op["responses"][status].is_object(), "{path} documents {status}");
+            }
+        }
+        let schemas = &doc["components"]["schemas"];
+        for schema in ["AuditEntry", "AuditActor", "AuditSubject", "AuditVerification"] {
+            assert!(schemas[schema].is_object(), "{schema}");
+        }
+        let params = doc["paths"]["/v1/admin/audit"]["get"]["parameters"].as_array().unwrap();
+        let subject = params.iter().find(|p| p["name"] == "subject_id").unwrap();
+        assert_eq!(subject["schema"]["maxLength"], 200);
     }
 
     #[test]

@@ -35,7 +35,8 @@ use crate::payments::{Payments, PaymentsState};
 use crate::state::{Core, LazyRedis};
 use crate::tasks::{Next, Workers};
 use crate::{
-    catalogue, events, followers, health, keepalive, media, metrics, notifications, openapi, orders, payments,
+    analytics, audit, catalogue, dashboard, events, followers, health, keepalive, media, metrics, notifications,
+    openapi, orders, payments,
 };
 
 /// Every area's state, built once.
@@ -100,9 +101,12 @@ pub fn router(app: &App) -> Router {
     Router::new()
         .merge(health::router(app.core.clone()))
         .merge(openapi::router())
+        .merge(dashboard::router())
         .merge(metrics::router(app.core.clone(), GAUGES))
+        .merge(audit::router(app.core.clone()))
         .merge(media::router(app.core.clone()))
         .merge(catalogue::router(app.catalogue()))
+        .merge(analytics::router(app.core.clone()))
         .merge(followers::router(app.core.clone()))
         .merge(notifications::router(app.notifications.clone()))
         .merge(orders::router(app.orders()))
@@ -167,6 +171,11 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
         async move { catalogue::schedule::announce(&c).await.map(|_| Next::Later) }
     });
 
+    let c = core.clone();
+    consumer(app, workers, audit::consumer::CONSUMER, audit::consumer::interested, move |e| {
+        let c = c.clone();
+        async move { audit::consumer::handle(&c, &e).await }
+    });
     let orders = app.orders();
     consumer(app, workers, orders::edge_sync::CONSUMER, orders::edge_sync::interested, move |e| {
         let orders = orders.clone();
@@ -191,6 +200,11 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
     consumer(app, workers, followers::fanout::CONSUMER, followers::fanout::interested, move |e| {
         let c = c.clone();
         async move { followers::fanout::handle(&c, &e).await }
+    });
+    let c = core.clone();
+    consumer(app, workers, analytics::CONSUMER, analytics::interested, move |e| {
+        let c = c.clone();
+        async move { analytics::handle(&c, &e).await }
     });
 
     for _ in 0..followers::fanout::RUNNERS {

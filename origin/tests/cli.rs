@@ -69,7 +69,8 @@ async fn redis() -> redis::aio::MultiplexedConnection {
 fn every_command_has_help_and_an_unknown_one_is_refused() {
     let env = Env { database_url: "postgres://unused".into(), prefix: "unused".into() };
     let help = env.run(&["--help"]);
-    for command in ["serve", "migrate", "seed", "token", "reconcile", "outbox-replay", "followers-rebuild"] {
+    for command in ["serve", "migrate", "seed", "token", "reconcile", "outbox-replay", "followers-rebuild", "analytics"]
+    {
         assert!(help.contains(command), "--help lists {command}:\n{help}");
         let own = env.run(&[command, "--help"]);
         assert!(own.contains("Usage: drops-origin"), "{command} --help:\n{own}");
@@ -187,6 +188,30 @@ async fn reconcile_replay_and_rebuild_work_on_the_database() {
     let set = format!("{}:followers:{}", env.prefix, demo::CREATOR);
     let members: Vec<String> = redis::cmd("ZRANGE").arg(&set).arg(0).arg(-1).query_async(&mut redis).await.unwrap();
     assert_eq!(members, vec![fan.to_string()]);
+
+    // The analytics, from the outbox: the drop's creation (the DropEnded events say
+    // nothing the analytics count).
+    let id = Uuid::now_v7();
+    let payload = serde_json::json!({
+        "id": id, "occurred_at": Utc::now(), "type": "DropCreated",
+        "data": {"drop_id": demo::LIVE_DROP, "creator_id": demo::CREATOR, "starts_at": Utc::now(),
+                 "ends_at": Utc::now(), "stock": 7},
+    });
+    sqlx::query("INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, 'DropCreated', $2, $3)")
+        .bind(id)
+        .bind(demo::LIVE_DROP)
+        .bind(payload)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let rebuilt = env.run(&["analytics", "rebuild"]);
+    assert!(rebuilt.contains("1 event(s) applied"), "{rebuilt}");
+    let total: Option<i32> = sqlx::query_scalar("SELECT total FROM analytics_drops WHERE drop_id = $1")
+        .bind(demo::LIVE_DROP)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(total, Some(7));
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The business areas, lowest first: each may use only those before it.
-const AREAS: [&str; 6] = ["payments", "orders", "media", "catalogue", "notifications", "followers"];
+const AREAS: [&str; 8] =
+    ["audit", "payments", "orders", "media", "catalogue", "notifications", "followers", "analytics"];
 /// The modules that assemble everything.
 const TOP: [&str; 3] = ["startup", "cli", "lib"];
 

@@ -94,6 +94,7 @@ fn upload(key: MediaKey, visibility: Visibility, by: Uuid) -> MediaUpload {
         content_type: key.kind().content_type().to_owned(),
         size: 1234,
         uploaded_by: by,
+        uploaded_by_role: Role::Creator,
         uploaded_at: Utc::now(),
     }
 }

@@ -114,6 +114,8 @@ pub struct MediaUpload {
     pub content_type: String,
     pub size: u64,
     pub uploaded_by: Uuid,
+    /// The uploader's role, as their token said (the audit log's actor).
+    pub uploaded_by_role: crate::auth::Role,
     pub uploaded_at: DateTime<Utc>,
 }
 

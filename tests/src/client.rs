@@ -198,6 +198,13 @@ impl Client {
     /// Creates a drop through the edge as its creator; returns its id once its stock is readable.
     pub async fn create_drop(&self, spec: DropSpec) -> Uuid {
         let (creator_token, product_id) = self.creator_with_product().await;
+        let card = self.create_drop_as(&creator_token, product_id, spec).await;
+        card["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("drop id")
+    }
+
+    /// Creates a drop of `product_id` as `creator_token`; returns its card once its
+    /// stock is readable at the edge.
+    pub async fn create_drop_as(&self, creator_token: &str, product_id: Uuid, spec: DropSpec) -> Value {
         let now = Utc::now();
         let starts_at = now + spec.starts_in;
         let body = json!({
@@ -209,12 +216,13 @@ impl Client {
             "ends_at": starts_at + spec.lasts,
             "hold_seconds": spec.hold_seconds,
         });
-        let created = self.post_json("/v1/drops", Some(&creator_token), body).await;
+        let created = self.post_json("/v1/drops", Some(creator_token), body).await;
         assert_eq!(created.status, StatusCode::CREATED, "drop: {:?}", created.json());
-        let id = created.json()["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("drop id");
+        let card = created.json();
+        let id = card["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("drop id");
         let stock = self.stock(id).await;
         assert_eq!(stock["total"], spec.stock, "the edge knows the drop: {stock}");
-        id
+        card
     }
 
     pub async fn stock(&self, drop_id: Uuid) -> Value {

@@ -13,8 +13,9 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::CatalogueState;
+use crate::audit::{self, NewEntry};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Admins, Authorized, StrictJson};
+use crate::extract::{path_id, Admins, Authorized, RequestId, StrictJson};
 use crate::users;
 
 pub fn router() -> Router<CatalogueState> {
@@ -39,6 +40,7 @@ impl CreatorRow {
 async fn create(
     State(state): State<CatalogueState>,
     admin: Authorized<Admins>,
+    RequestId(request_id): RequestId,
     StrictJson(body): StrictJson<CreateCreator>,
 ) -> ApiResult<(StatusCode, Json<Creator>)> {
     validate_text("name", &body.name, 200)?;
@@ -56,6 +58,9 @@ async fn create(
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
+    let data = serde_json::json!({"user_id": row.user_id, "name": row.name});
+    let entry = NewEntry::system("creator.created", "creator", row.id, data).by(admin.0, request_id);
+    audit::append(&mut tx, vec![entry]).await?;
     tx.commit().await?;
     let user_id = Some(row.user_id);
     Ok((StatusCode::CREATED, Json(Creator { user_id, ..row.into_creator(0) })))

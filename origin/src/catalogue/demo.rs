@@ -61,6 +61,7 @@ pub async fn seed(conn: &mut PgConnection, hold_seconds: u32) -> sqlx::Result<()
             content_type: image.kind().content_type().to_owned(),
             size: PRODUCT_IMAGE.len() as u64,
             uploaded_by: ADMIN,
+            uploaded_by_role: drops_shared::auth::Role::Admin,
             uploaded_at: Utc::now(),
         },
     )

@@ -17,8 +17,9 @@ use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
 
 use super::{creators, products, terms, CatalogueState};
+use crate::audit::{self, NewEntry};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Authorized, Sellers, StrictJson, StrictQuery};
+use crate::extract::{path_id, Authorized, RequestId, Sellers, StrictJson, StrictQuery};
 use crate::paging::{self, PageQuery};
 use crate::state::Core;
 use crate::{events, orders};
@@ -140,6 +141,7 @@ pub async fn unsynced(db: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<DropRow
 async fn create_drop(
     State(state): State<CatalogueState>,
     user: Authorized<Sellers>,
+    RequestId(request_id): RequestId,
     StrictJson(body): StrictJson<CreateDrop>,
 ) -> ApiResult<(StatusCode, Json<DropCard>)> {
     body.validate()?;
@@ -150,8 +152,39 @@ async fn create_drop(
         // Someone else's product: do not reveal that it exists.
         return Err(ApiError::code(ErrorCode::NotFound, "no such product"));
     }
-    let drop = save(&state, db.begin().await?, Uuid::now_v7(), creator_id, &body, Change::Created).await?;
+    let drop_id = Uuid::now_v7();
+    let mut terms = terms_data(&body, state.core.settings.orders.hold_seconds);
+    terms.insert("creator_id".into(), creator_id.to_string().into());
+    let entry = NewEntry::system("drop.created", "drop", drop_id, terms.into()).by(user.0, request_id);
+    let drop = save(&state, db.begin().await?, drop_id, creator_id, &body, Change::Created, entry).await?;
     Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
+}
+
+/// A drop's terms as the audit log records them (`hold_seconds` resolved).
+fn terms_data(sale: &CreateDrop, default_hold_seconds: u32) -> serde_json::Map<String, serde_json::Value> {
+    let terms = serde_json::json!({
+        "product_id": sale.product_id,
+        "price": {"amount": sale.price.amount, "currency": sale.price.currency},
+        "stock": sale.stock,
+        "max_per_user": sale.max_per_user,
+        "starts_at": sale.starts_at,
+        "ends_at": sale.ends_at,
+        "hold_seconds": sale.hold_seconds.unwrap_or(default_hold_seconds),
+    });
+    match terms {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The terms that differ between `before` and `after`: `{"before": {...}, "after": {...}}`.
+fn terms_change(before: &CreateDrop, after: &CreateDrop, default_hold_seconds: u32) -> serde_json::Value {
+    let (old, new) = (terms_data(before, default_hold_seconds), terms_data(after, default_hold_seconds));
+    let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
+    let pick = |terms: &serde_json::Map<String, serde_json::Value>| -> serde_json::Map<String, serde_json::Value> {
+        changed.iter().map(|k| ((*k).clone(), terms[k.as_str()].clone())).collect()
+    };
+    serde_json::json!({"before": pick(&old), "after": pick(&new)})
 }
 
 enum Change {
@@ -160,7 +193,8 @@ enum Change {
 }
 
 /// Writes a drop's terms (a new drop, or a change before it starts) with its event
-/// in `tx`, then gives the edge the terms; returns the drop as it now is.
+/// and its audit entry in `tx`, then gives the edge the terms; returns the drop as
+/// it now is.
 async fn save(
     state: &CatalogueState,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
@@ -168,6 +202,7 @@ async fn save(
     creator_id: Uuid,
     sale: &CreateDrop,
     change: Change,
+    audited: NewEntry,
 ) -> ApiResult<DropRow> {
     sqlx::query!(
         "INSERT INTO drops (id, product_id, creator_id, price_amount, currency, stock, max_per_user,
@@ -190,12 +225,14 @@ async fn save(
     )
     .execute(&mut *tx)
     .await?;
-    let (starts_at, ends_at) = (sale.starts_at, sale.ends_at);
+    let (starts_at, ends_at, stock) = (sale.starts_at, sale.ends_at, sale.stock);
     let event = match change {
-        Change::Created => DomainEvent::DropCreated { drop_id, creator_id, starts_at, ends_at },
-        Change::Updated => DomainEvent::DropUpdated { drop_id, creator_id, starts_at, ends_at },
+        Change::Created => DomainEvent::DropCreated { drop_id, creator_id, starts_at, ends_at, stock },
+        Change::Updated => DomainEvent::DropUpdated { drop_id, creator_id, starts_at, ends_at, stock },
     };
     events::record(&mut tx, event).await?;
+    // Last before the commit: the audit's append lock is held until then.
+    audit::append(&mut tx, vec![audited]).await?;
     tx.commit().await?;
     let drop = load_drop(&state.core, drop_id).await?;
     terms::push(&state.core, &drop).await;
@@ -270,6 +307,7 @@ async fn list_drops(
 async fn update_drop(
     State(state): State<CatalogueState>,
     user: Authorized<Sellers>,
+    RequestId(request_id): RequestId,
     Path(drop_id): Path<String>,
     StrictJson(body): StrictJson<UpdateDrop>,
 ) -> ApiResult<Json<DropCard>> {
@@ -300,6 +338,43 @@ async fn update_drop(
         hold_seconds: Some(current.hold_seconds as u32),
     };
     let next = body.apply(&current)?;
-    let drop = save(&state, tx, drop_id, creator_id, &next, Change::Updated).await?;
+    let change = terms_change(&current, &next, state.core.settings.orders.hold_seconds);
+    let entry = NewEntry::system("drop.terms_changed", "drop", drop_id, change).by(user.0, request_id);
+    let drop = save(&state, tx, drop_id, creator_id, &next, Change::Updated, entry).await?;
     Ok(Json(drop.card(Utc::now())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terms_change_records_only_the_fields_that_changed() {
+        let starts_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let before = CreateDrop {
+            product_id: Uuid::from_u128(1),
+            price: Money { amount: 1500, currency: "EUR".into() },
+            stock: 10,
+            max_per_user: 2,
+            starts_at,
+            ends_at: starts_at + chrono::Duration::hours(1),
+            hold_seconds: None,
+        };
+        let after = CreateDrop {
+            stock: 12,
+            price: Money { amount: 1800, currency: "EUR".into() },
+            hold_seconds: Some(600),
+            ..before.clone()
+        };
+        // `hold_seconds` resolves to the default before: 600 either way, so unchanged.
+        assert_eq!(
+            terms_change(&before, &after, 600),
+            serde_json::json!({"before": {"stock": 10, "price": {"amount": 1500, "currency": "EUR"}},
+                               "after": {"stock": 12, "price": {"amount": 1800, "currency": "EUR"}}})
+        );
+        assert_eq!(terms_change(&before, &before, 600), serde_json::json!({"before": {}, "after": {}}));
+        let created = terms_data(&before, 600);
+        assert_eq!(created["hold_seconds"], 600);
+        assert_eq!(created["starts_at"], "2027-01-15T08:00:00Z");
+    }
 }

@@ -11,6 +11,7 @@
 pub mod creators;
 pub mod demo;
 pub mod drops;
+pub mod facts;
 pub mod products;
 pub mod purge;
 pub mod schedule;

@@ -9,20 +9,23 @@
 //!
 //! Recording is idempotent: the same bytes uploaded again (by anyone) are the same
 //! key, so the file's row is written once, by its first upload; each uploader of a
-//! file is kept once ("who uploaded what", for audits). The same bytes stored public
-//! and private are two files.
+//! file is kept once ("who uploaded what", for audits), and written to the audit
+//! log (`media.uploaded`, the uploader its actor) when first kept. The same bytes
+//! stored public and private are two files.
 //!
-//! Owns the tables `media` and `media_uploads`. Stands on no other area; the
-//! catalogue stands on it.
+//! Owns the tables `media` and `media_uploads`. Stands on no other area but the
+//! audit log; the catalogue stands on it.
 
 use axum::extract::State;
 use axum::routing::on;
 use axum::{Json, Router};
+use drops_shared::auth::Identity;
 use drops_shared::internal::{Endpoint, MediaRecorded, MediaUpload, RecordMedia};
 use drops_shared::media::{MediaKey, Visibility, MAX_MEDIA_BYTES};
 use drops_shared::problem::ErrorCode;
 use sqlx::{Connection, PgConnection, PgExecutor};
 
+use crate::audit::{self, NewEntry};
 use crate::error::ApiError;
 use crate::extract::{method_of, Answer, Signed};
 use crate::state::Core;
@@ -61,8 +64,9 @@ fn check(upload: &MediaUpload) -> Result<(), ApiError> {
 }
 
 /// Records `upload` (the file, if new at its visibility, and its uploader, if new for
-/// it) atomically, in the caller's transaction if there is one. Returns whether the
-/// file was new. Recording the same upload again changes nothing.
+/// it, with its audit entry) atomically, in the caller's transaction if there is
+/// one. Returns whether the file was new. Recording the same upload again changes
+/// nothing.
 pub async fn record(conn: &mut PgConnection, upload: &MediaUpload) -> sqlx::Result<bool> {
     let mut tx = conn.begin().await?;
     let (visibility, key) = (upload.visibility.as_str(), upload.key.to_string());
@@ -78,7 +82,7 @@ pub async fn record(conn: &mut PgConnection, upload: &MediaUpload) -> sqlx::Resu
     )
     .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query!(
+    let new_uploader = sqlx::query!(
         "INSERT INTO media_uploads (visibility, key, user_id, uploaded_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (visibility, key, user_id) DO NOTHING",
         visibility,
@@ -87,7 +91,19 @@ pub async fn record(conn: &mut PgConnection, upload: &MediaUpload) -> sqlx::Resu
         upload.uploaded_at
     )
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    if new_uploader {
+        // The edge's call carries no request id of the client's: the entry has none.
+        let data = serde_json::json!({
+            "key": key, "visibility": visibility, "content_type": upload.content_type, "size": size,
+            "uploaded_at": upload.uploaded_at, "first_upload": inserted.is_some(),
+        });
+        let uploader = Identity { user_id: upload.uploaded_by, role: upload.uploaded_by_role };
+        let entry = NewEntry::system("media.uploaded", "media", &key, data).by(uploader, None);
+        audit::append(&mut tx, vec![entry]).await?;
+    }
     tx.commit().await?;
     Ok(inserted.is_some())
 }
@@ -119,6 +135,7 @@ mod tests {
             content_type: content_type.to_owned(),
             size,
             uploaded_by: Uuid::from_u128(1),
+            uploaded_by_role: drops_shared::auth::Role::Creator,
             uploaded_at: Utc::now(),
         }
     }

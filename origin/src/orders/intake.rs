@@ -87,6 +87,8 @@ pub async fn insert_all(conn: &mut PgConnection, orders: &[NewOrder<'_>]) -> sql
         drop_id: o.drop_id,
         user_id: o.user_id,
         quantity: o.quantity,
+        amount: Some(o.amount.clone()),
+        reserved_at: Some(o.reserved_at),
     });
     events::record_all(&mut *conn, reserved.collect()).await?;
     let requests: Vec<PaymentRequest> = new_orders

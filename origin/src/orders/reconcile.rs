@@ -1,7 +1,8 @@
 //! Reconciliation: the safety net under the event flow. For each active drop it
 //! compares the edge's inventory (the truth about units) with the orders in
 //! Postgres (the truth about money) and repairs drift in the safe direction,
-//! writing each repair, with its reason, to `reconcile_audit`:
+//! writing each repair, with its reason, to `reconcile_audit` and to the audit log
+//! (`reconciliation.<repair>`):
 //!
 //! | edge hold | order in Postgres | repair |
 //! | --- | --- | --- |
@@ -29,6 +30,7 @@ use uuid::Uuid;
 
 use super::intake::{self, NewOrder};
 use super::{edge_sync, lifecycle, OrdersState};
+use crate::audit::{self, NewEntry};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -222,6 +224,7 @@ async fn repair_pair(
 async fn record(state: &OrdersState, r: &Repair) -> anyhow::Result<()> {
     metrics::counter!("drops_reconcile_repairs_total", "repair" => r.repair).increment(1);
     tracing::warn!(drop_id = %r.drop_id, order_id = ?r.order_id, repair = r.repair, reason = %r.reason, "reconciliation repair");
+    let mut tx = state.core.db.begin().await?;
     sqlx::query!(
         "INSERT INTO reconcile_audit (id, drop_id, order_id, repair, reason) VALUES ($1, $2, $3, $4, $5)",
         Uuid::now_v7(),
@@ -230,7 +233,20 @@ async fn record(state: &OrdersState, r: &Repair) -> anyhow::Result<()> {
         r.repair,
         r.reason
     )
-    .execute(&state.core.db)
+    .execute(&mut *tx)
     .await?;
+    audit::append(&mut tx, vec![audit_entry(r)]).await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// A repair as the audit log records it: about the order when there is one, else
+/// the drop; done by the platform itself.
+fn audit_entry(r: &Repair) -> NewEntry {
+    let data = serde_json::json!({"drop_id": r.drop_id, "order_id": r.order_id, "reason": r.reason});
+    let action = format!("reconciliation.{}", r.repair);
+    match r.order_id {
+        Some(order_id) => NewEntry::system(action, "order", order_id, data),
+        None => NewEntry::system(action, "drop", r.drop_id, data),
+    }
 }

@@ -11,6 +11,7 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::Payments;
+use crate::audit::{self, NewEntry};
 use crate::events;
 
 /// `payments.status`.
@@ -159,6 +160,8 @@ pub async fn refund(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 1 {
+        let data = serde_json::json!({"reference": payment.reference, "refund_reference": refund_ref,
+                                      "amount": amount.amount, "currency": amount.currency});
         let event = DomainEvent::PaymentRefunded {
             order_id,
             reference: payment.reference,
@@ -166,6 +169,8 @@ pub async fn refund(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &M
             currency: amount.currency.clone(),
         };
         events::record(&mut tx, event).await?;
+        // The platform gives money back on its own (an order it cannot honour): no actor.
+        audit::append(&mut tx, vec![NewEntry::system("payment.refund_issued", "order", order_id, data)]).await?;
     }
     tx.commit().await?;
     Ok(done.rows_affected() == 1)

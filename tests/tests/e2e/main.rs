@@ -2,10 +2,13 @@
 //! the edge under `wrangler dev`) shared by every test; see `drops_tests::Stack`.
 //! One module per area of behaviour.
 
+mod analytics;
 mod async_buy;
+mod audit;
 mod buy_path;
 mod coalescing;
 mod contract;
+mod dashboard;
 mod followers;
 mod fuzz;
 mod hardening;

@@ -1,0 +1,155 @@
+//! Audit: the append-only, hash-chained log of what happened on the platform and
+//! who did it. Two kinds of entry land in it:
+//!
+//! - every domain event, written by this area's consumer group ([`consumer`]),
+//!   once per event id, with no actor;
+//! - every privileged action (an admin creating a creator, a drop created or its
+//!   terms changed, a media upload, each reconciliation repair, each refund),
+//!   written by the area that does it with [`append`], in the same transaction as
+//!   the action, with its actor and the request's `x-request-id` when a person's
+//!   request did it.
+//!
+//! The log is one line: [`append`] takes an advisory lock for the rest of the
+//! caller's transaction, so seqs are contiguous and each entry's `prev_hash` is the
+//! hash of the entry before ([`chain`] says exactly what is hashed). The database
+//! refuses UPDATE, DELETE and TRUNCATE on it (migration `0009_audit.sql`); whoever
+//! gets past that (a superuser) breaks the chain, and `GET /v1/admin/audit/verify`
+//! names the first entry that no longer holds. (Removing the newest entries leaves
+//! a shorter chain that still holds: the chain proves what is there, not that
+//! nothing was cut off the end.)
+//!
+//! Admins read it at `GET /v1/admin/audit` (oldest first, optionally about one
+//! subject).
+//!
+//! Owns the table `audit_log`. Stands on no other area; every area may write to it.
+
+pub mod chain;
+pub mod consumer;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use drops_shared::api::{AuditEntry, AuditVerification, Page};
+use drops_shared::problem::ErrorCode;
+use serde::Deserialize;
+
+pub use chain::{append, NewEntry};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Admins, Authorized, StrictQuery};
+use crate::paging::{self, PageQuery};
+use crate::state::Core;
+
+/// The longest `subject_id` a filter may name (ids in the log are far shorter).
+pub const MAX_SUBJECT_ID_CHARS: usize = 200;
+
+pub fn router(core: Core) -> Router {
+    Router::new().route("/v1/admin/audit", get(list)).route("/v1/admin/audit/verify", get(verify)).with_state(core)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    subject_id: Option<String>,
+}
+
+/// The list a cursor belongs to, inside the cursor.
+const LIST: &str = "audit";
+
+/// A cursor: base64url of `audit:<seq of the last entry given>`.
+fn encode_cursor(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{LIST}:{seq}"))
+}
+
+/// The seq a cursor points past; anything but a cursor of this list is a 400.
+fn decode_cursor(cursor: &str) -> ApiResult<i64> {
+    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let seq = text.strip_prefix(LIST).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+    match seq.parse::<i64>() {
+        Ok(n) if n >= 1 && seq == n.to_string() => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+/// `GET /v1/admin/audit?limit=&cursor=&subject_id=`: entries oldest first.
+async fn list(
+    State(core): State<Core>,
+    _admin: Authorized<Admins>,
+    StrictQuery(q): StrictQuery<AuditQuery>,
+) -> ApiResult<Json<Page<AuditEntry>>> {
+    let limit = PageQuery { limit: q.limit, cursor: None }.limit()?;
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?.unwrap_or(0);
+    if let Some(subject) = &q.subject_id {
+        if subject.chars().count() > MAX_SUBJECT_ID_CHARS || subject.contains('\0') {
+            return Err(ApiError::code(
+                ErrorCode::InvalidRequest,
+                format!("query `subject_id`: at most {MAX_SUBJECT_ID_CHARS} characters, none of them NUL"),
+            ));
+        }
+    }
+    // Two queries rather than one with an optional filter: each keeps its own index.
+    let rows = match &q.subject_id {
+        Some(subject) => {
+            sqlx::query_as!(
+                chain::Row,
+                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id, data,
+                        prev_hash, hash
+                 FROM audit_log WHERE subject_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                subject,
+                after,
+                limit + 1
+            )
+            .fetch_all(&core.db)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                chain::Row,
+                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id, data,
+                        prev_hash, hash
+                 FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+                after,
+                limit + 1
+            )
+            .fetch_all(&core.db)
+            .await?
+        }
+    };
+    let entries: Vec<AuditEntry> = rows.into_iter().map(AuditEntry::from).collect();
+    Ok(Json(paging::page(entries, limit, |last| encode_cursor(last.seq))))
+}
+
+/// `GET /v1/admin/audit/verify`: the whole chain, checked again.
+async fn verify(State(core): State<Core>, _admin: Authorized<Admins>) -> ApiResult<Json<AuditVerification>> {
+    Ok(Json(chain::verify(&core.db).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_others_are_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).ok(), Some(42));
+        let foreign = paging::encode("orders", uuid::Uuid::from_u128(1));
+        for bad in [
+            "".to_owned(),
+            "not base64!".to_owned(),
+            foreign,
+            URL_SAFE_NO_PAD.encode("audit:"),
+            URL_SAFE_NO_PAD.encode("audit:0"),
+            URL_SAFE_NO_PAD.encode("audit:-4"),
+            URL_SAFE_NO_PAD.encode("audit:+4"),
+            URL_SAFE_NO_PAD.encode("audit:4x"),
+            format!("{}!", encode_cursor(42)),
+        ] {
+            assert!(decode_cursor(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The audit log against a fresh Postgres database of its own: appends from many
+//! transactions at once form one contiguous chain, an event is recorded once however
+//! often it arrives, the database refuses to change or remove an entry, and
+//! verification finds the first entry edited behind the triggers' back. (Through
+//! the edge, with real requests and events: `tests/tests/e2e/audit.rs`.)
+
+use drops_origin::audit::{self, chain, NewEntry};
+use drops_origin::config::Settings;
+use drops_origin::App;
+use drops_shared::auth::{Identity, Role};
+use serde_json::json;
+use sqlx::Connection;
+use uuid::Uuid;
+
+/// An origin's state on a database of its own (nothing here needs the edge or Redis).
+async fn fresh() -> App {
+    let admin_url =
+        std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("drops_audit_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
+    let mut settings = Settings::development();
+    settings.database.url = format!("{base}/{name}").into();
+    settings.redis.prefix = format!("drops-audit-{}", Uuid::new_v4().simple());
+    settings.edge.url = "http://127.0.0.1:9".into();
+    App::connect(settings).await.expect("the origin connects and migrates")
+}
+
+fn action(i: usize) -> NewEntry {
+    let admin = Identity { user_id: Uuid::now_v7(), role: Role::Admin };
+    NewEntry::system("creator.created", "creator", Uuid::now_v7(), json!({"n": i, "name": "Ünï \"quoted\""}))
+        .by(admin, Some(format!("req-{i}")))
+}
+
+async fn append_one(app: &App, entry: NewEntry) -> usize {
+    let mut tx = app.core.db.begin().await.unwrap();
+    let n = audit::append(&mut tx, vec![entry]).await.unwrap();
+    tx.commit().await.unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_form_one_contiguous_valid_chain() {
+    let app = fresh().await;
+    let empty = chain::verify(&app.core.db).await.unwrap();
+    assert_eq!((empty.entries, empty.valid, empty.first_invalid_seq), (0, true, None));
+
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                if i % 4 == 0 {
+                    // A batch of three in one append.
+                    let mut tx = app.core.db.begin().await.unwrap();
+                    let n = audit::append(&mut tx, vec![action(i), action(i + 100), action(i + 200)]).await.unwrap();
+                    tx.commit().await.unwrap();
+                    n
+                } else {
+                    append_one(&app, action(i)).await
+                }
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for t in tasks {
+        appended += t.await.unwrap();
+    }
+    assert_eq!(appended, 30 + 10 * 3);
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit_log ORDER BY seq").fetch_all(&app.core.db).await.unwrap();
+    assert_eq!(seqs, (1..=60).collect::<Vec<i64>>(), "contiguous from 1");
+    let first_prev: String =
+        sqlx::query_scalar("SELECT prev_hash FROM audit_log WHERE seq = 1").fetch_one(&app.core.db).await.unwrap();
+    assert_eq!(first_prev, chain::GENESIS);
+    let verified = chain::verify(&app.core.db).await.unwrap();
+    assert_eq!((verified.entries, verified.valid, verified.first_invalid_seq), (60, true, None));
+
+    // A rolled-back append leaves nothing behind, not even a gap.
+    let mut tx = app.core.db.begin().await.unwrap();
+    audit::append(&mut tx, vec![action(999)]).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(append_one(&app, action(1000)).await, 1);
+    assert_eq!(chain::verify(&app.core.db).await.unwrap().entries, 61);
+    assert!(chain::verify(&app.core.db).await.unwrap().valid);
+}
+
+#[tokio::test]
+async fn an_event_is_recorded_once_however_often_it_arrives() {
+    let app = fresh().await;
+    let event_id = Uuid::now_v7();
+    let observed = |n: i64| NewEntry {
+        event_id: Some(event_id),
+        ..NewEntry::system("order.confirmed", "order", Uuid::nil(), json!({"n": n}))
+    };
+    assert_eq!(append_one(&app, observed(1)).await, 1);
+    assert_eq!(append_one(&app, observed(2)).await, 0, "a replay adds nothing");
+    // Twice in one batch, next to something new: only the new one is appended.
+    let mut tx = app.core.db.begin().await.unwrap();
+    assert_eq!(audit::append(&mut tx, vec![observed(3), action(1), observed(4)]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let other = Uuid::now_v7();
+    let mut tx = app.core.db.begin().await.unwrap();
+    let twice =
+        |n| NewEntry { event_id: Some(other), ..NewEntry::system("drop.created", "drop", other, json!({"n": n})) };
+    assert_eq!(audit::append(&mut tx, vec![twice(1), twice(2)]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(&app.core.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    assert!(chain::verify(&app.core.db).await.unwrap().valid);
+
+    // Data the chain could not read back as hashed is refused.
+    let mut tx = app.core.db.begin().await.unwrap();
+    let float = NewEntry::system("x.y", "x", "1", json!({"ratio": 0.5}));
+    assert!(audit::append(&mut tx, vec![float]).await.is_err());
+}
+
+#[tokio::test]
+async fn the_database_refuses_changes_and_verify_finds_an_edit_behind_its_back() {
+    let app = fresh().await;
+    for i in 0..5 {
+        append_one(&app, action(i)).await;
+    }
+    let db = &app.core.db;
+    for refused in
+        ["UPDATE audit_log SET data = '{}' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 5", "TRUNCATE audit_log"]
+    {
+        let err = sqlx::query(refused).execute(db).await.expect_err(refused);
+        assert!(err.to_string().contains("append-only"), "{refused}: {err}");
+    }
+    assert_eq!(chain::verify(db).await.unwrap().first_invalid_seq, None);
+
+    // A superuser gets past the triggers; the chain still tells.
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET data = jsonb_set(data, '{n}', '42') WHERE seq = 3")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let v = chain::verify(db).await.unwrap();
+    assert_eq!((v.entries, v.valid, v.first_invalid_seq), (5, false, Some(3)));
+    // Put back as it was: whole again.
+    sqlx::query("UPDATE audit_log SET data = jsonb_set(data, '{n}', '2') WHERE seq = 3")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(chain::verify(db).await.unwrap().valid);
+    // A removed entry is a gap: the one after it is the first that does not hold.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 4").execute(&mut *conn).await.unwrap();
+    let v = chain::verify(db).await.unwrap();
+    assert_eq!((v.entries, v.valid, v.first_invalid_seq), (4, false, Some(5)));
+    sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+}
