@@ -1,5 +1,5 @@
 //! `drops-origin [serve | migrate | seed | token | reconcile | outbox-replay |
-//! followers-rebuild]` (`--help` for each). Settings come from the environment (see
+//! followers-rebuild | analytics rebuild]` (`--help` for each). Settings come from the environment (see
 //! README.md); everything else lives in the library.
 
 use clap::Parser;

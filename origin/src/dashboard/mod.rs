@@ -52,7 +52,9 @@ mod tests {
 
     #[test]
     fn the_page_loads_only_what_the_origin_serves() {
-        for src in ["/dashboard/uPlot.iife.min.js", "/dashboard/app.js", "/dashboard/app.css", "/dashboard/uPlot.min.css"] {
+        for src in
+            ["/dashboard/uPlot.iife.min.js", "/dashboard/app.js", "/dashboard/app.css", "/dashboard/uPlot.min.css"]
+        {
             assert!(PAGE.contains(src), "{src}");
         }
         assert!(!PAGE.contains("http://") && !PAGE.contains("https://"), "nothing from elsewhere");

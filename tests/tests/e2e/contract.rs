@@ -29,6 +29,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/me/push-subscription"),
     ("delete", "/v1/me/push-subscription"),
     ("post", "/v1/webhooks/payments"),
+    ("post", "/v1/media"),
+    ("get", "/v1/media/{key}"),
+    ("get", "/v1/private/{key}"),
+    ("post", "/v1/private/{key}/links"),
+    ("get", "/v1/admin/audit"),
+    ("get", "/v1/admin/audit/verify"),
+    ("get", "/v1/drops/{drop_id}/analytics"),
+    ("get", "/v1/creators/{creator_id}/analytics"),
 ];
 
 #[tokio::test]

@@ -190,7 +190,8 @@ async fn the_dashboard_is_served_whole_by_the_origin() {
     let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"), "{policy}");
     let html = page.text().await.unwrap();
-    for asset in ["/dashboard/app.js", "/dashboard/app.css", "/dashboard/uPlot.iife.min.js", "/dashboard/uPlot.min.css"] {
+    for asset in ["/dashboard/app.js", "/dashboard/app.css", "/dashboard/uPlot.iife.min.js", "/dashboard/uPlot.min.css"]
+    {
         assert!(html.contains(asset), "{asset}");
         let got = http.get(format!("{}{asset}", stack.origin_url)).send().await.unwrap();
         assert_eq!(got.status(), StatusCode::OK, "{asset}");
