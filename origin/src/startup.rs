@@ -240,6 +240,11 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
         let n = n.clone();
         async move { notifications::live::subscribe(&n).await.map(|_| Next::Later) }
     });
+    let n = app.notifications.clone();
+    workers.every("live heartbeat", notifications::live::HEARTBEAT, move || {
+        let n = n.clone();
+        async move { notifications::live::beat(&n).await.map(|_| Next::Later) }
+    });
     if settings.orders.reconcile_interval_secs > 0 {
         let app = app.clone();
         let period = Duration::from_secs(settings.orders.reconcile_interval_secs);

@@ -1,13 +1,21 @@
-//! "Drop is live!" to every follower of its creator. The `fanout` consumer only
-//! opens the job of a `DropStarted` (once per event: the job's key is the event id),
-//! so a creator with millions of followers never holds up other events. The job is
-//! split into shards by follower id; runners (several per origin instance, any
-//! number of instances) each take a shard and walk it in keyset chunks, each chunk in
-//! one transaction that also moves the shard's cursor: online followers get the
-//! message over their socket (one publish per origin instance for the whole chunk),
-//! the others a queued push (once per event and follower). A runner that dies leaves
-//! its shard to the next one, from the last committed chunk.
+//! "Drop is live!" to every follower of its creator, online ones first.
+//!
+//! 1. **Online, at once** (the `fanout` consumer, on `DropStarted`): the followers
+//!    holding a socket on any origin instance are found by intersecting the instances'
+//!    online sets with the follows, from whichever side is smaller (the online users
+//!    probed against the ledger's primary key, or a small audience checked against the
+//!    online sets). They are recorded (`fanout_online`) and then told over their
+//!    sockets, one publish per holding instance. The message's `id` is the event's, so
+//!    a retried fan-out, which sends to the recorded set again, reaches no socket twice.
+//! 2. **Push, in bulk** (runners, several per instance, on any number of instances):
+//!    only once the online step is sent are the job's shards opened (shards by
+//!    follower id). A runner walks a shard in keyset chunks; each chunk, in one
+//!    transaction that also moves the shard's cursor, queues the chunk's offline
+//!    followers as a few push batches (see [`push::enqueue`]), so each is queued once
+//!    per event through any restart. Runners take the shard that waited longest, so a
+//!    creator with a million followers takes turns with every other fan-out.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use drops_shared::events::{DomainEvent, EventEnvelope};
@@ -16,7 +24,7 @@ use uuid::Uuid;
 
 use crate::catalogue;
 use crate::notifications::live::{self, LiveMessage};
-use crate::notifications::push;
+use crate::notifications::push::{self, Priority};
 use crate::state::Core;
 use crate::tasks::Next;
 
@@ -28,11 +36,15 @@ pub const CONSUMER: &str = "fanout";
 pub fn interested(event: &DomainEvent) -> bool {
     matches!(event, DomainEvent::DropStarted { .. })
 }
-const CHUNK: i64 = 10_000;
+
+/// Followers per chunk of a shard: one transaction each.
+const CHUNK: i64 = 25_000;
 /// Shards of a job, by the first byte of the follower id.
 const SHARDS: u8 = 8;
 /// Runners per origin instance.
 pub const RUNNERS: usize = 4;
+/// Users probed against the ledger, or checked against an online set, per round trip.
+const PROBE: usize = 10_000;
 
 fn shard_bound(shard: u8) -> Option<Uuid> {
     let first = u16::from(shard) * 256 / u16::from(SHARDS);
@@ -43,14 +55,165 @@ fn shard_bound(shard: u8) -> Option<Uuid> {
     })
 }
 
+/// The message: the event's id, so a socket gets it once however often it is sent.
+async fn message(state: &Core, event_id: Uuid, drop_id: Uuid, creator_id: Uuid) -> anyhow::Result<LiveMessage> {
+    let creator_name = catalogue::creators::name(&state.db, creator_id).await?.unwrap_or_default();
+    Ok(LiveMessage {
+        kind: "drop_live".into(),
+        payload: json!({"drop_id": drop_id, "creator": {"id": creator_id, "name": creator_name}}),
+        id: Some(event_id),
+    })
+}
+
 pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::DropStarted { drop_id, creator_id } = event.event else { return Ok(()) };
+    let started = Instant::now();
+    let message = message(state, event.id, drop_id, creator_id).await?;
+    let sent = sqlx::query_scalar!("SELECT online_sent_at IS NOT NULL AS \"sent!\" FROM fanouts WHERE event_id = $1", event.id)
+        .fetch_optional(&state.db)
+        .await?;
+    if sent != Some(true) {
+        let online = match sent {
+            Some(_) => recorded_online(state, event.id).await?,
+            None => record_online(state, event.id, drop_id, creator_id).await?,
+        };
+        let n: usize = online.values().map(Vec::len).sum();
+        for (instance, users) in &online {
+            live::publish(state, instance, users, &message).await?;
+        }
+        tracing::info!(event_id = %event.id, online = n, took = ?started.elapsed(), "drop_live sent to online followers");
+    }
+    open_push(state, event.id, drop_id, creator_id, &message).await
+}
+
+/// Finds the followers online now and records them (unless another delivery of the
+/// event recorded its own first: then that record is the one sent to).
+async fn record_online(
+    state: &Core,
+    event_id: Uuid,
+    drop_id: Uuid,
+    creator_id: Uuid,
+) -> anyhow::Result<HashMap<String, Vec<Uuid>>> {
+    let online = online_followers(state, creator_id).await?;
+    let (mut users, mut instances) = (Vec::new(), Vec::new());
+    for (instance, held) in &online {
+        users.extend_from_slice(held);
+        instances.extend(std::iter::repeat_n(instance.clone(), held.len()));
+    }
     let mut tx = state.db.begin().await?;
+    let mine = sqlx::query!(
+        "INSERT INTO fanouts (event_id, creator_id, drop_id, online) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        event_id,
+        creator_id,
+        drop_id,
+        users.len() as i64
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !mine {
+        drop(tx);
+        return recorded_online(state, event_id).await;
+    }
+    sqlx::query!(
+        "INSERT INTO fanout_online (event_id, user_id, instance) SELECT $1, * FROM unnest($2::uuid[], $3::text[])",
+        event_id,
+        &users,
+        &instances
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(online)
+}
+
+async fn recorded_online(state: &Core, event_id: Uuid) -> anyhow::Result<HashMap<String, Vec<Uuid>>> {
+    let rows = sqlx::query!("SELECT user_id, instance FROM fanout_online WHERE event_id = $1", event_id)
+        .fetch_all(&state.db)
+        .await?;
+    let mut online: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for row in rows {
+        online.entry(row.instance).or_default().push(row.user_id);
+    }
+    Ok(online)
+}
+
+/// The creator's followers holding a socket, by the instance holding it: online users
+/// probed against the follows when they are fewer than the followers, else the
+/// followers checked against each online set.
+async fn online_followers(state: &Core, creator_id: Uuid) -> anyhow::Result<HashMap<String, Vec<Uuid>>> {
+    let instances = live::online_instances(state).await?;
+    let mut online_total = 0;
+    for instance in &instances {
+        online_total += live::online_count(state, instance).await?;
+    }
+    let mut found: HashMap<String, Vec<Uuid>> = HashMap::new();
+    if online_total == 0 {
+        return Ok(found);
+    }
+    let followers = crate::followers::count(state, creator_id).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if online_total <= followers {
+        for instance in instances {
+            let users = live::online_users(state, &instance).await?;
+            let mut following = Vec::new();
+            for chunk in users.chunks(PROBE) {
+                following.extend(
+                    sqlx::query_scalar!(
+                        "SELECT user_id FROM follows WHERE creator_id = $1 AND user_id = ANY($2)",
+                        creator_id,
+                        chunk
+                    )
+                    .fetch_all(&state.db)
+                    .await?,
+                );
+            }
+            if !following.is_empty() {
+                found.insert(instance, following);
+            }
+        }
+    } else {
+        let mut after = Uuid::nil();
+        loop {
+            let chunk = sqlx::query_scalar!(
+                "SELECT user_id FROM follows WHERE creator_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+                creator_id,
+                after,
+                PROBE as i64
+            )
+            .fetch_all(&state.db)
+            .await?;
+            let Some(last) = chunk.last() else { break };
+            after = *last;
+            for instance in &instances {
+                let held = live::online_among(state, instance, &chunk).await?;
+                if !held.is_empty() {
+                    found.entry(instance.clone()).or_default().extend(held);
+                }
+            }
+            if chunk.len() < PROBE {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Stores the push message once and opens the shards, now that online followers are told.
+async fn open_push(
+    state: &Core,
+    event_id: Uuid,
+    drop_id: Uuid,
+    creator_id: Uuid,
+    message: &LiveMessage,
+) -> anyhow::Result<()> {
+    let mut tx = state.db.begin().await?;
+    push::store_message(&mut tx, event_id, &serde_json::to_value(message)?).await?;
     for shard in 0..SHARDS {
         sqlx::query!(
             "INSERT INTO fanout_jobs (event_id, shard, creator_id, drop_id, lo, hi) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT DO NOTHING",
-            event.id,
+            event_id,
             i16::from(shard),
             creator_id,
             drop_id,
@@ -60,6 +223,12 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     }
+    sqlx::query!(
+        "UPDATE fanouts SET online_sent_at = clock_timestamp() WHERE event_id = $1 AND online_sent_at IS NULL",
+        event_id
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -73,62 +242,56 @@ struct Job {
     event_id: Uuid,
     shard: i16,
     creator_id: Uuid,
-    drop_id: Uuid,
     lo: Uuid,
     hi: Option<Uuid>,
     after_user: Option<Uuid>,
 }
 
-/// Does one chunk of one open job; false when there was nothing to do.
+/// Queues the pushes of one chunk of one open shard; false when there was nothing to do.
 pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut tx = state.db.begin().await?;
     let job = sqlx::query_as!(
         Job,
-        "SELECT event_id, shard, creator_id, drop_id, lo, hi, after_user FROM fanout_jobs
-         WHERE finished_at IS NULL ORDER BY started_at, shard LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "SELECT event_id, shard, creator_id, lo, hi, after_user FROM fanout_jobs
+         WHERE finished_at IS NULL ORDER BY touched_at NULLS FIRST, started_at LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else { return Ok(false) };
-    let users = sqlx::query_scalar!(
-        "SELECT user_id FROM follows WHERE creator_id = $1 AND user_id >= $2 AND ($3::uuid IS NULL OR user_id < $3)
-           AND ($4::uuid IS NULL OR user_id > $4)
-         ORDER BY user_id LIMIT $5",
+    // The chunk's followers, but those told over their socket; the last one (online or
+    // not) moves the cursor.
+    let chunk = sqlx::query!(
+        r#"SELECT f.user_id, EXISTS (SELECT 1 FROM fanout_online o WHERE o.event_id = $6 AND o.user_id = f.user_id) AS "online!"
+           FROM follows f
+           WHERE f.creator_id = $1 AND f.user_id >= $2 AND ($3::uuid IS NULL OR f.user_id < $3)
+             AND ($4::uuid IS NULL OR f.user_id > $4)
+           ORDER BY f.user_id LIMIT $5"#,
         job.creator_id,
         job.lo,
         job.hi,
         job.after_user,
-        CHUNK
+        CHUNK,
+        job.event_id
     )
     .fetch_all(&mut *tx)
     .await?;
-    let creator_name = catalogue::creators::name(&mut *tx, job.creator_id).await?.unwrap_or_default();
-    let message = LiveMessage {
-        kind: "drop_live".into(),
-        payload: json!({"drop_id": job.drop_id, "creator": {"id": job.creator_id, "name": creator_name}}),
-        id: None,
-    };
-    let online = live::send(state, &users, &message).await?;
-    let online: std::collections::HashSet<Uuid> = online.into_iter().collect();
-    let offline: Vec<Uuid> = users.iter().copied().filter(|u| !online.contains(u)).collect();
-    let queued = push::enqueue(&mut tx, job.event_id, &offline, &serde_json::to_value(&message)?).await?;
-    let done = (users.len() as i64) < CHUNK;
+    let offline: Vec<Uuid> = chunk.iter().filter(|r| !r.online).map(|r| r.user_id).collect();
+    let queued = push::enqueue(&mut tx, job.event_id, &offline, Priority::Fanout).await?;
+    let done = (chunk.len() as i64) < CHUNK;
     sqlx::query!(
-        "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user),
-                delivered = delivered + $4, queued_push = queued_push + $5,
-                finished_at = CASE WHEN $6 THEN clock_timestamp() ELSE NULL END
+        "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user), queued_push = queued_push + $4,
+                touched_at = clock_timestamp(), finished_at = CASE WHEN $5 THEN clock_timestamp() ELSE NULL END
          WHERE event_id = $1 AND shard = $2",
         job.event_id,
         job.shard,
-        users.last().copied(),
-        online.len() as i64,
+        chunk.last().map(|r| r.user_id),
         queued as i64,
         done
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::debug!(event_id = %job.event_id, followers = users.len(), online = online.len(), queued, took = ?started.elapsed(), "fan-out chunk");
+    tracing::debug!(event_id = %job.event_id, shard = job.shard, followers = chunk.len(), queued, took = ?started.elapsed(), "fan-out chunk queued");
     Ok(true)
 }

@@ -149,7 +149,8 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let message = LiveMessage { kind: kind.to_owned(), payload, id: Some(id) };
     let online = live::send(state, &[user_id], &message).await.unwrap_or_default();
     if online.is_empty() {
-        push::enqueue(&mut tx, event.id, &[user_id], &serde_json::to_value(&message)?).await?;
+        push::store_message(&mut tx, event.id, &serde_json::to_value(&message)?).await?;
+        push::enqueue(&mut tx, event.id, &[user_id], push::Priority::Transactional).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -1,8 +1,17 @@
 //! Live delivery: the WebSocket `GET /v1/notifications/stream`, and who is online
-//! where. Presence lives in Redis (`<prefix>:presence:<user>` = the origin instance
-//! holding the user's socket, expiring unless its heartbeat renews it), so any
-//! instance can send to any user: it publishes on the holder's channel
-//! (`<prefix>:live:<instance>`) and the holder writes to the socket.
+//! where. Presence lives in Redis, so any instance can send to any user: it publishes
+//! on the holder's channel (`<prefix>:live:<instance>`) and the holder writes to the
+//! socket. Two views of it, both renewed by heartbeats and expiring without them:
+//! - per user, `<prefix>:presence:<user>` = the instance holding their latest socket,
+//!   for sending to a few users ([`send`]);
+//! - per instance, the set `<prefix>:online:<instance>` of the users it holds sockets
+//!   of, with the live instances in `<prefix>:instances` (scored by heartbeat), for a
+//!   fan-out to intersect with an audience from whichever side is smaller
+//!   ([`online_instances`], [`online_users`], [`publish`]).
+//!
+//! A message with an `id` reaches a user's sockets on an instance at most once, however
+//! often it is published (a fan-out retried after a crash sends again): the holder
+//! remembers the last ids it wrote for each user.
 //!
 //! Opening a socket, in this order, each refusal a problem+json before any upgrade:
 //! 1. Credentials (401 `unauthorized`): `Authorization: Bearer <token>` (native
@@ -52,7 +61,7 @@ use crate::extract::AuthUser;
 use crate::state::{Core, LazyRedis};
 
 const PRESENCE_TTL_SECS: u64 = 30;
-const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long a stream ticket may wait to be used.
 pub const TICKET_TTL_SECS: i64 = 30;
 /// The close code of a socket whose credentials expired (4000–4999: the application's).
@@ -84,10 +93,20 @@ struct Delivery {
 /// What is written to one socket.
 type SocketOutbox = mpsc::UnboundedSender<Arc<str>>;
 
+/// How many message ids the holder remembers per user, to write each message once.
+const RECENT_IDS: usize = 16;
+
+/// One user's sockets on this instance, and the ids of the messages last written to them.
+#[derive(Default)]
+struct UserSockets {
+    sockets: Vec<(u64, SocketOutbox)>,
+    recent: std::collections::VecDeque<Uuid>,
+}
+
 /// The sockets this instance holds.
 pub struct Live {
     pub instance: String,
-    sockets: Mutex<HashMap<Uuid, Vec<(u64, SocketOutbox)>>>,
+    sockets: Mutex<HashMap<Uuid, UserSockets>>,
     next: AtomicU64,
     /// One connection for tickets, slots and heartbeats of every socket here.
     redis: LazyRedis,
@@ -108,27 +127,47 @@ impl Live {
     fn register(&self, user: Uuid) -> (u64, mpsc::UnboundedReceiver<Arc<str>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.sockets.lock().expect("sockets").entry(user).or_default().push((id, tx));
+        self.sockets.lock().expect("sockets").entry(user).or_default().sockets.push((id, tx));
         (id, rx)
+    }
+
+    /// The users with a socket here.
+    fn users(&self) -> Vec<Uuid> {
+        self.sockets.lock().expect("sockets").keys().copied().collect()
     }
 
     /// Forgets a socket; true when the user has none left here.
     fn unregister(&self, user: Uuid, id: u64) -> bool {
         let mut sockets = self.sockets.lock().expect("sockets");
-        let Some(list) = sockets.get_mut(&user) else { return true };
-        list.retain(|(i, _)| *i != id);
-        let gone = list.is_empty();
+        let Some(user_sockets) = sockets.get_mut(&user) else { return true };
+        user_sockets.sockets.retain(|(i, _)| *i != id);
+        let gone = user_sockets.sockets.is_empty();
         if gone {
             sockets.remove(&user);
         }
         gone
     }
 
-    /// Writes to this instance's sockets of `users`; returns how many sockets got it.
+    /// Writes to this instance's sockets of `users`, skipping a user whose sockets were
+    /// written this message (same `id`) already; returns how many sockets got it.
     pub fn deliver_local(&self, users: &[Uuid], message: &LiveMessage) -> usize {
         let text: Arc<str> = serde_json::to_string(message).unwrap_or_default().into();
-        let sockets = self.sockets.lock().expect("sockets");
-        users.iter().filter_map(|u| sockets.get(u)).flatten().filter(|(_, tx)| tx.send(text.clone()).is_ok()).count()
+        let mut sockets = self.sockets.lock().expect("sockets");
+        let mut written = 0;
+        for user in users {
+            let Some(user_sockets) = sockets.get_mut(user) else { continue };
+            if let Some(id) = message.id {
+                if user_sockets.recent.contains(&id) {
+                    continue;
+                }
+                if user_sockets.recent.len() == RECENT_IDS {
+                    user_sockets.recent.pop_front();
+                }
+                user_sockets.recent.push_back(id);
+            }
+            written += user_sockets.sockets.iter().filter(|(_, tx)| tx.send(text.clone()).is_ok()).count();
+        }
+        written
     }
 }
 
@@ -138,6 +177,99 @@ fn presence_key(prefix: &str, user: Uuid) -> String {
 
 fn channel(prefix: &str, instance: &str) -> String {
     format!("{prefix}:live:{instance}")
+}
+
+fn online_key(prefix: &str, instance: &str) -> String {
+    format!("{prefix}:online:{instance}")
+}
+
+fn instances_key(prefix: &str) -> String {
+    format!("{prefix}:instances")
+}
+
+/// An instance that missed this many heartbeats is gone (its sockets with it).
+const INSTANCE_STALE_MS: i64 = PRESENCE_TTL_SECS as i64 * 1000;
+
+/// This instance's heartbeat: it is live, and holds the sockets of these users. The
+/// set is made to match the sockets held (a Redis that lost it has it back, a user whose
+/// leaving was not recorded leaves it) within a beat. It is read before the sockets are
+/// listed: a user whose socket opens meanwhile was added after that read, and stays.
+pub async fn beat(state: &NotificationsState) -> anyhow::Result<()> {
+    let prefix = state.core.redis_prefix();
+    let instance = &state.live.instance;
+    let (mut conn, _) = state.live.redis.get(&state.core.redis).await?;
+    let key = online_key(prefix, instance);
+    let result: redis::RedisResult<()> = async {
+        let recorded: Vec<String> = conn.smembers(&key).await?;
+        let held: std::collections::HashSet<String> = state.live.users().iter().map(Uuid::to_string).collect();
+        let left: Vec<&String> = recorded.iter().filter(|u| !held.contains(*u)).collect();
+        let held: Vec<String> = held.into_iter().collect();
+        let now = Utc::now().timestamp_millis();
+        let mut pipe = redis::pipe();
+        for chunk in left.chunks(10_000) {
+            pipe.srem(&key, chunk).ignore();
+        }
+        for chunk in held.chunks(10_000) {
+            pipe.sadd(&key, chunk).ignore();
+        }
+        pipe.pexpire(&key, INSTANCE_STALE_MS)
+            .ignore()
+            .zadd(instances_key(prefix), instance, now)
+            .ignore()
+            .zrembyscore(instances_key(prefix), "-inf", now - INSTANCE_STALE_MS)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        state.live.redis.reset().await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The instances that may hold sockets: those whose heartbeat is recent.
+pub async fn online_instances(state: &Core) -> anyhow::Result<Vec<String>> {
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let since = Utc::now().timestamp_millis() - INSTANCE_STALE_MS;
+    Ok(conn.zrangebyscore(instances_key(state.redis_prefix()), since, "+inf").await?)
+}
+
+/// How many users hold a socket on `instance`.
+pub async fn online_count(state: &Core, instance: &str) -> anyhow::Result<u64> {
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    Ok(conn.scard(online_key(state.redis_prefix(), instance)).await?)
+}
+
+/// The users holding a socket on `instance`.
+pub async fn online_users(state: &Core, instance: &str) -> anyhow::Result<Vec<Uuid>> {
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let members: Vec<String> = conn.smembers(online_key(state.redis_prefix(), instance)).await?;
+    Ok(members.iter().filter_map(|m| Uuid::parse_str(m).ok()).collect())
+}
+
+/// Which of `users` hold a socket on `instance`.
+pub async fn online_among(state: &Core, instance: &str, users: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let members: Vec<String> = users.iter().map(Uuid::to_string).collect();
+    let found: Vec<bool> =
+        redis::cmd("SMISMEMBER").arg(online_key(state.redis_prefix(), instance)).arg(&members).query_async(&mut conn).await?;
+    Ok(users.iter().zip(found).filter(|(_, on)| *on).map(|(u, _)| *u).collect())
+}
+
+/// Publishes `message` for `users` to the instance holding their sockets.
+pub async fn publish(state: &Core, instance: &str, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<()> {
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    // Kept to a size the holder parses in a moment, whatever the audience.
+    for chunk in users.chunks(5_000) {
+        let delivery = serde_json::to_string(&Delivery { users: chunk.to_vec(), message: message.clone() })?;
+        let _: i64 = conn.publish(channel(state.redis_prefix(), instance), delivery).await?;
+    }
+    Ok(())
 }
 
 /// Sends `message` to whichever of `users` are online, wherever their socket is.
@@ -456,7 +588,17 @@ async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slo
     let key = presence_key(state.core.redis_prefix(), user);
     let mut conn = slot.conn.clone();
     let instance = state.live.instance.clone();
-    if conn.set_ex::<_, _, ()>(&key, &instance, PRESENCE_TTL_SECS).await.is_err() {
+    let online = online_key(state.core.redis_prefix(), &instance);
+    let present = redis::pipe()
+        .set_ex(&key, &instance, PRESENCE_TTL_SECS)
+        .ignore()
+        .sadd(&online, user.to_string())
+        .ignore()
+        .pexpire(&online, INSTANCE_STALE_MS)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await;
+    if present.is_err() {
         tracing::warn!("no presence without redis");
         state.live.unregister(user, id);
         slot.release().await;
@@ -491,6 +633,7 @@ async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slo
     }
     slot.release().await;
     if state.live.unregister(user, id) {
+        let _: redis::RedisResult<i64> = conn.srem(&online, user.to_string()).await;
         // Only if the presence is still ours (another instance may hold a newer socket).
         let _: redis::RedisResult<i64> = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
@@ -548,6 +691,29 @@ mod tests {
         let user = Uuid::from_u128(7);
         assert_eq!(sockets_key("drops", user), format!("drops:sockets:{user}"));
         assert_eq!(presence_key("drops", user), format!("drops:presence:{user}"));
+        assert_eq!(online_key("drops", "i1"), "drops:online:i1");
+    }
+
+    #[test]
+    fn a_message_with_an_id_reaches_a_users_sockets_once() {
+        let live = Live::default();
+        let (alice, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (_, mut a1) = live.register(alice);
+        let (_, mut a2) = live.register(alice);
+        let (_, mut b) = live.register(bob);
+        let message = LiveMessage { kind: "drop_live".into(), payload: serde_json::json!({}), id: Some(Uuid::from_u128(9)) };
+        assert_eq!(live.deliver_local(&[alice, bob], &message), 3);
+        assert_eq!(live.deliver_local(&[alice, bob], &message), 0, "published again: written once");
+        let other = LiveMessage { id: Some(Uuid::from_u128(10)), ..message.clone() };
+        assert_eq!(live.deliver_local(&[alice], &other), 2);
+        let untracked = LiveMessage { id: None, ..message };
+        assert_eq!(live.deliver_local(&[bob], &untracked), 1);
+        assert_eq!(live.deliver_local(&[bob], &untracked), 1, "no id: nothing to tell repeats by");
+        let count = |rx: &mut mpsc::UnboundedReceiver<Arc<str>>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        assert_eq!((count(&mut a1), count(&mut a2), count(&mut b)), (2, 2, 3));
+        let mut users = live.users();
+        users.sort();
+        assert_eq!(users, vec![alice, bob]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! presence in Redis ([`live`]), and push to users who are offline ([`push`]).
 //!
 //! Owns the tables `notifications`, `push_subscriptions`, `push_messages` and
-//! `push_deliveries`, and the Redis presence keys and live channels. Stands on the
+//! `push_batches`, and the Redis presence keys and live channels. Stands on the
 //! payments area (a payment ready to pay is told to its buyer); other areas
 //! deliver through [`live::send`] and [`push::enqueue`].
 
@@ -23,12 +23,12 @@ pub struct NotificationsState {
     pub core: Core,
     /// The sockets this instance holds.
     pub live: Arc<live::Live>,
-    pub push: Arc<dyn push::PushProvider>,
+    pub push: Arc<push::Pusher>,
 }
 
 impl NotificationsState {
     pub fn new(core: Core) -> anyhow::Result<Self> {
-        let push = push::provider(&core.settings)?;
+        let push = Arc::new(push::pusher(&core.settings)?);
         Ok(Self { core, live: Arc::new(live::Live::default()), push })
     }
 }

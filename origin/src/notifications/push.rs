@@ -1,9 +1,11 @@
 //! Push to users who are not online: their subscription (`PUT /v1/me/push-subscription`,
-//! a Web Push subscription as browsers give it), a durable queue of deliveries
-//! (`push_deliveries`, one per event and user) retried with backoff, and the provider
-//! behind a trait: Web Push (RFC 8030 with VAPID, payload encrypted per RFC 8291) or a
-//! plain signed HTTP callback, for tests and for operators with their own gateway.
-//! A provider answering 404 or 410 means the subscription is gone: it is dropped.
+//! a Web Push subscription as browsers give it), a durable queue (`push_batches`: a row
+//! per batch of users, the message stored once in `push_messages`) retried with
+//! backoff, and the provider behind a trait: Web Push (RFC 8030 with VAPID, payload
+//! encrypted per RFC 8291) or a plain signed HTTP callback, for tests and for operators
+//! with their own gateway. A provider answering 404 or 410 means the subscription is
+//! gone: it is dropped. At most [`PER_HOST`] requests go to one push service host at
+//! once from one instance.
 //!
 //! The endpoint is named by the user, so the origin must not become their way into
 //! its own network (server-side request forgery). Unless development allows private
@@ -19,17 +21,20 @@
 //! first). A push never follows a redirect (a 3xx drops the subscription, see
 //! [`outcome_of`]), uses no proxy, connects within 2 s and gets its answer within 5 s.
 //!
-//! Sending holds no database transaction: one statement claims a batch (moving its
-//! deliveries a lease ahead, so no other sender takes them), the requests go out with
-//! nothing open, and one short transaction settles the batch in three set-based
-//! statements. Batches are sent in tasks of their own, a few at once, so one that waits
-//! on endpoints that never answer holds up no delivery due meanwhile.
+//! Sending holds no database transaction: one statement claims a batch (moving it a
+//! lease ahead, so no other sender takes it), its requests are prepared on a blocking
+//! thread (encryption is the CPU-heavy part) and go out with nothing open, and one short
+//! transaction settles the batch, whatever its size. Batches are sent in tasks of their
+//! own, a few at once, so one that waits on endpoints that never answer holds up no push
+//! due meanwhile. A sender that dies mid-batch leaves it due again when its lease ends:
+//! its users may get that push twice (a push service cannot be asked whether it already
+//! has a message), never none.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::put;
@@ -40,6 +45,7 @@ use drops_shared::backoff::Backoff;
 use drops_shared::problem::ErrorCode;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::NotificationsState;
@@ -49,7 +55,8 @@ use crate::extract::{AuthUser, StrictJson};
 use crate::tasks::Next;
 
 const MAX_ATTEMPTS: i32 = 8;
-const BATCH: i64 = 200;
+/// Users per queued batch: a million followers are two thousand rows.
+const QUEUED_BATCH: i64 = 500;
 /// Between attempts at one delivery.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
 /// How often the sender looks for due deliveries when it has caught up.
@@ -64,8 +71,8 @@ const SEND_DEADLINE: Duration = Duration::from_secs(10);
 /// send may take ([`SEND_DEADLINE`]) and the settling after, so no other round sends it
 /// meanwhile; a sender that died leaves it due again once the lease is over.
 const LEASE_SECS: f64 = 60.0;
-/// Batches one sender has out at once.
-const IN_FLIGHT: usize = 4;
+/// Batches one sender has out at once (their requests bounded per host by [`PER_HOST`]).
+const IN_FLIGHT: usize = 8;
 /// Resolving an endpoint's host when subscribing.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ENDPOINT_LEN: usize = 2048;
@@ -286,9 +293,17 @@ pub enum Outcome {
     Retry(String),
 }
 
-#[async_trait]
+/// A push ready to go out: the request a provider made of a message (the CPU part:
+/// encryption, signing), to an endpoint already checked.
+pub struct Prepared {
+    pub url: reqwest::Url,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A way to push: turns a message for a subscription into the request that carries it.
 pub trait PushProvider: Send + Sync {
-    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome;
+    fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared>;
 }
 
 fn outcome_of(status: u16) -> Outcome {
@@ -323,53 +338,40 @@ impl Outcome {
 /// POSTs the JSON payload to the subscription's endpoint, signed like a payment
 /// webhook (`x-drops-signature: t=…,v1=…` over `"<t>.<body>"`).
 pub struct CallbackPush {
-    http: PushHttp,
     secret: String,
 }
 
 impl CallbackPush {
-    /// `allow_private`: may push to http and to loopback or private addresses (development).
-    pub fn new(secret: &str, allow_private: bool) -> anyhow::Result<Self> {
-        Ok(Self { http: PushHttp::new(allow_private)?, secret: secret.to_owned() })
+    pub fn new(secret: &str) -> Self {
+        Self { secret: secret.to_owned() }
     }
 }
 
-#[async_trait]
 impl PushProvider for CallbackPush {
-    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
-        let url = match self.http.target(&subscription.endpoint) {
-            Ok(url) => url,
-            Err(why) => return Outcome::refused(why),
-        };
+    fn prepare(&self, _: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
         let signature =
             drops_shared::signing::stripe_signature(self.secret.as_bytes(), Utc::now().timestamp(), payload);
-        let request = self
-            .http
-            .client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("x-drops-signature", signature)
-            .body(payload.to_vec());
-        self.http.send(request).await
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        headers.insert("x-drops-signature", http::HeaderValue::from_str(&signature)?);
+        Ok(Prepared { url, headers, body: payload.to_vec() })
     }
 }
 
 /// Web Push: the payload encrypted to the browser's keys, VAPID-signed.
 pub struct WebPush {
-    http: PushHttp,
     vapid: web_push_native::jwt_simple::algorithms::ES256KeyPair,
     contact: String,
 }
 
 impl WebPush {
-    /// `vapid_private_key`: the raw P-256 private key, base64url. `allow_private`: may
-    /// push to http and to loopback or private addresses (development).
-    pub fn new(vapid_private_key: &str, contact: &str, allow_private: bool) -> anyhow::Result<Self> {
+    /// `vapid_private_key`: the raw P-256 private key, base64url.
+    pub fn new(vapid_private_key: &str, contact: &str) -> anyhow::Result<Self> {
         let raw = Base64UrlUnpadded::decode_vec(vapid_private_key.trim())
             .map_err(|_| anyhow::anyhow!("the VAPID key is not base64url"))?;
         let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::from_bytes(&raw)
             .map_err(|e| anyhow::anyhow!("bad VAPID key: {e}"))?;
-        Ok(Self { http: PushHttp::new(allow_private)?, vapid, contact: contact.to_owned() })
+        Ok(Self { vapid, contact: contact.to_owned() })
     }
 
     /// The HTTP request RFC 8030/8291 call for: encrypted body, VAPID authorization.
@@ -390,35 +392,75 @@ impl WebPush {
     }
 }
 
-#[async_trait]
 impl PushProvider for WebPush {
-    async fn send(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
-        let request = match self.request(subscription, payload) {
-            Ok(r) => r,
-            Err(e) => return Outcome::unusable(e),
-        };
-        let (parts, body) = request.into_parts();
-        // Checked as the very URL the request goes to.
-        let url = match self.http.target(&parts.uri.to_string()) {
-            Ok(url) => url,
-            Err(why) => return Outcome::refused(why),
-        };
-        let mut req = self.http.client.post(url).body(body);
-        for (name, value) in &parts.headers {
-            req = req.header(name.as_str(), value.as_bytes());
-        }
-        self.http.send(req).await
+    fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
+        let (parts, body) = self.request(subscription, payload)?.into_parts();
+        Ok(Prepared { url, headers: parts.headers, body })
     }
 }
 
-pub fn provider(settings: &Settings) -> anyhow::Result<Arc<dyn PushProvider>> {
-    let allow_private = settings.notifications.push_allow_private_endpoints;
-    Ok(match &settings.push {
-        ProviderSettings::WebPush { vapid_private_key, contact } => {
-            Arc::new(WebPush::new(vapid_private_key.expose_secret(), contact, allow_private)?)
+/// Requests one push service host may have from one instance at once.
+const PER_HOST: usize = 128;
+/// Hosts whose bounds are kept; beyond it, idle ones are forgotten.
+const HOSTS_KEPT: usize = 4_096;
+
+/// Sends pushes: checks each endpoint, has the provider prepare the request, and sends
+/// it with at most [`PER_HOST`] requests to one push service host at once.
+pub struct Pusher {
+    provider: Box<dyn PushProvider>,
+    http: PushHttp,
+    hosts: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Pusher {
+    /// `allow_private`: may push to http and to loopback or private addresses (development).
+    pub fn new(provider: Box<dyn PushProvider>, allow_private: bool) -> anyhow::Result<Self> {
+        Ok(Self { provider, http: PushHttp::new(allow_private)?, hosts: Default::default() })
+    }
+
+    /// The request for `payload` to `subscription`, or why there will never be one.
+    pub fn prepare(&self, subscription: &Subscription, payload: &[u8]) -> Result<Prepared, Outcome> {
+        let url = self.http.target(&subscription.endpoint).map_err(Outcome::refused)?;
+        self.provider.prepare(subscription, url, payload).map_err(Outcome::unusable)
+    }
+
+    fn host_bound(&self, url: &reqwest::Url) -> Arc<Semaphore> {
+        let host = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0));
+        let mut hosts = self.hosts.lock().expect("push hosts");
+        if hosts.len() >= HOSTS_KEPT && !hosts.contains_key(&host) {
+            hosts.retain(|_, bound| bound.available_permits() < PER_HOST);
         }
-        ProviderSettings::Callback { secret } => Arc::new(CallbackPush::new(secret.expose_secret(), allow_private)?),
-    })
+        hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(PER_HOST))).clone()
+    }
+
+    /// Sends a prepared push, waiting for a free slot of its host first.
+    pub async fn send(&self, prepared: Prepared) -> Outcome {
+        let bound = self.host_bound(&prepared.url);
+        let Ok(_permit) = bound.acquire_owned().await else { return Outcome::Retry("closed".into()) };
+        let request = self.http.client.post(prepared.url).headers(prepared.headers).body(prepared.body);
+        tokio::time::timeout(SEND_DEADLINE, self.http.send(request))
+            .await
+            .unwrap_or_else(|_| Outcome::Retry(format!("no answer within {SEND_DEADLINE:?}")))
+    }
+
+    /// Prepares and sends one push.
+    pub async fn push(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
+        match self.prepare(subscription, payload) {
+            Ok(prepared) => self.send(prepared).await,
+            Err(outcome) => outcome,
+        }
+    }
+}
+
+pub fn pusher(settings: &Settings) -> anyhow::Result<Pusher> {
+    let allow_private = settings.notifications.push_allow_private_endpoints;
+    let provider: Box<dyn PushProvider> = match &settings.push {
+        ProviderSettings::WebPush { vapid_private_key, contact } => {
+            Box::new(WebPush::new(vapid_private_key.expose_secret(), contact)?)
+        }
+        ProviderSettings::Callback { secret } => Box::new(CallbackPush::new(secret.expose_secret())),
+    };
+    Pusher::new(provider, allow_private)
 }
 
 pub fn router() -> Router<NotificationsState> {
@@ -456,59 +498,81 @@ async fn unsubscribe(State(state): State<NotificationsState>, user: AuthUser) ->
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Queues a push of `payload` to each of `users` who has a subscription (once per event).
-pub async fn enqueue(
-    conn: &mut sqlx::PgConnection,
-    event_id: Uuid,
-    users: &[Uuid],
-    payload: &serde_json::Value,
-) -> sqlx::Result<u64> {
+/// Which pushes go first when many are due: a buyer's news before a fan-out's batches.
+#[derive(Debug, Clone, Copy)]
+pub enum Priority {
+    Transactional = 0,
+    Fanout = 1,
+}
+
+/// Stores what the pushes of an event say, once for all of them.
+pub async fn store_message(conn: &mut sqlx::PgConnection, event_id: Uuid, payload: &serde_json::Value) -> sqlx::Result<()> {
     sqlx::query!(
         "INSERT INTO push_messages (event_id, payload) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         event_id,
         payload
     )
-    .execute(&mut *conn)
-    .await?;
-    let queued = sqlx::query!(
-        "INSERT INTO push_deliveries (user_id, event_id)
-         SELECT s.user_id, $1 FROM push_subscriptions s WHERE s.user_id = ANY($2)
-         ON CONFLICT (event_id, user_id) DO NOTHING",
-        event_id,
-        users
-    )
     .execute(conn)
     .await?;
-    Ok(queued.rows_affected())
+    Ok(())
 }
 
-/// A delivery a sender has claimed. `attempts` counts this attempt and marks the
-/// claim: settling touches a delivery only while it still has the same count.
+/// Queues the event's message (see [`store_message`]) for each of `users` who has a
+/// subscription, in batches of [`QUEUED_BATCH`] users: one statement, a row per batch.
+/// Returns how many users were queued. The caller queues each user once per event.
+pub async fn enqueue(
+    conn: &mut sqlx::PgConnection,
+    event_id: Uuid,
+    users: &[Uuid],
+    priority: Priority,
+) -> sqlx::Result<u64> {
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let queued = sqlx::query_scalar!(
+        r#"WITH subscribed AS (
+               SELECT s.user_id, (row_number() OVER (ORDER BY s.user_id) - 1) / $3 AS batch
+               FROM push_subscriptions s WHERE s.user_id = ANY($2)),
+           queued AS (
+               INSERT INTO push_batches (event_id, users, priority)
+               SELECT $1, array_agg(user_id ORDER BY user_id), $4 FROM subscribed GROUP BY batch
+               RETURNING cardinality(users) AS n)
+           SELECT coalesce(sum(n), 0)::bigint AS "queued!" FROM queued"#,
+        event_id,
+        users,
+        QUEUED_BATCH,
+        priority as i16
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(queued as u64)
+}
+
+/// A batch a sender has claimed. `attempts` counts this attempt and marks the claim:
+/// settling touches the batch only while it still has the same count.
 struct Claimed {
     id: i64,
-    user_id: Uuid,
+    event_id: Uuid,
+    users: Vec<Uuid>,
+    priority: i16,
     attempts: i32,
-    payload: serde_json::Value,
-    endpoint: Option<String>,
-    p256dh: Option<String>,
-    auth: Option<String>,
 }
 
-/// The sender: claims due deliveries a batch at a time and sends each batch in a task of
-/// its own, so a batch waiting on slow endpoints (up to [`SEND_DEADLINE`]) holds up no
-/// delivery that falls due meanwhile: while fewer than [`IN_FLIGHT`] batches are out it
-/// keeps claiming, at once after a full batch, every [`IDLE`] otherwise. Returns once
-/// nothing is out and nothing is due. Stopped (dropped), it abandons the batches still
-/// out: their deliveries are due again when their lease ends.
+/// The sender: claims due batches one at a time and sends each in a task of its own,
+/// so a batch waiting on slow endpoints (up to [`SEND_DEADLINE`]) holds up nothing due
+/// meanwhile: while fewer than [`IN_FLIGHT`] batches are out it keeps claiming, at once
+/// after a claim, every [`IDLE`] when nothing was due. Returns once nothing is out and
+/// nothing is due. Stopped (dropped), it abandons the batches still out: they are due
+/// again when their lease ends.
 pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
     let mut out = tokio::task::JoinSet::new();
     loop {
-        let mut full = false;
+        let mut claimed = false;
         if out.len() < IN_FLIGHT {
             match claim(&state.core.db).await {
-                Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => {
-                    full = batch.len() as i64 == BATCH;
+                Ok(None) => {}
+                Ok(Some(batch)) => {
+                    claimed = true;
                     let state = state.clone();
                     out.spawn(async move { deliver(&state, batch).await });
                 }
@@ -523,7 +587,7 @@ pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
         if out.is_empty() {
             return Ok(Next::Later);
         }
-        if full && out.len() < IN_FLIGHT {
+        if claimed && out.len() < IN_FLIGHT {
             continue;
         }
         tokio::select! {
@@ -533,7 +597,7 @@ pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
     }
 }
 
-/// Logs a batch that could not be settled (its deliveries are due again after their lease).
+/// Logs a batch that could not be settled (it is due again after its lease).
 fn settled(done: Result<anyhow::Result<usize>, tokio::task::JoinError>) {
     match done {
         Ok(Ok(_)) => {}
@@ -542,124 +606,146 @@ fn settled(done: Result<anyhow::Result<usize>, tokio::task::JoinError>) {
     }
 }
 
-/// One batch from claim to settlement, in this task: how many deliveries it held.
+/// One batch from claim to settlement, in this task: how many users it held.
 pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
-    let batch = claim(&state.core.db).await?;
-    if batch.is_empty() {
-        return Ok(0);
+    match claim(&state.core.db).await? {
+        Some(batch) => deliver(state, batch).await,
+        None => Ok(0),
     }
-    deliver(state, batch).await
 }
 
-/// Claims up to [`BATCH`] due deliveries: one statement, so its own short transaction,
-/// that moves them a lease ahead and counts the attempt. Nothing stays locked while
-/// they are sent.
-async fn claim(db: &sqlx::PgPool) -> sqlx::Result<Vec<Claimed>> {
+/// Claims the first due batch (transactional ones first): one statement, so its own
+/// short transaction, that moves it a lease ahead and counts the attempt. Nothing
+/// stays locked while it is sent.
+async fn claim(db: &sqlx::PgPool) -> sqlx::Result<Option<Claimed>> {
     sqlx::query_as!(
         Claimed,
-        r#"WITH due AS (
-               SELECT d.id, m.payload, s.endpoint, s.p256dh, s.auth
-               FROM push_deliveries d JOIN push_messages m ON m.event_id = d.event_id
-               LEFT JOIN push_subscriptions s ON s.user_id = d.user_id
-               WHERE d.next_attempt_at <= now()
-               ORDER BY d.next_attempt_at LIMIT $1
-               FOR UPDATE OF d SKIP LOCKED)
-           UPDATE push_deliveries d
-           SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
-           FROM due WHERE d.id = due.id
-           RETURNING d.id, d.user_id, d.attempts, due.payload AS "payload!",
-                     due.endpoint AS "endpoint?", due.p256dh AS "p256dh?", due.auth AS "auth?""#,
-        BATCH,
+        "WITH due AS (
+             SELECT id FROM push_batches WHERE next_attempt_at <= now()
+             ORDER BY priority, next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+         UPDATE push_batches b
+         SET attempts = b.attempts + 1, next_attempt_at = now() + make_interval(secs => $1)
+         FROM due WHERE b.id = due.id
+         RETURNING b.id, b.event_id, b.users, b.priority, b.attempts",
         LEASE_SECS
     )
-    .fetch_all(db)
+    .fetch_optional(db)
     .await
 }
 
-/// Sends a claimed batch, with no transaction open, then settles it.
-async fn deliver(state: &NotificationsState, batch: Vec<Claimed>) -> anyhow::Result<usize> {
-    let n = batch.len();
-    let sends = batch.into_iter().map(|d| async move {
-        let outcome = match (&d.endpoint, &d.p256dh, &d.auth) {
-            (Some(endpoint), Some(p256dh), Some(auth)) => {
-                let sub = Subscription {
-                    endpoint: endpoint.clone(),
-                    keys: SubscriptionKeys { p256dh: p256dh.clone(), auth: auth.clone() },
+/// A user's subscription as stored.
+struct Stored {
+    user_id: Uuid,
+    endpoint: String,
+    p256dh: String,
+    auth: String,
+}
+
+/// Sends a claimed batch, with no transaction open, then settles it. The requests are
+/// prepared (encrypted, signed) on a blocking thread: that is the CPU-heavy part, and
+/// the runtime's threads keep serving sockets and requests meanwhile.
+async fn deliver(state: &NotificationsState, batch: Claimed) -> anyhow::Result<usize> {
+    let n = batch.users.len();
+    let db = &state.core.db;
+    let payload = sqlx::query_scalar!("SELECT payload FROM push_messages WHERE event_id = $1", batch.event_id)
+        .fetch_optional(db)
+        .await?;
+    let subscriptions = sqlx::query_as!(
+        Stored,
+        "SELECT user_id, endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ANY($1)",
+        &batch.users
+    )
+    .fetch_all(db)
+    .await?;
+    let Some(payload) = payload else {
+        tracing::warn!(event_id = %batch.event_id, "push batch without its message dropped");
+        settle(db, &batch, Vec::new()).await?;
+        return Ok(n);
+    };
+    let pusher = state.push.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let payload = payload.to_string();
+        subscriptions
+            .into_iter()
+            .map(|s| {
+                let subscription = Subscription {
+                    endpoint: s.endpoint,
+                    keys: SubscriptionKeys { p256dh: s.p256dh, auth: s.auth },
                     expiration_time: None,
                 };
-                let payload = d.payload.to_string();
-                tokio::time::timeout(SEND_DEADLINE, state.push.send(&sub, payload.as_bytes()))
-                    .await
-                    .unwrap_or_else(|_| Outcome::Retry(format!("no answer within {SEND_DEADLINE:?}")))
-            }
-            _ => Outcome::Gone, // unsubscribed since
+                let prepared = pusher.prepare(&subscription, payload.as_bytes());
+                (s.user_id, subscription.endpoint, prepared)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    // Users of the batch with no subscription any more have nothing to send: done.
+    let sends = prepared.into_iter().map(|(user_id, endpoint, prepared)| async move {
+        let outcome = match prepared {
+            Ok(prepared) => state.push.send(prepared).await,
+            Err(outcome) => outcome,
         };
-        (d, outcome)
+        (user_id, endpoint, outcome)
     });
     let sent = futures::future::join_all(sends).await;
-    settle(&state.core.db, sent).await?;
+    settle(db, &batch, sent).await?;
     Ok(n)
 }
 
-/// Settles a sent batch in one short transaction of three statements whatever its
-/// size (a fan-out queues a million deliveries: this must not contend with it row by
-/// row): finished deliveries deleted, gone subscriptions dropped (the endpoint that
-/// was sent to, not one the user has put since), retries scheduled. A delivery that is
-/// no longer this claim's (its lease ran out and another sender took it) is left alone.
-async fn settle(db: &sqlx::PgPool, sent: Vec<(Claimed, Outcome)>) -> sqlx::Result<()> {
-    let (mut finished_ids, mut finished_attempts) = (Vec::new(), Vec::new());
-    let (mut gone_users, mut gone_endpoints) = (Vec::new(), Vec::new());
-    let (mut retry_ids, mut retry_attempts, mut retry_delays) = (Vec::new(), Vec::new(), Vec::new());
-    for (d, outcome) in sent {
+/// Settles a sent batch in one short transaction whatever its size: the batch deleted,
+/// its users still to retry queued again as one batch with a backoff (or dropped after
+/// [`MAX_ATTEMPTS`]), gone subscriptions dropped (the endpoint that was sent to, not
+/// one the user has put since). A batch that is no longer this claim's (its lease ran
+/// out and another sender took it) is left to that sender.
+async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Outcome)>) -> sqlx::Result<()> {
+    let (mut gone_users, mut gone_endpoints, mut retry) = (Vec::new(), Vec::new(), Vec::new());
+    for (user_id, endpoint, outcome) in sent {
         match outcome {
             Outcome::Delivered => count("delivered"),
             Outcome::Gone => {
                 count("gone");
-                if let Some(endpoint) = d.endpoint {
-                    gone_users.push(d.user_id);
-                    gone_endpoints.push(endpoint);
-                }
+                gone_users.push(user_id);
+                gone_endpoints.push(endpoint);
             }
-            Outcome::Retry(why) if d.attempts >= MAX_ATTEMPTS => {
+            Outcome::Retry(why) if batch.attempts >= MAX_ATTEMPTS => {
                 count("dropped");
-                tracing::warn!(user_id = %d.user_id, %why, "push dropped after retries");
+                tracing::warn!(%user_id, %why, "push dropped after retries");
             }
-            Outcome::Retry(_) => {
+            Outcome::Retry(why) => {
                 count("retried");
-                retry_ids.push(d.id);
-                retry_attempts.push(d.attempts);
-                retry_delays.push(RETRY.delay_ms((d.attempts - 1).max(0) as u32));
-                continue;
+                tracing::debug!(%user_id, %why, "push to be retried");
+                retry.push(user_id);
             }
         }
-        finished_ids.push(d.id);
-        finished_attempts.push(d.attempts);
     }
     let mut tx = db.begin().await?;
-    sqlx::query!(
-        "DELETE FROM push_deliveries d USING unnest($1::bigint[], $2::int[]) AS f(id, attempts)
-         WHERE d.id = f.id AND d.attempts = f.attempts",
-        &finished_ids,
-        &finished_attempts
-    )
-    .execute(&mut *tx)
-    .await?;
+    let ours = sqlx::query!("DELETE FROM push_batches WHERE id = $1 AND attempts = $2", batch.id, batch.attempts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if !ours {
+        return Ok(());
+    }
+    if !retry.is_empty() {
+        let delay_ms = RETRY.delay_ms((batch.attempts - 1).max(0) as u32);
+        sqlx::query!(
+            "INSERT INTO push_batches (event_id, users, priority, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+            batch.event_id,
+            &retry,
+            batch.priority,
+            batch.attempts,
+            delay_ms as f64 / 1000.0
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query!(
         "DELETE FROM push_subscriptions s USING unnest($1::uuid[], $2::text[]) AS g(user_id, endpoint)
          WHERE s.user_id = g.user_id AND s.endpoint = g.endpoint",
         &gone_users,
         &gone_endpoints
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "UPDATE push_deliveries d
-         SET next_attempt_at = now() + make_interval(secs => (r.delay_ms / 1000.0)::float8)
-         FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS r(id, attempts, delay_ms)
-         WHERE d.id = r.id AND d.attempts = r.attempts",
-        &retry_ids,
-        &retry_attempts,
-        &retry_delays
     )
     .execute(&mut *tx)
     .await?;
@@ -687,7 +773,7 @@ mod tests {
         };
         let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::generate();
         let key = Base64UrlUnpadded::encode_string(&vapid.to_bytes());
-        let push = WebPush::new(&key, "mailto:ops@drops.dev", false).unwrap();
+        let push = WebPush::new(&key, "mailto:ops@drops.dev").unwrap();
         let req = push.request(&sub, br#"{"kind":"drop_live"}"#).unwrap();
         assert_eq!(req.uri(), "https://push.example.net/send/abc");
         assert_eq!(req.headers()["content-encoding"], "aes128gcm");
@@ -936,8 +1022,8 @@ mod tests {
         let (target, target_hits) = listener(StatusCode::OK, None).await;
         // Subscribed while private endpoints were allowed, or a name that points
         // inside since (DNS rebinding): a strict sender reaches neither.
-        let strict = CallbackPush::new("secret", false).unwrap();
-        let literal = strict.send(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
+        let strict = Pusher::new(Box::new(CallbackPush::new("secret")), false).unwrap();
+        let literal = strict.push(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
         assert_eq!(literal, Outcome::Gone, "an endpoint no longer allowed is dropped");
         // The client itself connects to no name that resolves inside (IP literals skip
         // its resolver: `target`, above, refuses those).
@@ -949,12 +1035,12 @@ mod tests {
         // A redirect is not followed, even where private addresses are allowed.
         let (redirecting, redirect_hits) =
             listener(StatusCode::TEMPORARY_REDIRECT, Some(format!("http://127.0.0.1:{target}/inside"))).await;
-        let dev = CallbackPush::new("secret", true).unwrap();
-        let redirected = dev.send(&subscription(format!("http://127.0.0.1:{redirecting}/push")), b"{}").await;
+        let dev = Pusher::new(Box::new(CallbackPush::new("secret")), true).unwrap();
+        let redirected = dev.push(&subscription(format!("http://127.0.0.1:{redirecting}/push")), b"{}").await;
         assert_eq!(redirected, Outcome::Gone);
         assert_eq!(redirect_hits.load(Ordering::SeqCst), 1);
         assert_eq!(target_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
-        let delivered = dev.send(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
+        let delivered = dev.push(&subscription(format!("http://127.0.0.1:{target}/push")), b"{}").await;
         assert_eq!(delivered, Outcome::Delivered);
     }
 }

@@ -181,7 +181,7 @@ async fn a_push_services_redirect_is_not_followed() {
     // Once the delivery is settled, whatever the origin did with the answer is done.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM push_deliveries WHERE user_id = $1")
+        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM push_batches WHERE $1 = ANY(users)")
             .bind(fan.id)
             .fetch_one(&db)
             .await
