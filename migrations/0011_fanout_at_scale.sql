@@ -33,17 +33,21 @@ CREATE INDEX fanout_jobs_open ON fanout_jobs (touched_at NULLS FIRST, started_at
 -- `push_messages`), not one per user: a million followers are some two thousand rows.
 -- A batch is sent as a whole; the users of it still to retry go back as a new batch.
 -- Transactional pushes (an order's) come before fan-out batches (`priority` 0 vs 1),
--- so a million followers never hold up a buyer's news.
+-- so a million followers never hold up a buyer's news; among fan-outs, batches go by
+-- their `rank` within their event (its first batches, then its next), so the batches
+-- of fan-outs that overlap take turns and a small audience is not queued behind a
+-- million-follower one.
 CREATE TABLE push_batches (
     id               bigserial PRIMARY KEY,
     event_id         uuid NOT NULL,
     users            uuid[] NOT NULL,
     priority         smallint NOT NULL DEFAULT 0,
+    rank             bigint NOT NULL DEFAULT 0,
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     created_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX push_batches_due ON push_batches (priority, next_attempt_at);
+CREATE INDEX push_batches_due ON push_batches (priority, rank, next_attempt_at);
 
 INSERT INTO push_batches (event_id, users, attempts, next_attempt_at, created_at)
 SELECT event_id, ARRAY[user_id], attempts, next_attempt_at, created_at FROM push_deliveries;

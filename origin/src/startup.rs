@@ -230,10 +230,10 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
             async move { payments::preparer::round(&p).await }
         },
     );
-    let n = app.notifications.clone();
+    let (n, w, slots) = (app.notifications.clone(), workers.clone(), notifications::push::sender_slots());
     workers.every("push sender", notifications::push::IDLE, move || {
-        let n = n.clone();
-        async move { notifications::push::round(&n).await }
+        let (n, w, slots) = (n.clone(), w.clone(), slots.clone());
+        async move { notifications::push::round(&n, &w, &slots).await }
     });
     let n = app.notifications.clone();
     workers.every("live subscriber", Duration::from_secs(1), move || {

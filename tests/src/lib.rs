@@ -481,32 +481,93 @@ impl Stack {
         Client::new(self)
     }
 
+    /// Starts a second origin instance beside the stack's own, as behind a load
+    /// balancer: the same database, Redis and settings, its own port, background
+    /// workers and sockets.
+    pub async fn extra_origin(&self) -> ExtraOrigin {
+        let mut settings = self.settings.clone();
+        let port = free_port();
+        settings.server.port = port;
+        settings.server.public_url = format!("http://127.0.0.1:{port}");
+        let app = self
+            .runtime
+            .spawn(async move { Application::build(settings).await })
+            .await
+            .expect("origin build task")
+            .expect("a second origin starts");
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, stopped) = oneshot::channel::<()>();
+        self.runtime.spawn(async move {
+            let _ = app
+                .run_until_stopped(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = done_tx.send(());
+        });
+        ExtraOrigin { url: format!("http://127.0.0.1:{port}"), stop, stopped }
+    }
+
     /// Opens `who`'s notification socket through the edge, as a browser does (a
     /// ticket first, then the socket with `?ticket=`), and collects what arrives on
     /// it (once the server's hello says the user is present).
     pub async fn listen(&self, who: &Buyer) -> (Socket, tokio::task::JoinHandle<()>) {
-        use futures::StreamExt;
         let ticket = self.client().stream_ticket(&who.token).await;
         assert_eq!(ticket.status, reqwest::StatusCode::CREATED, "stream ticket: {:?}", ticket.json());
         let ticket = ticket.json()["ticket"].as_str().expect("a ticket").to_owned();
         let url = format!("{}/v1/notifications/stream?ticket={ticket}", self.edge_url.replace("http", "ws"));
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the stream opens through the edge");
-        let got: Socket = Socket::default();
-        let sink = got.clone();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(msg)) = socket.next().await {
-                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
-                        sink.lock().expect("socket messages").push(v);
-                    }
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("the stream opens through the edge");
+        collect(socket).await
+    }
+}
+
+/// Opens `who`'s notification socket on one origin instance directly (bearer
+/// header, as a native app does), and collects what arrives on it.
+pub async fn listen_on(origin_url: &str, who: &Buyer) -> (Socket, tokio::task::JoinHandle<()>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("{}/v1/notifications/stream", origin_url.replace("http", "ws"))
+        .into_client_request()
+        .expect("a socket request");
+    request.headers_mut().insert("authorization", format!("Bearer {}", who.token).parse().expect("a header"));
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("the stream opens on the origin");
+    collect(socket).await
+}
+
+/// Collects what arrives on a notification socket, once its hello says the user is present.
+async fn collect(
+    mut socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> (Socket, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    let got: Socket = Socket::default();
+    let sink = got.clone();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(msg)) = socket.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                    sink.lock().expect("socket messages").push(v);
                 }
             }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !got.lock().expect("socket messages").iter().any(|m| m["kind"] == "hello") {
-            assert!(Instant::now() < deadline, "no hello on the socket");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        (got, task)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.lock().expect("socket messages").iter().any(|m| m["kind"] == "hello") {
+        assert!(Instant::now() < deadline, "no hello on the socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (got, task)
+}
+
+/// A second origin instance ([`Stack::extra_origin`]).
+pub struct ExtraOrigin {
+    pub url: String,
+    stop: oneshot::Sender<()>,
+    stopped: oneshot::Receiver<()>,
+}
+
+impl ExtraOrigin {
+    /// Stops it (graceful) and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.stopped.await;
     }
 }

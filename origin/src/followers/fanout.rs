@@ -78,8 +78,24 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
             None => record_online(state, event.id, drop_id, creator_id).await?,
         };
         let n: usize = online.values().map(Vec::len).sum();
+        let mut unheard = Vec::new();
         for (instance, users) in &online {
-            live::publish(state, instance, users, &message).await?;
+            if !live::publish(state, instance, users, &message).await? {
+                unheard.push(instance.clone());
+            }
+        }
+        if !unheard.is_empty() {
+            // Their instance died since its last heartbeat, their sockets with it: they
+            // are pushed instead.
+            sqlx::query!(
+                "WITH gone AS (DELETE FROM fanout_online WHERE event_id = $1 AND instance = ANY($2) RETURNING 1)
+                 UPDATE fanouts SET online = online - (SELECT count(*) FROM gone) WHERE event_id = $1",
+                event.id,
+                &unheard
+            )
+            .execute(&state.db)
+            .await?;
+            tracing::warn!(event_id = %event.id, instances = unheard.len(), "online followers of a dead instance pushed instead");
         }
         tracing::info!(event_id = %event.id, online = n, took = ?started.elapsed(), "drop_live sent to online followers");
     }
@@ -245,6 +261,7 @@ struct Job {
     lo: Uuid,
     hi: Option<Uuid>,
     after_user: Option<Uuid>,
+    queued_push: i64,
 }
 
 /// Queues the pushes of one chunk of one open shard; false when there was nothing to do.
@@ -253,7 +270,7 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let mut tx = state.db.begin().await?;
     let job = sqlx::query_as!(
         Job,
-        "SELECT event_id, shard, creator_id, lo, hi, after_user FROM fanout_jobs
+        "SELECT event_id, shard, creator_id, lo, hi, after_user, queued_push FROM fanout_jobs
          WHERE finished_at IS NULL ORDER BY touched_at NULLS FIRST, started_at LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     .fetch_optional(&mut *tx)
@@ -277,7 +294,9 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     .fetch_all(&mut *tx)
     .await?;
     let offline: Vec<Uuid> = chunk.iter().filter(|r| !r.online).map(|r| r.user_id).collect();
-    let queued = push::enqueue(&mut tx, job.event_id, &offline, Priority::Fanout).await?;
+    // Ranked after the shard's batches so far: overlapping fan-outs take turns.
+    let rank = job.queued_push / push::QUEUED_BATCH;
+    let queued = push::enqueue(&mut tx, job.event_id, &offline, Priority::Fanout, rank).await?;
     let done = (chunk.len() as i64) < CHUNK;
     sqlx::query!(
         "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user), queued_push = queued_push + $4,

@@ -150,7 +150,7 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let online = live::send(state, &[user_id], &message).await.unwrap_or_default();
     if online.is_empty() {
         push::store_message(&mut tx, event.id, &serde_json::to_value(&message)?).await?;
-        push::enqueue(&mut tx, event.id, &[user_id], push::Priority::Transactional).await?;
+        push::enqueue(&mut tx, event.id, &[user_id], push::Priority::Transactional, 0).await?;
     }
     tx.commit().await?;
     Ok(())

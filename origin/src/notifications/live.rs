@@ -261,15 +261,19 @@ pub async fn online_among(state: &Core, instance: &str, users: &[Uuid]) -> anyho
     Ok(users.iter().zip(found).filter(|(_, on)| *on).map(|(u, _)| *u).collect())
 }
 
-/// Publishes `message` for `users` to the instance holding their sockets.
-pub async fn publish(state: &Core, instance: &str, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<()> {
+/// Publishes `message` for `users` to the instance holding their sockets; false if
+/// that instance was not listening (it died since its last heartbeat).
+pub async fn publish(state: &Core, instance: &str, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<bool> {
     let mut conn = state.redis.get_multiplexed_async_connection().await?;
     // Kept to a size the holder parses in a moment, whatever the audience.
     for chunk in users.chunks(5_000) {
         let delivery = serde_json::to_string(&Delivery { users: chunk.to_vec(), message: message.clone() })?;
-        let _: i64 = conn.publish(channel(state.redis_prefix(), instance), delivery).await?;
+        let listeners: i64 = conn.publish(channel(state.redis_prefix(), instance), delivery).await?;
+        if listeners == 0 {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Sends `message` to whichever of `users` are online, wherever their socket is.

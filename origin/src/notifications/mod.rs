@@ -9,6 +9,7 @@
 pub mod inbox;
 pub mod live;
 pub mod push;
+pub mod web_push;
 
 use std::sync::Arc;
 

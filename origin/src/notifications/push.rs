@@ -39,7 +39,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::put;
 use axum::Router;
-use base64ct::{Base64UrlUnpadded, Encoding};
 use chrono::Utc;
 use drops_shared::backoff::Backoff;
 use drops_shared::problem::ErrorCode;
@@ -52,11 +51,11 @@ use super::NotificationsState;
 use crate::config::{PushProvider as ProviderSettings, Settings};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthUser, StrictJson};
-use crate::tasks::Next;
+use crate::tasks::{Next, Workers};
 
 const MAX_ATTEMPTS: i32 = 8;
 /// Users per queued batch: a million followers are two thousand rows.
-const QUEUED_BATCH: i64 = 500;
+pub const QUEUED_BATCH: i64 = 500;
 /// Between attempts at one delivery.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
 /// How often the sender looks for due deliveries when it has caught up.
@@ -358,47 +357,6 @@ impl PushProvider for CallbackPush {
     }
 }
 
-/// Web Push: the payload encrypted to the browser's keys, VAPID-signed.
-pub struct WebPush {
-    vapid: web_push_native::jwt_simple::algorithms::ES256KeyPair,
-    contact: String,
-}
-
-impl WebPush {
-    /// `vapid_private_key`: the raw P-256 private key, base64url.
-    pub fn new(vapid_private_key: &str, contact: &str) -> anyhow::Result<Self> {
-        let raw = Base64UrlUnpadded::decode_vec(vapid_private_key.trim())
-            .map_err(|_| anyhow::anyhow!("the VAPID key is not base64url"))?;
-        let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::from_bytes(&raw)
-            .map_err(|e| anyhow::anyhow!("bad VAPID key: {e}"))?;
-        Ok(Self { vapid, contact: contact.to_owned() })
-    }
-
-    /// The HTTP request RFC 8030/8291 call for: encrypted body, VAPID authorization.
-    pub fn request(&self, subscription: &Subscription, payload: &[u8]) -> anyhow::Result<http::Request<Vec<u8>>> {
-        let key = Base64UrlUnpadded::decode_vec(&subscription.keys.p256dh)
-            .map_err(|_| anyhow::anyhow!("p256dh is not base64url"))?;
-        let auth = Base64UrlUnpadded::decode_vec(&subscription.keys.auth)
-            .map_err(|_| anyhow::anyhow!("auth is not base64url"))?;
-        anyhow::ensure!(auth.len() == 16, "auth must be 16 bytes");
-        let builder = web_push_native::WebPushBuilder::new(
-            subscription.endpoint.parse()?,
-            web_push_native::p256::PublicKey::from_sec1_bytes(&key)?,
-            web_push_native::Auth::clone_from_slice(&auth),
-        )
-        .with_valid_duration(Duration::from_secs(3600))
-        .with_vapid(&self.vapid, &self.contact);
-        builder.build(payload.to_vec()).map_err(|e| anyhow::anyhow!("web push: {e}"))
-    }
-}
-
-impl PushProvider for WebPush {
-    fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
-        let (parts, body) = self.request(subscription, payload)?.into_parts();
-        Ok(Prepared { url, headers: parts.headers, body })
-    }
-}
-
 /// Requests one push service host may have from one instance at once.
 const PER_HOST: usize = 128;
 /// Hosts whose bounds are kept; beyond it, idle ones are forgotten.
@@ -456,7 +414,7 @@ pub fn pusher(settings: &Settings) -> anyhow::Result<Pusher> {
     let allow_private = settings.notifications.push_allow_private_endpoints;
     let provider: Box<dyn PushProvider> = match &settings.push {
         ProviderSettings::WebPush { vapid_private_key, contact } => {
-            Box::new(WebPush::new(vapid_private_key.expose_secret(), contact)?)
+            Box::new(super::web_push::WebPush::new(vapid_private_key.expose_secret(), contact)?)
         }
         ProviderSettings::Callback { secret } => Box::new(CallbackPush::new(secret.expose_secret())),
     };
@@ -519,12 +477,15 @@ pub async fn store_message(conn: &mut sqlx::PgConnection, event_id: Uuid, payloa
 
 /// Queues the event's message (see [`store_message`]) for each of `users` who has a
 /// subscription, in batches of [`QUEUED_BATCH`] users: one statement, a row per batch.
-/// Returns how many users were queued. The caller queues each user once per event.
+/// The batches are ranked from `first_rank` on (a fan-out's later chunks rank after
+/// its earlier ones; see `push_batches.rank`). Returns how many users were queued.
+/// The caller queues each user once per event.
 pub async fn enqueue(
     conn: &mut sqlx::PgConnection,
     event_id: Uuid,
     users: &[Uuid],
     priority: Priority,
+    first_rank: i64,
 ) -> sqlx::Result<u64> {
     if users.is_empty() {
         return Ok(0);
@@ -534,14 +495,15 @@ pub async fn enqueue(
                SELECT s.user_id, (row_number() OVER (ORDER BY s.user_id) - 1) / $3 AS batch
                FROM push_subscriptions s WHERE s.user_id = ANY($2)),
            queued AS (
-               INSERT INTO push_batches (event_id, users, priority)
-               SELECT $1, array_agg(user_id ORDER BY user_id), $4 FROM subscribed GROUP BY batch
+               INSERT INTO push_batches (event_id, users, priority, rank)
+               SELECT $1, array_agg(user_id ORDER BY user_id), $4, $5 + batch FROM subscribed GROUP BY batch
                RETURNING cardinality(users) AS n)
            SELECT coalesce(sum(n), 0)::bigint AS "queued!" FROM queued"#,
         event_id,
         users,
         QUEUED_BATCH,
-        priority as i16
+        priority as i16,
+        first_rank
     )
     .fetch_one(conn)
     .await?;
@@ -555,62 +517,37 @@ struct Claimed {
     event_id: Uuid,
     users: Vec<Uuid>,
     priority: i16,
+    rank: i64,
     attempts: i32,
 }
 
 /// The sender: claims due batches one at a time and sends each in a task of its own,
 /// so a batch waiting on slow endpoints (up to [`SEND_DEADLINE`]) holds up nothing due
-/// meanwhile: while fewer than [`IN_FLIGHT`] batches are out it keeps claiming, at once
-/// after a claim, every [`IDLE`] when nothing was due. Returns once nothing is out and
-/// nothing is due. Stopped (dropped), it abandons the batches still out: they are due
-/// again when their lease ends.
-pub async fn round(state: &NotificationsState) -> anyhow::Result<Next> {
-    let mut out = tokio::task::JoinSet::new();
+/// meanwhile: it keeps claiming while fewer than [`IN_FLIGHT`] batches are out
+/// (`slots`), and returns once nothing is due. The batch tasks are the `workers'`, so
+/// stopping the origin lets the batches out finish and settle: a stop does not make
+/// anyone get a push twice.
+pub async fn round(state: &NotificationsState, workers: &Workers, slots: &Arc<Semaphore>) -> anyhow::Result<Next> {
     loop {
-        let mut claimed = false;
-        if out.len() < IN_FLIGHT {
-            match claim(&state.core.db).await {
-                Ok(None) => {}
-                Ok(Some(batch)) => {
-                    claimed = true;
-                    let state = state.clone();
-                    out.spawn(async move { deliver(&state, batch).await });
-                }
-                Err(e) => {
-                    while let Some(done) = out.join_next().await {
-                        settled(done);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        if out.is_empty() {
-            return Ok(Next::Later);
-        }
-        if claimed && out.len() < IN_FLIGHT {
-            continue;
-        }
-        tokio::select! {
-            Some(done) = out.join_next() => settled(done),
-            _ = tokio::time::sleep(IDLE) => {}
-        }
+        let slot = slots.clone().acquire_owned().await?;
+        let Some(batch) = claim(&state.core.db).await? else { return Ok(Next::Later) };
+        let state = state.clone();
+        workers.spawn(async move {
+            settled(deliver(&state, batch).await);
+            drop(slot);
+        });
     }
+}
+
+/// A slot per batch a sender may have out.
+pub fn sender_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(IN_FLIGHT))
 }
 
 /// Logs a batch that could not be settled (it is due again after its lease).
-fn settled(done: Result<anyhow::Result<usize>, tokio::task::JoinError>) {
-    match done {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "push batch not settled; retried after its lease"),
-        Err(e) => tracing::warn!(error = %e, "push batch task failed; retried after its lease"),
-    }
-}
-
-/// One batch from claim to settlement, in this task: how many users it held.
-pub async fn send_due(state: &NotificationsState) -> anyhow::Result<usize> {
-    match claim(&state.core.db).await? {
-        Some(batch) => deliver(state, batch).await,
-        None => Ok(0),
+fn settled(done: anyhow::Result<usize>) {
+    if let Err(e) = done {
+        tracing::warn!(error = %format!("{e:#}"), "push batch not settled; retried after its lease");
     }
 }
 
@@ -622,11 +559,11 @@ async fn claim(db: &sqlx::PgPool) -> sqlx::Result<Option<Claimed>> {
         Claimed,
         "WITH due AS (
              SELECT id FROM push_batches WHERE next_attempt_at <= now()
-             ORDER BY priority, next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+             ORDER BY priority, rank, next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
          UPDATE push_batches b
          SET attempts = b.attempts + 1, next_attempt_at = now() + make_interval(secs => $1)
          FROM due WHERE b.id = due.id
-         RETURNING b.id, b.event_id, b.users, b.priority, b.attempts",
+         RETURNING b.id, b.event_id, b.users, b.priority, b.rank, b.attempts",
         LEASE_SECS
     )
     .fetch_optional(db)
@@ -730,11 +667,12 @@ async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Out
     if !retry.is_empty() {
         let delay_ms = RETRY.delay_ms((batch.attempts - 1).max(0) as u32);
         sqlx::query!(
-            "INSERT INTO push_batches (event_id, users, priority, attempts, next_attempt_at)
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+            "INSERT INTO push_batches (event_id, users, priority, rank, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
             batch.event_id,
             &retry,
             batch.priority,
+            batch.rank,
             batch.attempts,
             delay_ms as f64 / 1000.0
         )
@@ -755,34 +693,6 @@ async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Out
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn web_push_request_is_encrypted_and_vapid_signed() {
-        use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
-        let ua_secret =
-            web_push_native::p256::SecretKey::random(&mut web_push_native::p256::elliptic_curve::rand_core::OsRng);
-        let ua_public = ua_secret.public_key();
-        let auth = [7u8; 16];
-        let sub = Subscription {
-            endpoint: "https://push.example.net/send/abc".into(),
-            keys: SubscriptionKeys {
-                p256dh: Base64UrlUnpadded::encode_string(ua_public.to_encoded_point(false).as_bytes()),
-                auth: Base64UrlUnpadded::encode_string(&auth),
-            },
-            expiration_time: None,
-        };
-        let vapid = web_push_native::jwt_simple::algorithms::ES256KeyPair::generate();
-        let key = Base64UrlUnpadded::encode_string(&vapid.to_bytes());
-        let push = WebPush::new(&key, "mailto:ops@drops.dev").unwrap();
-        let req = push.request(&sub, br#"{"kind":"drop_live"}"#).unwrap();
-        assert_eq!(req.uri(), "https://push.example.net/send/abc");
-        assert_eq!(req.headers()["content-encoding"], "aes128gcm");
-        assert!(req.headers()["authorization"].to_str().unwrap().starts_with("vapid t="));
-        let plain =
-            web_push_native::decrypt(req.body().clone(), &ua_secret, &web_push_native::Auth::clone_from_slice(&auth))
-                .unwrap();
-        assert_eq!(plain, br#"{"kind":"drop_live"}"#);
-    }
 
     #[test]
     fn provider_statuses() {
