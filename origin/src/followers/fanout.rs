@@ -11,7 +11,7 @@
 //!    only once the online step is sent are the job's shards opened (shards by
 //!    follower id). A runner walks a shard in keyset chunks; each chunk, in one
 //!    transaction that also moves the shard's cursor, queues the chunk's offline
-//!    followers as a few push batches (see [`push::enqueue`]), so each is queued once
+//!    followers as a few push batches (see [`push::enqueue_followers`]), so each is queued once
 //!    per event through any restart. Runners take the shard that waited longest, so a
 //!    creator with a million followers takes turns with every other fan-out.
 
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::catalogue;
 use crate::notifications::live::{self, LiveMessage};
-use crate::notifications::push::{self, Priority};
+use crate::notifications::push;
 use crate::state::Core;
 use crate::tasks::Next;
 
@@ -73,17 +73,28 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
         .fetch_optional(&state.db)
         .await?;
     if sent != Some(true) {
-        let online = match sent {
-            Some(_) => recorded_online(state, event.id).await?,
-            None => record_online(state, event.id, drop_id, creator_id).await?,
-        };
-        let n: usize = online.values().map(Vec::len).sum();
-        let mut unheard = Vec::new();
-        for (instance, users) in &online {
-            if !live::publish(state, instance, users, &message).await? {
-                unheard.push(instance.clone());
+        let (online, unheard) = match sent {
+            // A retry: the record made before is the one sent to (again: sockets that had
+            // it skip it).
+            Some(_) => {
+                let online = recorded_online(state, event.id).await?;
+                let unheard = publish(state, &online, &message).await?;
+                (online, unheard)
             }
-        }
+            // Told and recorded at once, so the record's write is not in the way of the
+            // message. Should this fail between the two, the retry finds the record (or
+            // none, and looks again): a follower is told on the socket at most once, and
+            // pushed only if not recorded as told.
+            None => {
+                let online = online_followers(state, creator_id).await?;
+                let (recorded, unheard) = tokio::join!(
+                    record_online(state, event.id, drop_id, creator_id, &online),
+                    publish(state, &online, &message)
+                );
+                recorded?;
+                (online, unheard?)
+            }
+        };
         if !unheard.is_empty() {
             // Their instance died since its last heartbeat, their sockets with it: they
             // are pushed instead.
@@ -97,22 +108,39 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
             .await?;
             tracing::warn!(event_id = %event.id, instances = unheard.len(), "online followers of a dead instance pushed instead");
         }
+        let n: usize = online.values().map(Vec::len).sum();
         tracing::info!(event_id = %event.id, online = n, took = ?started.elapsed(), "drop_live sent to online followers");
     }
     open_push(state, event.id, drop_id, creator_id, &message).await
 }
 
-/// Finds the followers online now and records them (unless another delivery of the
-/// event recorded its own first: then that record is the one sent to).
+/// Sends `message` to each holding instance's users; returns the instances that were
+/// not listening.
+async fn publish(
+    state: &Core,
+    online: &HashMap<String, Vec<Uuid>>,
+    message: &LiveMessage,
+) -> anyhow::Result<Vec<String>> {
+    let mut unheard = Vec::new();
+    for (instance, users) in online {
+        if !live::publish(state, instance, users, message).await? {
+            unheard.push(instance.clone());
+        }
+    }
+    Ok(unheard)
+}
+
+/// Records who was online (unless another delivery of the event recorded first: that
+/// record stands).
 async fn record_online(
     state: &Core,
     event_id: Uuid,
     drop_id: Uuid,
     creator_id: Uuid,
-) -> anyhow::Result<HashMap<String, Vec<Uuid>>> {
-    let online = online_followers(state, creator_id).await?;
+    online: &HashMap<String, Vec<Uuid>>,
+) -> anyhow::Result<()> {
     let (mut users, mut instances) = (Vec::new(), Vec::new());
-    for (instance, held) in &online {
+    for (instance, held) in online {
         users.extend_from_slice(held);
         instances.extend(std::iter::repeat_n(instance.clone(), held.len()));
     }
@@ -128,20 +156,18 @@ async fn record_online(
     .await?
     .rows_affected()
         == 1;
-    if !mine {
-        drop(tx);
-        return recorded_online(state, event_id).await;
+    if mine {
+        sqlx::query!(
+            "INSERT INTO fanout_online (event_id, user_id, instance) SELECT $1, * FROM unnest($2::uuid[], $3::text[])",
+            event_id,
+            &users,
+            &instances
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
     }
-    sqlx::query!(
-        "INSERT INTO fanout_online (event_id, user_id, instance) SELECT $1, * FROM unnest($2::uuid[], $3::text[])",
-        event_id,
-        &users,
-        &instances
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(online)
+    Ok(())
 }
 
 async fn recorded_online(state: &Core, event_id: Uuid) -> anyhow::Result<HashMap<String, Vec<Uuid>>> {
@@ -276,41 +302,28 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else { return Ok(false) };
-    // The chunk's followers, but those told over their socket; the last one (online or
-    // not) moves the cursor.
-    let chunk = sqlx::query!(
-        r#"SELECT f.user_id, EXISTS (SELECT 1 FROM fanout_online o WHERE o.event_id = $6 AND o.user_id = f.user_id) AS "online!"
-           FROM follows f
-           WHERE f.creator_id = $1 AND f.user_id >= $2 AND ($3::uuid IS NULL OR f.user_id < $3)
-             AND ($4::uuid IS NULL OR f.user_id > $4)
-           ORDER BY f.user_id LIMIT $5"#,
-        job.creator_id,
-        job.lo,
-        job.hi,
-        job.after_user,
-        CHUNK,
-        job.event_id
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let offline: Vec<Uuid> = chunk.iter().filter(|r| !r.online).map(|r| r.user_id).collect();
     // Ranked after the shard's batches so far: overlapping fan-outs take turns.
-    let rank = job.queued_push / push::QUEUED_BATCH;
-    let queued = push::enqueue(&mut tx, job.event_id, &offline, Priority::Fanout, rank).await?;
-    let done = (chunk.len() as i64) < CHUNK;
+    let chunk = push::enqueue_followers(
+        &mut tx,
+        job.event_id,
+        push::Followers { creator_id: job.creator_id, from: job.lo, below: job.hi, after: job.after_user, limit: CHUNK },
+        job.queued_push / push::QUEUED_BATCH,
+    )
+    .await?;
+    let done = chunk.followers < CHUNK;
     sqlx::query!(
         "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user), queued_push = queued_push + $4,
                 touched_at = clock_timestamp(), finished_at = CASE WHEN $5 THEN clock_timestamp() ELSE NULL END
          WHERE event_id = $1 AND shard = $2",
         job.event_id,
         job.shard,
-        chunk.last().map(|r| r.user_id),
-        queued as i64,
+        chunk.last,
+        chunk.queued,
         done
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::debug!(event_id = %job.event_id, shard = job.shard, followers = chunk.len(), queued, took = ?started.elapsed(), "fan-out chunk queued");
+    tracing::debug!(event_id = %job.event_id, shard = job.shard, followers = chunk.followers, queued = chunk.queued, took = ?started.elapsed(), "fan-out chunk queued");
     Ok(true)
 }

@@ -72,6 +72,12 @@ const SLOT_STALE_MS: i64 = PRESENCE_TTL_SECS as i64 * 1000;
 /// The `Retry-After` of a refusal for too many sockets: a slot frees when the user
 /// closes a socket, or within a heartbeat or three if one was left by a dead instance.
 const SLOT_RETRY_AFTER_SECS: u64 = HEARTBEAT.as_secs();
+/// A socket's read and write buffers.
+const SOCKET_BUFFER: usize = 4 * 1024;
+/// What a client may send in one message: the stream reads nothing but control frames.
+const MAX_INCOMING: usize = 16 * 1024;
+/// Messages waiting for a slow client, in bytes; past it the socket is closed.
+const MAX_OUTGOING: usize = 1024 * 1024;
 /// The path the stream's tickets are hashed under (see [`ticket_key`]).
 const STREAM_PATH: &str = "/v1/notifications/stream";
 
@@ -502,6 +508,15 @@ pub async fn stream(
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(SLOT_RETRY_AFTER_SECS));
         return Ok(resp);
     };
+    // Sized for what the stream carries (small JSON out, nothing but control frames in):
+    // the library's defaults (128 KiB buffers each way, 64 MiB messages) would make ten
+    // thousand idle sockets cost gigabytes.
+    let upgrade = upgrade
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(MAX_OUTGOING)
+        .max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING);
     Ok(upgrade.on_upgrade(move |socket| hold(state, credentials, slot, socket)))
 }
 

@@ -510,6 +510,70 @@ pub async fn enqueue(
     Ok(queued as u64)
 }
 
+/// A slice of a creator's followers, in user id order: those in `[from, below)` after
+/// `after`, at most `limit`.
+pub struct Followers {
+    pub creator_id: Uuid,
+    pub from: Uuid,
+    pub below: Option<Uuid>,
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// What [`enqueue_followers`] did: followers walked, the last of them, users queued.
+pub struct Walked {
+    pub followers: i64,
+    pub last: Option<Uuid>,
+    pub queued: i64,
+}
+
+/// A fan-out's chunk: queues the event's message for the subscribed followers of the
+/// slice but those the fan-out told on their socket (`fanout_online`), as ranked
+/// batches from `first_rank` on. One statement, all of it in Postgres: a million
+/// followers cross no wire twice.
+pub async fn enqueue_followers(
+    conn: &mut sqlx::PgConnection,
+    event_id: Uuid,
+    slice: Followers,
+    first_rank: i64,
+) -> sqlx::Result<Walked> {
+    let walked = sqlx::query!(
+        r#"WITH chunk AS (
+               SELECT f.user_id FROM follows f
+               WHERE f.creator_id = $1 AND f.user_id >= $2 AND ($3::uuid IS NULL OR f.user_id < $3)
+                 AND ($4::uuid IS NULL OR f.user_id > $4)
+               ORDER BY f.user_id LIMIT $5),
+           first AS (SELECT user_id FROM chunk ORDER BY user_id LIMIT 1),
+           last AS (SELECT user_id FROM chunk ORDER BY user_id DESC LIMIT 1),
+           pushed AS (
+               SELECT c.user_id, (row_number() OVER (ORDER BY c.user_id) - 1) / $7 AS batch
+               FROM chunk c JOIN push_subscriptions s ON s.user_id = c.user_id
+               -- The chunk's range, so the subscriptions are read by their key's range,
+               -- not scanned whole for every chunk.
+               WHERE s.user_id >= (SELECT user_id FROM first) AND s.user_id <= (SELECT user_id FROM last)
+                 AND NOT EXISTS (SELECT 1 FROM fanout_online o WHERE o.event_id = $6 AND o.user_id = c.user_id)),
+           queued AS (
+               INSERT INTO push_batches (event_id, users, priority, rank)
+               SELECT $6, array_agg(user_id ORDER BY user_id), $8, $9 + batch FROM pushed GROUP BY batch
+               RETURNING cardinality(users) AS n)
+           SELECT (SELECT count(*) FROM chunk) AS "followers!",
+                  (SELECT user_id FROM last) AS last,
+                  (SELECT coalesce(sum(n), 0) FROM queued)::bigint AS "queued!""#,
+        slice.creator_id,
+        slice.from,
+        slice.below,
+        slice.after,
+        slice.limit,
+        event_id,
+        QUEUED_BATCH,
+        Priority::Fanout as i16,
+        first_rank
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Walked { followers: walked.followers, last: walked.last, queued: walked.queued })
+}
+
 /// A batch a sender has claimed. `attempts` counts this attempt and marks the claim:
 /// settling touches the batch only while it still has the same count.
 struct Claimed {
