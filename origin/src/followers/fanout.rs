@@ -43,6 +43,8 @@ const CHUNK: i64 = 25_000;
 const SHARDS: u8 = 8;
 /// Runners per origin instance.
 pub const RUNNERS: usize = 4;
+/// How long the online step waits for the holders to have written to the sockets.
+const ONLINE_WAIT: Duration = Duration::from_secs(1);
 /// Users probed against the ledger, or checked against an online set, per round trip.
 const PROBE: usize = 10_000;
 
@@ -114,17 +116,26 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     open_push(state, event.id, drop_id, creator_id, &message).await
 }
 
-/// Sends `message` to each holding instance's users; returns the instances that were
-/// not listening.
+/// Sends `message` to each holding instance's users and waits (at most
+/// [`ONLINE_WAIT`]) until the holders have written it to the sockets, so the push work
+/// that follows does not compete with it; returns the instances that were not listening.
 async fn publish(
     state: &Core,
     online: &HashMap<String, Vec<Uuid>>,
     message: &LiveMessage,
 ) -> anyhow::Result<Vec<String>> {
-    let mut unheard = Vec::new();
+    let ack = live::ack_key(state);
+    let (mut unheard, mut parts) = (Vec::new(), 0);
     for (instance, users) in online {
-        if !live::publish(state, instance, users, message).await? {
-            unheard.push(instance.clone());
+        match live::publish(state, instance, users, message, Some(&ack)).await? {
+            0 => unheard.push(instance.clone()),
+            heard => parts += heard,
+        }
+    }
+    if parts > 0 {
+        let acked = live::wait_acks(state, &ack, parts, ONLINE_WAIT).await?;
+        if acked < parts {
+            tracing::warn!(parts, acked, "holders slow to write drop_live; push opened anyway");
         }
     }
     Ok(unheard)

@@ -94,10 +94,18 @@ pub struct LiveMessage {
 struct Delivery {
     users: Vec<Uuid>,
     message: LiveMessage,
+    /// A Redis list the holder pushes to once it has written the message to the
+    /// sockets, when the sender waits for that (see [`wait_acks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ack: Option<String>,
 }
 
+/// Dropped once a message is written to one socket: the holder of the other end knows
+/// every socket has it when all of them are.
+type Written = Option<mpsc::Sender<()>>;
+
 /// What is written to one socket.
-type SocketOutbox = mpsc::UnboundedSender<Arc<str>>;
+type SocketOutbox = mpsc::UnboundedSender<(Arc<str>, Written)>;
 
 /// How many message ids the holder remembers per user, to write each message once.
 const RECENT_IDS: usize = 16;
@@ -130,7 +138,7 @@ impl Default for Live {
 }
 
 impl Live {
-    fn register(&self, user: Uuid) -> (u64, mpsc::UnboundedReceiver<Arc<str>>) {
+    fn register(&self, user: Uuid) -> (u64, mpsc::UnboundedReceiver<(Arc<str>, Written)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.sockets.lock().expect("sockets").entry(user).or_default().sockets.push((id, tx));
@@ -157,9 +165,15 @@ impl Live {
     /// Writes to this instance's sockets of `users`, skipping a user whose sockets were
     /// written this message (same `id`) already; returns how many sockets got it.
     pub fn deliver_local(&self, users: &[Uuid], message: &LiveMessage) -> usize {
+        self.deliver_tracked(users, message, None)
+    }
+
+    /// [`Self::deliver_local`], with a clone of `written` kept by each socket until the
+    /// message is written to it.
+    fn deliver_tracked(&self, users: &[Uuid], message: &LiveMessage, written: Option<&mpsc::Sender<()>>) -> usize {
         let text: Arc<str> = serde_json::to_string(message).unwrap_or_default().into();
         let mut sockets = self.sockets.lock().expect("sockets");
-        let mut written = 0;
+        let mut sent = 0;
         for user in users {
             let Some(user_sockets) = sockets.get_mut(user) else { continue };
             if let Some(id) = message.id {
@@ -171,9 +185,9 @@ impl Live {
                 }
                 user_sockets.recent.push_back(id);
             }
-            written += user_sockets.sockets.iter().filter(|(_, tx)| tx.send(text.clone()).is_ok()).count();
+            sent += user_sockets.sockets.iter().filter(|(_, tx)| tx.send((text.clone(), written.cloned())).is_ok()).count();
         }
-        written
+        sent
     }
 }
 
@@ -267,19 +281,72 @@ pub async fn online_among(state: &Core, instance: &str, users: &[Uuid]) -> anyho
     Ok(users.iter().zip(found).filter(|(_, on)| *on).map(|(u, _)| *u).collect())
 }
 
-/// Publishes `message` for `users` to the instance holding their sockets; false if
-/// that instance was not listening (it died since its last heartbeat).
-pub async fn publish(state: &Core, instance: &str, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<bool> {
+/// Publishes `message` for `users` to the instance holding their sockets; returns how
+/// many parts were heard (none: that instance was not listening, it died since its last
+/// heartbeat). With `ack`, the holder pushes to that list once it has written each part
+/// to the sockets (see [`wait_acks`]).
+pub async fn publish(
+    state: &Core,
+    instance: &str,
+    users: &[Uuid],
+    message: &LiveMessage,
+    ack: Option<&str>,
+) -> anyhow::Result<usize> {
     let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut heard = 0;
     // Kept to a size the holder parses in a moment, whatever the audience.
     for chunk in users.chunks(5_000) {
-        let delivery = serde_json::to_string(&Delivery { users: chunk.to_vec(), message: message.clone() })?;
-        let listeners: i64 = conn.publish(channel(state.redis_prefix(), instance), delivery).await?;
+        let delivery = Delivery { users: chunk.to_vec(), message: message.clone(), ack: ack.map(str::to_owned) };
+        let listeners: i64 =
+            conn.publish(channel(state.redis_prefix(), instance), serde_json::to_string(&delivery)?).await?;
         if listeners == 0 {
-            return Ok(false);
+            return Ok(heard);
         }
+        heard += 1;
     }
-    Ok(true)
+    Ok(heard)
+}
+
+/// A new list for holders to acknowledge on.
+pub fn ack_key(state: &Core) -> String {
+    format!("{}:live-ack:{}", state.redis_prefix(), Uuid::new_v4().simple())
+}
+
+/// Waits until `parts` acknowledgements arrived on `key`, or `within` passed; returns
+/// how many arrived.
+pub async fn wait_acks(state: &Core, key: &str, parts: usize, within: Duration) -> anyhow::Result<usize> {
+    // A connection of its own: BLPOP blocks it.
+    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut acked = 0;
+    while acked < parts {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let got: Option<(String, String)> =
+            redis::cmd("BLPOP").arg(key).arg(left.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
+        if got.is_none() {
+            break;
+        }
+        acked += 1;
+    }
+    let _: redis::RedisResult<i64> = conn.del(key).await;
+    Ok(acked)
+}
+
+/// Tells the sender a part was written to the sockets, once every socket has it (or a
+/// second passed: a socket that cannot take it holds up no one).
+async fn acknowledge(state: Core, key: String, mut written: mpsc::Receiver<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), written.recv()).await;
+    let acked: redis::RedisResult<()> = async {
+        let mut conn = state.redis.get_multiplexed_async_connection().await?;
+        redis::pipe().rpush(&key, 1).ignore().expire(&key, 60).ignore().query_async(&mut conn).await
+    }
+    .await;
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, "live delivery not acknowledged");
+    }
 }
 
 /// Sends `message` to whichever of `users` are online, wherever their socket is.
@@ -300,12 +367,13 @@ pub async fn send(state: &Core, users: &[Uuid], message: &LiveMessage) -> anyhow
     }
     let mut online = Vec::new();
     for (instance, users) in by_instance {
-        let delivery = serde_json::to_string(&Delivery { users: users.clone(), message: message.clone() })?;
+        let delivery = serde_json::to_string(&Delivery { users: users.clone(), message: message.clone(), ack: None })?;
         let _: i64 = conn.publish(channel(prefix, &instance), delivery).await?;
         online.extend(users);
     }
     Ok(online)
 }
+
 
 /// Listens on this instance's channel and writes what arrives to local sockets,
 /// until the subscription fails (the caller subscribes again).
@@ -317,7 +385,17 @@ pub async fn subscribe(state: &NotificationsState) -> anyhow::Result<()> {
     while let Some(msg) = messages.next().await {
         let payload: String = msg.get_payload()?;
         if let Ok(d) = serde_json::from_str::<Delivery>(&payload) {
-            state.live.deliver_local(&d.users, &d.message);
+            match d.ack {
+                Some(key) => {
+                    let (written, all_written) = mpsc::channel(1);
+                    state.live.deliver_tracked(&d.users, &d.message, Some(&written));
+                    drop(written);
+                    tokio::spawn(acknowledge(state.core.clone(), key, all_written));
+                }
+                None => {
+                    state.live.deliver_local(&d.users, &d.message);
+                }
+            }
         }
     }
     anyhow::bail!("live subscription closed")
@@ -631,7 +709,8 @@ async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slo
     loop {
         tokio::select! {
             out = outbox.recv() => match out {
-                Some(text) => if socket.send(Message::Text(text.as_ref().into())).await.is_err() { break },
+                // `_written` is dropped once the message is written: the holder is told.
+                Some((text, _written)) => if socket.send(Message::Text(text.as_ref().into())).await.is_err() { break },
                 None => break,
             },
             incoming = socket.recv() => match incoming {
@@ -728,7 +807,7 @@ mod tests {
         let untracked = LiveMessage { id: None, ..message };
         assert_eq!(live.deliver_local(&[bob], &untracked), 1);
         assert_eq!(live.deliver_local(&[bob], &untracked), 1, "no id: nothing to tell repeats by");
-        let count = |rx: &mut mpsc::UnboundedReceiver<Arc<str>>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        let count = |rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Written)>| std::iter::from_fn(|| rx.try_recv().ok()).count();
         assert_eq!((count(&mut a1), count(&mut a2), count(&mut b)), (2, 2, 3));
         let mut users = live.users();
         users.sort();
