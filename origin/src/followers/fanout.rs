@@ -71,9 +71,12 @@ pub async fn handle(state: &Core, event: &EventEnvelope) -> anyhow::Result<()> {
     let DomainEvent::DropStarted { drop_id, creator_id } = event.event else { return Ok(()) };
     let started = Instant::now();
     let message = message(state, event.id, drop_id, creator_id).await?;
-    let sent = sqlx::query_scalar!("SELECT online_sent_at IS NOT NULL AS \"sent!\" FROM fanouts WHERE event_id = $1", event.id)
-        .fetch_optional(&state.db)
-        .await?;
+    let sent = sqlx::query_scalar!(
+        "SELECT online_sent_at IS NOT NULL AS \"sent!\" FROM fanouts WHERE event_id = $1",
+        event.id
+    )
+    .fetch_optional(&state.db)
+    .await?;
     if sent != Some(true) {
         let (online, unheard) = match sent {
             // A retry: the record made before is the one sent to (again: sockets that had
@@ -317,7 +320,13 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let chunk = push::enqueue_followers(
         &mut tx,
         job.event_id,
-        push::Followers { creator_id: job.creator_id, from: job.lo, below: job.hi, after: job.after_user, limit: CHUNK },
+        push::Followers {
+            creator_id: job.creator_id,
+            from: job.lo,
+            below: job.hi,
+            after: job.after_user,
+            limit: CHUNK,
+        },
         job.queued_push / push::QUEUED_BATCH,
     )
     .await?;

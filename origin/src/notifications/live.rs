@@ -185,7 +185,8 @@ impl Live {
                 }
                 user_sockets.recent.push_back(id);
             }
-            sent += user_sockets.sockets.iter().filter(|(_, tx)| tx.send((text.clone(), written.cloned())).is_ok()).count();
+            sent +=
+                user_sockets.sockets.iter().filter(|(_, tx)| tx.send((text.clone(), written.cloned())).is_ok()).count();
         }
         sent
     }
@@ -276,8 +277,11 @@ pub async fn online_among(state: &Core, instance: &str, users: &[Uuid]) -> anyho
     }
     let mut conn = state.redis.get_multiplexed_async_connection().await?;
     let members: Vec<String> = users.iter().map(Uuid::to_string).collect();
-    let found: Vec<bool> =
-        redis::cmd("SMISMEMBER").arg(online_key(state.redis_prefix(), instance)).arg(&members).query_async(&mut conn).await?;
+    let found: Vec<bool> = redis::cmd("SMISMEMBER")
+        .arg(online_key(state.redis_prefix(), instance))
+        .arg(&members)
+        .query_async(&mut conn)
+        .await?;
     Ok(users.iter().zip(found).filter(|(_, on)| *on).map(|(u, _)| *u).collect())
 }
 
@@ -373,7 +377,6 @@ pub async fn send(state: &Core, users: &[Uuid], message: &LiveMessage) -> anyhow
     }
     Ok(online)
 }
-
 
 /// Listens on this instance's channel and writes what arrives to local sockets,
 /// until the subscription fails (the caller subscribes again).
@@ -799,7 +802,8 @@ mod tests {
         let (_, mut a1) = live.register(alice);
         let (_, mut a2) = live.register(alice);
         let (_, mut b) = live.register(bob);
-        let message = LiveMessage { kind: "drop_live".into(), payload: serde_json::json!({}), id: Some(Uuid::from_u128(9)) };
+        let message =
+            LiveMessage { kind: "drop_live".into(), payload: serde_json::json!({}), id: Some(Uuid::from_u128(9)) };
         assert_eq!(live.deliver_local(&[alice, bob], &message), 3);
         assert_eq!(live.deliver_local(&[alice, bob], &message), 0, "published again: written once");
         let other = LiveMessage { id: Some(Uuid::from_u128(10)), ..message.clone() };
@@ -807,7 +811,8 @@ mod tests {
         let untracked = LiveMessage { id: None, ..message };
         assert_eq!(live.deliver_local(&[bob], &untracked), 1);
         assert_eq!(live.deliver_local(&[bob], &untracked), 1, "no id: nothing to tell repeats by");
-        let count = |rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Written)>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        let count =
+            |rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Written)>| std::iter::from_fn(|| rx.try_recv().ok()).count();
         assert_eq!((count(&mut a1), count(&mut a2), count(&mut b)), (2, 2, 3));
         let mut users = live.users();
         users.sort();

@@ -464,7 +464,11 @@ pub enum Priority {
 }
 
 /// Stores what the pushes of an event say, once for all of them.
-pub async fn store_message(conn: &mut sqlx::PgConnection, event_id: Uuid, payload: &serde_json::Value) -> sqlx::Result<()> {
+pub async fn store_message(
+    conn: &mut sqlx::PgConnection,
+    event_id: Uuid,
+    payload: &serde_json::Value,
+) -> sqlx::Result<()> {
     sqlx::query!(
         "INSERT INTO push_messages (event_id, payload) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         event_id,

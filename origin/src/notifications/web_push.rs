@@ -206,7 +206,10 @@ mod tests {
         let (_, _, subscription) = browser();
         let push = provider();
         let url: reqwest::Url = subscription.endpoint.parse().unwrap();
-        let (a, b) = (push.prepare(&subscription, url.clone(), b"{}").unwrap(), push.prepare(&subscription, url, b"{}").unwrap());
+        let (a, b) = (
+            push.prepare(&subscription, url.clone(), b"{}").unwrap(),
+            push.prepare(&subscription, url, b"{}").unwrap(),
+        );
         assert_ne!(a.body, b.body, "a fresh salt and key pair per message");
         assert_eq!(a.headers["authorization"], b.headers["authorization"], "one signature per push service");
         let elsewhere = push.prepare(&subscription, "https://other.example.org/x".parse().unwrap(), b"{}").unwrap();

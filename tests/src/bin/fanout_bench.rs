@@ -172,7 +172,8 @@ impl Receiver {
     fn push(&self, headers: &axum::http::HeaderMap, body: Bytes) -> StatusCode {
         let n = self.received.fetch_add(1, Ordering::SeqCst) + 1;
         self.mark();
-        let vapid = headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("vapid t="));
+        let vapid =
+            headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("vapid t="));
         let encoded = headers.get("content-encoding").is_some_and(|v| v == "aes128gcm");
         if !vapid || !encoded {
             self.malformed.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +270,8 @@ struct Heard {
 
 /// Opens a notification socket as `user` and records each `drop_live` it hears.
 async fn listen(origin_url: &str, user: Uuid, heard: Arc<Mutex<Heard>>) -> anyhow::Result<()> {
-    let mut request = format!("{}/v1/notifications/stream", origin_url.replace("http://", "ws://")).into_client_request()?;
+    let mut request =
+        format!("{}/v1/notifications/stream", origin_url.replace("http://", "ws://")).into_client_request()?;
     request.headers_mut().insert("authorization", format!("Bearer {}", token(user, Role::Buyer)).parse()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     // Presence is recorded before the greeting is sent.
@@ -412,7 +414,10 @@ async fn bench(followers: i64, online_n: usize) -> anyhow::Result<()> {
     }
     // The follower set, as the follow route and its consumer keep it.
     let members: Vec<(Uuid, DateTime<Utc>)> =
-        sqlx::query_as("SELECT user_id, followed_at FROM follows WHERE creator_id = $1").bind(creator_id).fetch_all(&db).await?;
+        sqlx::query_as("SELECT user_id, followed_at FROM follows WHERE creator_id = $1")
+            .bind(creator_id)
+            .fetch_all(&db)
+            .await?;
     let mut redis = redis::Client::open(redis_url.as_str())?.get_multiplexed_async_connection().await?;
     let set = drops_origin::followers::set_key(&prefix, creator_id);
     for chunk in members.chunks(10_000) {
@@ -475,7 +480,10 @@ async fn bench(followers: i64, online_n: usize) -> anyhow::Result<()> {
     };
     let prepare_us = {
         use drops_origin::notifications::push::PushProvider;
-        let provider = drops_origin::notifications::web_push::WebPush::new(&URL_SAFE_NO_PAD.encode(vapid.to_bytes()), "mailto:bench@drops.dev")?;
+        let provider = drops_origin::notifications::web_push::WebPush::new(
+            &URL_SAFE_NO_PAD.encode(vapid.to_bytes()),
+            "mailto:bench@drops.dev",
+        )?;
         let subscription = drops_origin::notifications::push::Subscription {
             endpoint: format!("http://127.0.0.1:{receiver_port}/push"),
             keys: drops_origin::notifications::push::SubscriptionKeys {
@@ -593,7 +601,9 @@ async fn bench(followers: i64, online_n: usize) -> anyhow::Result<()> {
     let (busy, total) = (cpu_after.4 .0 - cpu_before.4 .0, cpu_after.4 .1 - cpu_before.4 .1);
 
     println!();
-    println!("fan-out of one DropStarted: {followers} followers, {expected_online} online over two origins, {queued} pushes");
+    println!(
+        "fan-out of one DropStarted: {followers} followers, {expected_online} online over two origins, {queued} pushes"
+    );
     println!("| figure | measured | target | |");
     println!("|---|---|---|---|");
     println!(

@@ -191,7 +191,9 @@ async fn online_followers_on_every_instance_hear_first_and_once_and_only_the_res
         drop_live_count(&on_first, drop_id) == 1 && drop_live_count(&on_second, drop_id) == 1
     })
     .await;
-    until("the offline follower was pushed", Duration::from_secs(15), || service.counts(drop_id).contains_key(&away.id))
+    until("the offline follower was pushed", Duration::from_secs(15), || {
+        service.counts(drop_id).contains_key(&away.id)
+    })
     .await;
 
     // The same DropStarted again (a replay of the log), on top of the first delivery.
