@@ -1,13 +1,12 @@
 //! Live delivery: the WebSocket `GET /v1/notifications/stream`, and who is online
 //! where. Presence lives in Redis, so any instance can send to any user: it publishes
 //! on the holder's channel (`<prefix>:live:<instance>`) and the holder writes to the
-//! socket. Two views of it, both renewed by heartbeats and expiring without them:
-//! - per user, `<prefix>:presence:<user>` = the instance holding their latest socket,
-//!   for sending to a few users ([`send`]);
-//! - per instance, the set `<prefix>:online:<instance>` of the users it holds sockets
-//!   of, with the live instances in `<prefix>:instances` (scored by heartbeat), for a
-//!   fan-out to intersect with an audience from whichever side is smaller
-//!   ([`online_instances`], [`online_users`], [`publish`]).
+//! socket. Each instance keeps the set `<prefix>:online:<instance>` of the users it
+//! holds sockets of, and its heartbeat in `<prefix>:instances`; both lapse 30 s after
+//! the instance dies. A few users are looked up in each live instance's set ([`send`]:
+//! a user with sockets on two instances hears on both); a fan-out intersects the sets
+//! with an audience from whichever side is smaller ([`online_instances`],
+//! [`online_users`], [`online_among`], [`publish`]).
 //!
 //! A message with an `id` reaches a user's sockets on an instance at most once, however
 //! often it is published (a fan-out retried after a crash sends again): the holder
@@ -192,10 +191,6 @@ impl Live {
     }
 }
 
-fn presence_key(prefix: &str, user: Uuid) -> String {
-    format!("{prefix}:presence:{user}")
-}
-
 fn channel(prefix: &str, instance: &str) -> String {
     format!("{prefix}:live:{instance}")
 }
@@ -353,29 +348,21 @@ async fn acknowledge(state: Core, key: String, mut written: mpsc::Receiver<()>) 
     }
 }
 
-/// Sends `message` to whichever of `users` are online, wherever their socket is.
-/// Returns those who were online.
+/// Sends `message` to whichever of `users` are online, on every instance holding a
+/// socket of theirs (a user on a phone and a laptop may be on two). Returns those who
+/// were online.
 pub async fn send(state: &Core, users: &[Uuid], message: &LiveMessage) -> anyhow::Result<Vec<Uuid>> {
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let prefix = state.redis_prefix();
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = users.iter().map(|u| presence_key(prefix, *u)).collect();
-    let holders: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    let mut by_instance: HashMap<String, Vec<Uuid>> = HashMap::new();
-    for (user, holder) in users.iter().zip(holders) {
-        if let Some(instance) = holder {
-            by_instance.entry(instance).or_default().push(*user);
+    let mut online = std::collections::HashSet::new();
+    for instance in online_instances(state).await? {
+        let held = online_among(state, &instance, users).await?;
+        if !held.is_empty() && publish(state, &instance, &held, message, None).await? > 0 {
+            online.extend(held);
         }
     }
-    let mut online = Vec::new();
-    for (instance, users) in by_instance {
-        let delivery = serde_json::to_string(&Delivery { users: users.clone(), message: message.clone(), ack: None })?;
-        let _: i64 = conn.publish(channel(prefix, &instance), delivery).await?;
-        online.extend(users);
-    }
-    Ok(online)
+    Ok(online.into_iter().collect())
 }
 
 /// Listens on this instance's channel and writes what arrives to local sockets,
@@ -685,13 +672,9 @@ impl Drop for Slot {
 async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slot, mut socket: WebSocket) {
     let user = credentials.user;
     let (id, mut outbox) = state.live.register(user);
-    let key = presence_key(state.core.redis_prefix(), user);
     let mut conn = slot.conn.clone();
-    let instance = state.live.instance.clone();
-    let online = online_key(state.core.redis_prefix(), &instance);
+    let online = online_key(state.core.redis_prefix(), &state.live.instance);
     let present = redis::pipe()
-        .set_ex(&key, &instance, PRESENCE_TTL_SECS)
-        .ignore()
         .sadd(&online, user.to_string())
         .ignore()
         .pexpire(&online, INSTANCE_STALE_MS)
@@ -726,7 +709,6 @@ async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slo
                 break;
             }
             _ = heartbeat.tick() => {
-                let _ = conn.set_ex::<_, _, ()>(&key, &instance, PRESENCE_TTL_SECS).await;
                 let _ = slot.renew().await;
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() { break }
             }
@@ -735,14 +717,6 @@ async fn hold(state: NotificationsState, credentials: Credentials, mut slot: Slo
     slot.release().await;
     if state.live.unregister(user, id) {
         let _: redis::RedisResult<i64> = conn.srem(&online, user.to_string()).await;
-        // Only if the presence is still ours (another instance may hold a newer socket).
-        let _: redis::RedisResult<i64> = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-        )
-        .key(&key)
-        .arg(&instance)
-        .invoke_async(&mut conn)
-        .await;
     }
 }
 
@@ -791,7 +765,6 @@ mod tests {
     fn key_names() {
         let user = Uuid::from_u128(7);
         assert_eq!(sockets_key("drops", user), format!("drops:sockets:{user}"));
-        assert_eq!(presence_key("drops", user), format!("drops:presence:{user}"));
         assert_eq!(online_key("drops", "i1"), "drops:online:i1");
     }
 

@@ -2,7 +2,7 @@
 //! presence in Redis ([`live`]), and push to users who are offline ([`push`]).
 //!
 //! Owns the tables `notifications`, `push_subscriptions`, `push_messages` and
-//! `push_batches`, and the Redis presence keys and live channels. Stands on the
+//! `push_batches`, and the Redis online sets and live channels. Stands on the
 //! payments area (a payment ready to pay is told to its buyer); other areas
 //! deliver through [`live::send`] and [`push::enqueue`].
 

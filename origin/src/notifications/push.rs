@@ -697,6 +697,18 @@ async fn deliver(state: &NotificationsState, batch: Claimed) -> anyhow::Result<u
     Ok(n)
 }
 
+/// The pause before a batch's next attempt: the backoff's, less up to a quarter at
+/// random, so the batches of a push service that failed for a moment do not all come
+/// back to it in the same instant.
+fn retry_delay_ms(attempts: i32) -> i64 {
+    let full = RETRY.delay_ms((attempts - 1).max(0) as u32);
+    let mut byte = [0u8; 1];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte).is_err() {
+        return full;
+    }
+    full - full / 4 * i64::from(byte[0]) / 255
+}
+
 /// Settles a sent batch in one short transaction whatever its size: the batch deleted,
 /// its users still to retry queued again as one batch with a backoff (or dropped after
 /// [`MAX_ATTEMPTS`]), gone subscriptions dropped (the endpoint that was sent to, not
@@ -733,7 +745,7 @@ async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Out
         return Ok(());
     }
     if !retry.is_empty() {
-        let delay_ms = RETRY.delay_ms((batch.attempts - 1).max(0) as u32);
+        let delay_ms = retry_delay_ms(batch.attempts);
         sqlx::query!(
             "INSERT INTO push_batches (event_id, users, priority, rank, attempts, next_attempt_at)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
@@ -761,6 +773,17 @@ async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_with_some_spread() {
+        for attempts in 1..=8 {
+            let full = RETRY.delay_ms((attempts - 1) as u32);
+            let delays: Vec<i64> = (0..50).map(|_| retry_delay_ms(attempts)).collect();
+            assert!(delays.iter().all(|d| *d <= full && *d >= full - full / 4), "{attempts}: {delays:?}");
+            assert!(delays.iter().any(|d| *d != delays[0]), "spread: {delays:?}");
+        }
+        assert!(retry_delay_ms(2) - 2_000 / 4 > retry_delay_ms(1), "each pause longer than the last");
+    }
 
     #[test]
     fn provider_statuses() {

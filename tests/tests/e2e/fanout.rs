@@ -347,3 +347,32 @@ async fn gone_subscriptions_are_dropped_and_failed_pushes_retried_with_backoff()
         }
     }
 }
+
+/// A buyer with sockets on two origin instances (a phone and a laptop) hears that
+/// their order is confirmed on both, once each, and gets no push for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_on_two_instances_hears_of_their_order_on_both() {
+    let stack = Stack::exclusive().await;
+    let client = stack.client();
+    let second = stack.extra_origin().await;
+    let service = PushService::start(Duration::ZERO).await;
+    let drop_id = client.create_drop(drops_tests::DropSpec::live(3, 1)).await;
+    let p = client.purchase(drop_id).await;
+    subscribe(&client, &p.buyer, &service.endpoint(p.buyer.id)).await;
+    let (phone, _t1) = stack.listen(&p.buyer).await;
+    let (laptop, _t2) = listen_on(&second.url, &p.buyer).await;
+    client.pay_event(&p, &format!("evt_{}", Uuid::now_v7().simple()), true).await;
+    let confirmed = |socket: &Socket| {
+        socket
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["kind"] == "order_confirmed" && m["payload"]["order_id"] == p.order_id.to_string())
+            .count()
+    };
+    until("both sockets heard", Duration::from_secs(15), || confirmed(&phone) == 1 && confirmed(&laptop) == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((confirmed(&phone), confirmed(&laptop)), (1, 1), "once on each");
+    assert!(service.seen.lock().unwrap().by_user.is_empty(), "online: no push");
+    second.stop().await;
+}
