@@ -5,7 +5,8 @@
 //! encrypted per RFC 8291) or a plain signed HTTP callback, for tests and for operators
 //! with their own gateway. A provider answering 404 or 410 means the subscription is
 //! gone: it is dropped. At most [`PER_HOST`] requests go to one push service host at
-//! once from one instance.
+//! once from one instance, and a host that asks for a pause (429 or 503 with
+//! `Retry-After`) is sent nothing until it is over.
 //!
 //! The endpoint is named by the user, so the origin must not become their way into
 //! its own network (server-side request forgery). Unless development allows private
@@ -252,7 +253,10 @@ impl PushHttp {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Outcome {
         match request.send().await {
-            Ok(resp) => outcome_of(resp.status().as_u16()),
+            Ok(resp) => match (resp.status().as_u16(), retry_after(resp.headers(), Utc::now())) {
+                (429 | 503, Some(pause)) => Outcome::Busy(pause),
+                (status, _) => outcome_of(status),
+            },
             Err(e) => {
                 let mut why = e.to_string();
                 let mut source = std::error::Error::source(&e);
@@ -290,6 +294,9 @@ pub enum Outcome {
     /// of no use any more.
     Gone,
     Retry(String),
+    /// The push service asked for a pause (429 or 503 with `Retry-After`): the push is
+    /// retried no sooner, and the host is sent nothing meanwhile.
+    Busy(Duration),
 }
 
 /// A push ready to go out: the request a provider made of a message (the CPU part:
@@ -303,6 +310,22 @@ pub struct Prepared {
 /// A way to push: turns a message for a subscription into the request that carries it.
 pub trait PushProvider: Send + Sync {
     fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared>;
+}
+
+/// The longest pause a push service's `Retry-After` is taken for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long a push service asked us to stay away: `Retry-After` as seconds or as an
+/// HTTP date, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &reqwest::header::HeaderMap, now: chrono::DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs = match value.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            (chrono::DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc) - now).num_seconds().max(0) as u64
+        }
+    };
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 fn outcome_of(status: u16) -> Outcome {
@@ -368,12 +391,19 @@ pub struct Pusher {
     provider: Box<dyn PushProvider>,
     http: PushHttp,
     hosts: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Hosts that asked for a pause, until when.
+    paused: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Pusher {
     /// `allow_private`: may push to http and to loopback or private addresses (development).
     pub fn new(provider: Box<dyn PushProvider>, allow_private: bool) -> anyhow::Result<Self> {
-        Ok(Self { provider, http: PushHttp::new(allow_private)?, hosts: Default::default() })
+        Ok(Self {
+            provider,
+            http: PushHttp::new(allow_private)?,
+            hosts: Default::default(),
+            paused: Default::default(),
+        })
     }
 
     /// The request for `payload` to `subscription`, or why there will never be one.
@@ -382,23 +412,44 @@ impl Pusher {
         self.provider.prepare(subscription, url, payload).map_err(Outcome::unusable)
     }
 
-    fn host_bound(&self, url: &reqwest::Url) -> Arc<Semaphore> {
-        let host = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0));
-        let mut hosts = self.hosts.lock().expect("push hosts");
-        if hosts.len() >= HOSTS_KEPT && !hosts.contains_key(&host) {
-            hosts.retain(|_, bound| bound.available_permits() < PER_HOST);
-        }
-        hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(PER_HOST))).clone()
+    fn host(url: &reqwest::Url) -> String {
+        format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0))
     }
 
-    /// Sends a prepared push, waiting for a free slot of its host first.
+    fn host_bound(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().expect("push hosts");
+        if hosts.len() >= HOSTS_KEPT && !hosts.contains_key(host) {
+            hosts.retain(|_, bound| bound.available_permits() < PER_HOST);
+        }
+        hosts.entry(host.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(PER_HOST))).clone()
+    }
+
+    /// What is left of the pause `host` asked for, if any.
+    fn pause_left(&self, host: &str) -> Option<Duration> {
+        let mut paused = self.paused.lock().expect("paused hosts");
+        let now = std::time::Instant::now();
+        paused.retain(|_, until| *until > now);
+        paused.get(host).map(|until| *until - now)
+    }
+
+    /// Sends a prepared push, waiting for a free slot of its host first; a host that
+    /// asked for a pause is sent nothing until it is over.
     pub async fn send(&self, prepared: Prepared) -> Outcome {
-        let bound = self.host_bound(&prepared.url);
+        let host = Self::host(&prepared.url);
+        if let Some(left) = self.pause_left(&host) {
+            return Outcome::Busy(left);
+        }
+        let bound = self.host_bound(&host);
         let Ok(_permit) = bound.acquire_owned().await else { return Outcome::Retry("closed".into()) };
         let request = self.http.client.post(prepared.url).headers(prepared.headers).body(prepared.body);
-        tokio::time::timeout(SEND_DEADLINE, self.http.send(request))
+        let outcome = tokio::time::timeout(SEND_DEADLINE, self.http.send(request))
             .await
-            .unwrap_or_else(|_| Outcome::Retry(format!("no answer within {SEND_DEADLINE:?}")))
+            .unwrap_or_else(|_| Outcome::Retry(format!("no answer within {SEND_DEADLINE:?}")));
+        if let Outcome::Busy(pause) = outcome {
+            tracing::warn!(%host, ?pause, "push service asked for a pause");
+            self.paused.lock().expect("paused hosts").insert(host, std::time::Instant::now() + pause);
+        }
+        outcome
     }
 
     /// Prepares and sends one push.
@@ -716,23 +767,33 @@ fn retry_delay_ms(attempts: i32) -> i64 {
 /// out and another sender took it) is left to that sender.
 async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Outcome)>) -> sqlx::Result<()> {
     let (mut gone_users, mut gone_endpoints, mut retry) = (Vec::new(), Vec::new(), Vec::new());
+    // The longest pause a push service of the batch asked for.
+    let mut pause = Duration::ZERO;
     for (user_id, endpoint, outcome) in sent {
-        match outcome {
-            Outcome::Delivered => count("delivered"),
+        let why = match outcome {
+            Outcome::Delivered => {
+                count("delivered");
+                continue;
+            }
             Outcome::Gone => {
                 count("gone");
                 gone_users.push(user_id);
                 gone_endpoints.push(endpoint);
+                continue;
             }
-            Outcome::Retry(why) if batch.attempts >= MAX_ATTEMPTS => {
-                count("dropped");
-                tracing::warn!(%user_id, %why, "push dropped after retries");
+            Outcome::Busy(asked) => {
+                pause = pause.max(asked);
+                format!("the push service asked for a pause of {asked:?}")
             }
-            Outcome::Retry(why) => {
-                count("retried");
-                tracing::debug!(%user_id, %why, "push to be retried");
-                retry.push(user_id);
-            }
+            Outcome::Retry(why) => why,
+        };
+        if batch.attempts >= MAX_ATTEMPTS {
+            count("dropped");
+            tracing::warn!(%user_id, %why, "push dropped after retries");
+        } else {
+            count("retried");
+            tracing::debug!(%user_id, %why, "push to be retried");
+            retry.push(user_id);
         }
     }
     let mut tx = db.begin().await?;
@@ -745,7 +806,7 @@ async fn settle(db: &sqlx::PgPool, batch: &Claimed, sent: Vec<(Uuid, String, Out
         return Ok(());
     }
     if !retry.is_empty() {
-        let delay_ms = retry_delay_ms(batch.attempts);
+        let delay_ms = retry_delay_ms(batch.attempts).max(pause.as_millis() as i64);
         sqlx::query!(
             "INSERT INTO push_batches (event_id, users, priority, rank, attempts, next_attempt_at)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
@@ -783,6 +844,38 @@ mod tests {
             assert!(delays.iter().any(|d| *d != delays[0]), "spread: {delays:?}");
         }
         assert!(retry_delay_ms(2) - 2_000 / 4 > retry_delay_ms(1), "each pause longer than the last");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date_and_capped() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z").unwrap().with_timezone(&Utc);
+        let with = |v: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(with("120"), Some(Duration::from_secs(120)));
+        assert_eq!(with("Thu, 26 Nov 2026 12:00:30 GMT"), Some(Duration::from_secs(30)));
+        assert_eq!(with("Thu, 26 Nov 2026 11:00:00 GMT"), Some(Duration::ZERO), "a date past is no pause");
+        assert_eq!(with("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
+
+    #[tokio::test]
+    async fn a_push_service_that_asks_for_a_pause_gets_one() {
+        use std::sync::atomic::Ordering;
+        let (busy, hits) = listener(StatusCode::TOO_MANY_REQUESTS, Some(("retry-after", "30".into()))).await;
+        let pusher = Pusher::new(Box::new(CallbackPush::new("secret")), true).unwrap();
+        let first = pusher.push(&subscription(format!("http://127.0.0.1:{busy}/push")), b"{}").await;
+        assert_eq!(first, Outcome::Busy(Duration::from_secs(30)));
+        let second = pusher.push(&subscription(format!("http://127.0.0.1:{busy}/other")), b"{}").await;
+        assert!(matches!(second, Outcome::Busy(left) if left <= Duration::from_secs(30)), "{second:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "the host is sent nothing during its pause");
+        // Without `Retry-After`, a 429 is an ordinary failure, retried on the backoff.
+        let (plain, _) = listener(StatusCode::TOO_MANY_REQUESTS, None).await;
+        let third = pusher.push(&subscription(format!("http://127.0.0.1:{plain}/push")), b"{}").await;
+        assert!(matches!(third, Outcome::Retry(_)), "{third:?}");
     }
 
     #[test]
@@ -988,17 +1081,20 @@ mod tests {
     }
 
     /// A local listener that counts the requests it gets and answers `status`.
-    async fn listener(status: StatusCode, location: Option<String>) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    async fn listener(
+        status: StatusCode,
+        header: Option<(&'static str, String)>,
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = hits.clone();
         let app = Router::new().fallback(move || {
             counted.fetch_add(1, Ordering::SeqCst);
-            let location = location.clone();
+            let header = header.clone();
             async move {
                 let mut resp = axum::response::IntoResponse::into_response(status);
-                if let Some(to) = location {
-                    resp.headers_mut().insert("location", to.parse().unwrap());
+                if let Some((name, value)) = header {
+                    resp.headers_mut().insert(name, value.parse().unwrap());
                 }
                 resp
             }
@@ -1035,7 +1131,8 @@ mod tests {
 
         // A redirect is not followed, even where private addresses are allowed.
         let (redirecting, redirect_hits) =
-            listener(StatusCode::TEMPORARY_REDIRECT, Some(format!("http://127.0.0.1:{target}/inside"))).await;
+            listener(StatusCode::TEMPORARY_REDIRECT, Some(("location", format!("http://127.0.0.1:{target}/inside"))))
+                .await;
         let dev = Pusher::new(Box::new(CallbackPush::new("secret")), true).unwrap();
         let redirected = dev.push(&subscription(format!("http://127.0.0.1:{redirecting}/push")), b"{}").await;
         assert_eq!(redirected, Outcome::Gone);
