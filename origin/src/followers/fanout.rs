@@ -4,12 +4,14 @@
 //!    holding a socket on any origin instance are found by intersecting the instances'
 //!    online sets with the follows, from whichever side is smaller (the online users
 //!    probed against the ledger's primary key, or a small audience checked against the
-//!    online sets). They are recorded (`fanout_online`) and then told over their
-//!    sockets, one publish per holding instance. The message's `id` is the event's, so
-//!    a retried fan-out, which sends to the recorded set again, reaches no socket twice.
+//!    online sets). They are told over their sockets (one publish per holding
+//!    instance) while they are recorded (`fanout_online`). The message's `id` is the
+//!    event's, so a retried fan-out, which sends to the recorded set again, reaches no
+//!    socket twice.
 //! 2. **Push, in bulk** (runners, several per instance, on any number of instances):
-//!    only once the online step is sent are the job's shards opened (shards by
-//!    follower id). A runner walks a shard in keyset chunks; each chunk, in one
+//!    only once the holders say the message is written to the sockets (or a second
+//!    passed) are the job's shards opened (shards by follower id), so the push work
+//!    does not compete with the online delivery. A runner walks a shard in keyset chunks; each chunk, in one
 //!    transaction that also moves the shard's cursor, queues the chunk's offline
 //!    followers as a few push batches (see [`push::enqueue_followers`]), so each is queued once
 //!    per event through any restart. Runners take the shard that waited longest, so a
