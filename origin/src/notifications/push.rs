@@ -59,7 +59,7 @@ const MAX_ATTEMPTS: i32 = 8;
 pub const QUEUED_BATCH: i64 = 500;
 /// Between attempts at one delivery.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
-/// How often the sender looks for due deliveries when it has caught up.
+/// How often the sender looks for due batches when it has caught up.
 pub const IDLE: Duration = Duration::from_millis(200);
 /// Connecting to a push endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
