@@ -180,19 +180,40 @@ impl Client {
 
     /// A creator (with its own account) and a product of theirs; returns (creator token, product id).
     pub async fn creator_with_product(&self) -> (String, Uuid) {
+        let (_, creator_token, product_id) = self.creator().await;
+        (creator_token, product_id)
+    }
+
+    /// A creator (with its own account) and a product of theirs; returns (creator id,
+    /// creator token, product id).
+    pub async fn creator(&self) -> (Uuid, String, Uuid) {
         let admin = token(Uuid::now_v7(), Role::Admin);
         let creator_user = Uuid::now_v7();
         let created = self
             .post_json("/v1/creators", Some(&admin), json!({"name": "Test Creator", "user_id": creator_user}))
             .await;
         assert_eq!(created.status, StatusCode::CREATED, "creator: {:?}", created.json());
+        let creator_id = created.json()["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("creator id");
         let creator_token = token(creator_user, Role::Creator);
         let product = self
             .post_json("/v1/products", Some(&creator_token), json!({"title": "Test Tee", "description": "A tee."}))
             .await;
         assert_eq!(product.status, StatusCode::CREATED, "product: {:?}", product.json());
         let product_id = product.json()["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("product id");
-        (creator_token, product_id)
+        (creator_id, creator_token, product_id)
+    }
+
+    /// `who` follows the creator; the answer's status.
+    pub async fn follow(&self, who: &Buyer, creator_id: Uuid) -> StatusCode {
+        let put = self.http.put(format!("{}/v1/creators/{creator_id}/follow", self.edge)).bearer_auth(&who.token);
+        self.send(put).await.status
+    }
+
+    /// A drop of the creator's (5 units, 1 per buyer) that starts in `secs` seconds.
+    pub async fn drop_starting_in(&self, creator_token: &str, product_id: Uuid, secs: i64) -> Uuid {
+        let spec = DropSpec { starts_in: Duration::seconds(secs), lasts: Duration::hours(1), ..DropSpec::live(5, 1) };
+        let card = self.create_drop_as(creator_token, product_id, spec).await;
+        card["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("drop id")
     }
 
     /// Creates a drop through the edge as its creator; returns its id once its stock is readable.

@@ -481,6 +481,19 @@ impl Stack {
         Client::new(self)
     }
 
+    /// Delivers the drop's `DropStarted` to the consumers again, as a replay of the log does.
+    pub async fn replay_drop_started(&self, drop_id: uuid::Uuid) {
+        let seq: i64 =
+            sqlx::query_scalar("SELECT seq FROM outbox WHERE aggregate_id = $1 AND event_type = 'DropStarted'")
+                .bind(drop_id)
+                .fetch_one(&self.db().await)
+                .await
+                .expect("the drop started");
+        self.with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, seq, seq).await })
+            .await
+            .expect("replayed");
+    }
+
     /// Starts a second origin instance beside the stack's own, as behind a load
     /// balancer: the same database, Redis and settings, its own port, background
     /// workers and sockets.

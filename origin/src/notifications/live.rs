@@ -162,14 +162,9 @@ impl Live {
     }
 
     /// Writes to this instance's sockets of `users`, skipping a user whose sockets were
-    /// written this message (same `id`) already; returns how many sockets got it.
-    pub fn deliver_local(&self, users: &[Uuid], message: &LiveMessage) -> usize {
-        self.deliver_tracked(users, message, None)
-    }
-
-    /// [`Self::deliver_local`], with a clone of `written` kept by each socket until the
-    /// message is written to it.
-    fn deliver_tracked(&self, users: &[Uuid], message: &LiveMessage, written: Option<&mpsc::Sender<()>>) -> usize {
+    /// written this message (same `id`) already; returns how many sockets got it. Each
+    /// socket keeps a clone of `written`, if given, until the message is written to it.
+    pub fn deliver_local(&self, users: &[Uuid], message: &LiveMessage, written: Option<&mpsc::Sender<()>>) -> usize {
         let text: Arc<str> = serde_json::to_string(message).unwrap_or_default().into();
         let mut sockets = self.sockets.lock().expect("sockets");
         let mut sent = 0;
@@ -375,17 +370,13 @@ pub async fn subscribe(state: &NotificationsState) -> anyhow::Result<()> {
     while let Some(msg) = messages.next().await {
         let payload: String = msg.get_payload()?;
         if let Ok(d) = serde_json::from_str::<Delivery>(&payload) {
-            match d.ack {
-                Some(key) => {
-                    let (written, all_written) = mpsc::channel(1);
-                    state.live.deliver_tracked(&d.users, &d.message, Some(&written));
-                    drop(written);
-                    tokio::spawn(acknowledge(state.core.clone(), key, all_written));
-                }
-                None => {
-                    state.live.deliver_local(&d.users, &d.message);
-                }
-            }
+            // Told once every socket has it (all the clones of `written` are dropped).
+            let written = d.ack.map(|key| {
+                let (written, all_written) = mpsc::channel(1);
+                tokio::spawn(acknowledge(state.core.clone(), key, all_written));
+                written
+            });
+            state.live.deliver_local(&d.users, &d.message, written.as_ref());
         }
     }
     anyhow::bail!("live subscription closed")
@@ -777,13 +768,13 @@ mod tests {
         let (_, mut b) = live.register(bob);
         let message =
             LiveMessage { kind: "drop_live".into(), payload: serde_json::json!({}), id: Some(Uuid::from_u128(9)) };
-        assert_eq!(live.deliver_local(&[alice, bob], &message), 3);
-        assert_eq!(live.deliver_local(&[alice, bob], &message), 0, "published again: written once");
+        assert_eq!(live.deliver_local(&[alice, bob], &message, None), 3);
+        assert_eq!(live.deliver_local(&[alice, bob], &message, None), 0, "published again: written once");
         let other = LiveMessage { id: Some(Uuid::from_u128(10)), ..message.clone() };
-        assert_eq!(live.deliver_local(&[alice], &other), 2);
+        assert_eq!(live.deliver_local(&[alice], &other, None), 2);
         let untracked = LiveMessage { id: None, ..message };
-        assert_eq!(live.deliver_local(&[bob], &untracked), 1);
-        assert_eq!(live.deliver_local(&[bob], &untracked), 1, "no id: nothing to tell repeats by");
+        assert_eq!(live.deliver_local(&[bob], &untracked, None), 1);
+        assert_eq!(live.deliver_local(&[bob], &untracked, None), 1, "no id: nothing to tell repeats by");
         let count =
             |rx: &mut mpsc::UnboundedReceiver<(Arc<str>, Written)>| std::iter::from_fn(|| rx.try_recv().ok()).count();
         assert_eq!((count(&mut a1), count(&mut a2), count(&mut b)), (2, 2, 3));

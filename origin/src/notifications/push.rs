@@ -453,6 +453,7 @@ impl Pusher {
     }
 
     /// Prepares and sends one push.
+    #[cfg(test)]
     pub async fn push(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
         match self.prepare(subscription, payload) {
             Ok(prepared) => self.send(prepared).await,

@@ -7,41 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use drops_shared::auth::Role;
-use drops_tests::client::token;
 use drops_tests::{listen_on, Buyer, Socket, Stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// A creator of our own: (creator id, creator token, product id).
-async fn creator(client: &drops_tests::Client) -> (Uuid, String, Uuid) {
-    let admin = token(Uuid::now_v7(), Role::Admin);
-    let user = Uuid::now_v7();
-    let c = client.post_json("/v1/creators", Some(&admin), json!({"name": "Headliner", "user_id": user})).await;
-    let creator_id = Uuid::parse_str(c.json()["id"].as_str().unwrap()).unwrap();
-    let creator_token = token(user, Role::Creator);
-    let p = client.post_json("/v1/products", Some(&creator_token), json!({"title": "Poster", "description": ""})).await;
-    (creator_id, creator_token, Uuid::parse_str(p.json()["id"].as_str().unwrap()).unwrap())
-}
-
-async fn follow(client: &drops_tests::Client, who: &Buyer, creator_id: Uuid) {
-    let put = client
-        .send(client.http.put(format!("{}/v1/creators/{creator_id}/follow", client.edge)).bearer_auth(&who.token))
-        .await;
-    assert_eq!(put.status, StatusCode::NO_CONTENT);
-}
-
-/// A drop of the creator's that starts in `secs` seconds.
-async fn drop_starting_in(client: &drops_tests::Client, creator_token: &str, product: Uuid, secs: i64) -> Uuid {
-    let starts_at = Utc::now() + chrono::Duration::seconds(secs);
-    let body = json!({"product_id": product, "price": {"amount": 900, "currency": "EUR"}, "stock": 5, "max_per_user": 1,
-                      "starts_at": starts_at, "ends_at": starts_at + chrono::Duration::hours(1)});
-    let d = client.post_json("/v1/drops", Some(creator_token), body).await;
-    assert_eq!(d.status, StatusCode::CREATED, "{:?}", d.json());
-    Uuid::parse_str(d.json()["id"].as_str().unwrap()).unwrap()
-}
 
 /// What a push service of the test's own saw.
 #[derive(Default)]
@@ -171,10 +140,10 @@ async fn online_followers_on_every_instance_hear_first_and_once_and_only_the_res
     let client = stack.client();
     let second = stack.extra_origin().await;
     let service = PushService::start(Duration::ZERO).await;
-    let (creator_id, creator_token, product) = creator(&client).await;
+    let (creator_id, creator_token, product) = client.creator().await;
     let (here, there, away) = (Buyer::new(), Buyer::new(), Buyer::new());
     for fan in [&here, &there, &away] {
-        follow(&client, fan, creator_id).await;
+        assert_eq!(client.follow(fan, creator_id).await, StatusCode::NO_CONTENT);
         subscribe(&client, fan, &service.endpoint(fan.id)).await;
     }
     let (on_first, _t1) = stack.listen(&here).await;
@@ -186,7 +155,7 @@ async fn online_followers_on_every_instance_hear_first_and_once_and_only_the_res
         stranger_sockets.push(listen_on(&url, stranger).await);
     }
 
-    let drop_id = drop_starting_in(&client, &creator_token, product, 2).await;
+    let drop_id = client.drop_starting_in(&creator_token, product, 2).await;
     until("both online followers heard", Duration::from_secs(15), || {
         drop_live_count(&on_first, drop_id) == 1 && drop_live_count(&on_second, drop_id) == 1
     })
@@ -197,16 +166,7 @@ async fn online_followers_on_every_instance_hear_first_and_once_and_only_the_res
     .await;
 
     // The same DropStarted again (a replay of the log), on top of the first delivery.
-    let db = stack.db().await;
-    let seq: i64 = sqlx::query_scalar("SELECT seq FROM outbox WHERE aggregate_id = $1 AND event_type = 'DropStarted'")
-        .bind(drop_id)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    stack
-        .with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, seq, seq).await })
-        .await
-        .unwrap();
+    stack.replay_drop_started(drop_id).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(drop_live_count(&on_first, drop_id), 1, "once on the socket of the first instance");
     assert_eq!(drop_live_count(&on_second, drop_id), 1, "once on the socket of the second instance");
@@ -231,16 +191,16 @@ async fn a_fan_out_stopped_midway_tells_each_follower_exactly_once() {
     let db = stack.db().await;
     // Slow enough (60 ms a push, a host's bound at once) that the stop lands mid-send.
     let service = PushService::start(Duration::from_millis(60)).await;
-    let (creator_id, creator_token, product) = creator(&client).await;
+    let (creator_id, creator_token, product) = client.creator().await;
     let offline = audience(&db, creator_id, 6_000, &service).await;
     let online: Vec<Buyer> = (0..3).map(|_| Buyer::new()).collect();
     let mut sockets = Vec::new();
     for fan in &online {
-        follow(&client, fan, creator_id).await;
+        assert_eq!(client.follow(fan, creator_id).await, StatusCode::NO_CONTENT);
         subscribe(&client, fan, &service.endpoint(fan.id)).await;
         sockets.push(stack.listen(fan).await);
     }
-    let drop_id = drop_starting_in(&client, &creator_token, product, 2).await;
+    let drop_id = client.drop_starting_in(&creator_token, product, 2).await;
     until("pushes started", Duration::from_secs(20), || service.counts(drop_id).len() >= 300).await;
     stack.stop_origin().await;
     let at_stop = service.counts(drop_id).len();
@@ -271,16 +231,16 @@ async fn a_big_fan_out_holds_up_no_one_else_and_each_push_service_gets_a_bounded
     let db = stack.db().await;
     let big_service = PushService::start(Duration::from_millis(100)).await;
     let small_service = PushService::start(Duration::ZERO).await;
-    let (big, big_token, big_product) = creator(&client).await;
+    let (big, big_token, big_product) = client.creator().await;
     let big_audience = audience(&db, big, 8_000, &big_service).await;
-    let (small, small_token, small_product) = creator(&client).await;
+    let (small, small_token, small_product) = client.creator().await;
     let fan = Buyer::new();
-    follow(&client, &fan, small).await;
+    assert_eq!(client.follow(&fan, small).await, StatusCode::NO_CONTENT);
     subscribe(&client, &fan, &small_service.endpoint(fan.id)).await;
 
-    let big_drop = drop_starting_in(&client, &big_token, big_product, 2).await;
+    let big_drop = client.drop_starting_in(&big_token, big_product, 2).await;
     until("the big fan-out is sending", Duration::from_secs(20), || big_service.counts(big_drop).len() >= 200).await;
-    let small_drop = drop_starting_in(&client, &small_token, small_product, 1).await;
+    let small_drop = client.drop_starting_in(&small_token, small_product, 1).await;
     until("the small creator's follower was pushed", Duration::from_secs(20), || {
         small_service.counts(small_drop).contains_key(&fan.id)
     })
@@ -307,15 +267,15 @@ async fn gone_subscriptions_are_dropped_and_failed_pushes_retried_with_backoff()
     let client = stack.client();
     let db = stack.db().await;
     let service = PushService::start(Duration::ZERO).await;
-    let (creator_id, creator_token, product) = creator(&client).await;
+    let (creator_id, creator_token, product) = client.creator().await;
     let fans: Vec<Buyer> = (0..9).map(|_| Buyer::new()).collect();
     let kind = |fan: &Buyer| fans.iter().position(|f| f.id == fan.id).unwrap_or(0) % 3;
     for fan in &fans {
-        follow(&client, fan, creator_id).await;
+        assert_eq!(client.follow(fan, creator_id).await, StatusCode::NO_CONTENT);
         let mode = ["gone", "flaky", "fine"][kind(fan)];
         subscribe(&client, fan, &format!("{}&mode={mode}", service.endpoint(fan.id))).await;
     }
-    let drop_id = drop_starting_in(&client, &creator_token, product, 1).await;
+    let drop_id = client.drop_starting_in(&creator_token, product, 1).await;
     until("the flaky and the fine are pushed", Duration::from_secs(40), || {
         service.counts(drop_id).len() == fans.iter().filter(|f| kind(f) != 0).count()
     })

@@ -6,31 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use drops_shared::auth::Role;
-use drops_tests::client::token;
 use drops_tests::{Buyer, Stack};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// A creator of our own: (creator id, creator token, product id).
-async fn creator(client: &drops_tests::Client) -> (Uuid, String, Uuid) {
-    let admin = token(Uuid::now_v7(), Role::Admin);
-    let user = Uuid::now_v7();
-    let c = client.post_json("/v1/creators", Some(&admin), json!({"name": "Followed", "user_id": user})).await;
-    let creator_id = Uuid::parse_str(c.json()["id"].as_str().unwrap()).unwrap();
-    let creator_token = token(user, Role::Creator);
-    let p = client.post_json("/v1/products", Some(&creator_token), json!({"title": "Cap", "description": ""})).await;
-    (creator_id, creator_token, Uuid::parse_str(p.json()["id"].as_str().unwrap()).unwrap())
-}
-
-async fn follow(client: &drops_tests::Client, who: &Buyer, creator_id: Uuid) -> StatusCode {
-    client
-        .send(client.http.put(format!("{}/v1/creators/{creator_id}/follow", client.edge)).bearer_auth(&who.token))
-        .await
-        .status
-}
 
 /// The creator's follower count once it settles on `want` (it may be seconds old).
 async fn follower_count(client: &drops_tests::Client, creator_id: Uuid, want: u64) -> u64 {
@@ -45,28 +25,18 @@ async fn follower_count(client: &drops_tests::Client, creator_id: Uuid, want: u6
     }
 }
 
-/// A drop of `creator` that starts in `secs` seconds.
-async fn drop_starting_in(client: &drops_tests::Client, creator_token: &str, product: Uuid, secs: i64) -> Uuid {
-    let starts_at = Utc::now() + chrono::Duration::seconds(secs);
-    let body = json!({"product_id": product, "price": {"amount": 900, "currency": "EUR"}, "stock": 5, "max_per_user": 1,
-                      "starts_at": starts_at, "ends_at": starts_at + chrono::Duration::hours(1)});
-    let d = client.post_json("/v1/drops", Some(creator_token), body).await;
-    assert_eq!(d.status, StatusCode::CREATED, "{:?}", d.json());
-    Uuid::parse_str(d.json()["id"].as_str().unwrap()).unwrap()
-}
-
 #[tokio::test]
 async fn following_is_idempotent_and_counted_once() {
     let stack = Stack::shared().await;
     let client = stack.client();
-    let (creator_id, _, _) = creator(&client).await;
+    let (creator_id, _, _) = client.creator().await;
     let fan = Buyer::new();
-    assert_eq!(follow(&client, &fan, creator_id).await, StatusCode::NO_CONTENT);
-    assert_eq!(follow(&client, &fan, creator_id).await, StatusCode::NO_CONTENT);
+    assert_eq!(client.follow(&fan, creator_id).await, StatusCode::NO_CONTENT);
+    assert_eq!(client.follow(&fan, creator_id).await, StatusCode::NO_CONTENT);
     assert_eq!(follower_count(&client, creator_id, 1).await, 1);
     let mine = client.get("/v1/me/following", Some(&fan.token)).await.json();
     assert_eq!(mine["items"][0]["creator_id"], creator_id.to_string());
-    assert_eq!(mine["items"][0]["name"], "Followed");
+    assert_eq!(mine["items"][0]["name"], "Test Creator");
     let unfollow = || {
         client.send(
             client.http.delete(format!("{}/v1/creators/{creator_id}/follow", client.edge)).bearer_auth(&fan.token),
@@ -75,7 +45,7 @@ async fn following_is_idempotent_and_counted_once() {
     assert_eq!(unfollow().await.status, StatusCode::NO_CONTENT);
     assert_eq!(unfollow().await.status, StatusCode::NO_CONTENT);
     assert_eq!(follower_count(&client, creator_id, 0).await, 0);
-    assert_eq!(follow(&client, &fan, Uuid::now_v7()).await, StatusCode::NOT_FOUND);
+    assert_eq!(client.follow(&fan, Uuid::now_v7()).await, StatusCode::NOT_FOUND);
     let anonymous = client.send(client.http.put(format!("{}/v1/creators/{creator_id}/follow", client.edge))).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
@@ -84,13 +54,13 @@ async fn following_is_idempotent_and_counted_once() {
 async fn paging_followers_while_200_follow_skips_and_repeats_no_one() {
     let stack = Stack::shared().await;
     let client = stack.client();
-    let (creator_id, _, _) = creator(&client).await;
+    let (creator_id, _, _) = client.creator().await;
     let first: Vec<Buyer> = (0..100).map(|_| Buyer::new()).collect();
     for chunk in first.chunks(20) {
-        join_all(chunk.iter().map(|b| follow(&client, b, creator_id))).await;
+        join_all(chunk.iter().map(|b| client.follow(b, creator_id))).await;
     }
     let newcomers: Vec<Buyer> = (0..200).map(|_| Buyer::new()).collect();
-    let landing = join_all(newcomers.iter().map(|b| follow(&client, b, creator_id)));
+    let landing = join_all(newcomers.iter().map(|b| client.follow(b, creator_id)));
     let paging = async {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
@@ -154,12 +124,12 @@ async fn push_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_push() {
     let stack = Stack::shared().await;
     let client = stack.client();
-    let (creator_id, creator_token, product) = creator(&client).await;
+    let (creator_id, creator_token, product) = client.creator().await;
     let online = Buyer::new();
     let offline = Buyer::new();
     let not_a_follower = Buyer::new();
-    follow(&client, &online, creator_id).await;
-    follow(&client, &offline, creator_id).await;
+    client.follow(&online, creator_id).await;
+    client.follow(&offline, creator_id).await;
     let (endpoint, pushes) = push_receiver().await;
     let subscription = json!({"endpoint": endpoint, "keys": {"p256dh": "BPlaceholderKey", "auth": "placeholder"}});
     let put = client.subscribe_push(&offline, &subscription).await;
@@ -167,7 +137,7 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
     let (socket, task) = stack.listen(&online).await;
     let (stranger_socket, stranger_task) = stack.listen(&not_a_follower).await;
 
-    let drop_id = drop_starting_in(&client, &creator_token, product, 2).await;
+    let drop_id = client.drop_starting_in(&creator_token, product, 2).await;
     let started = Instant::now();
     loop {
         if socket
@@ -194,16 +164,7 @@ async fn drop_live_reaches_online_followers_by_socket_and_offline_ones_by_one_pu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The same DropStarted again (a replay of the log): nobody is told twice.
-    let db = stack.db().await;
-    let seq: i64 = sqlx::query_scalar("SELECT seq FROM outbox WHERE aggregate_id = $1 AND event_type = 'DropStarted'")
-        .bind(drop_id)
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    stack
-        .with_origin(move |s| async move { drops_origin::events::relay::replay(&s.core, seq, seq).await })
-        .await
-        .unwrap();
+    stack.replay_drop_started(drop_id).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ours = |v: &Value| v["payload"]["drop_id"] == drop_id.to_string();
     assert_eq!(pushes.lock().unwrap().iter().filter(|p| ours(p)).count(), 1, "exactly one push");

@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use drops_shared::auth::Role;
-use drops_tests::client::token;
 use drops_tests::{Buyer, Stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -36,23 +34,6 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A creator of our own: (creator id, creator token, product id).
-async fn creator(client: &drops_tests::Client) -> (Uuid, String, Uuid) {
-    let admin = token(Uuid::now_v7(), Role::Admin);
-    let user = Uuid::now_v7();
-    let c = client.post_json("/v1/creators", Some(&admin), json!({"name": "Pushy", "user_id": user})).await;
-    assert_eq!(c.status, StatusCode::CREATED, "{:?}", c.json());
-    let creator_id = Uuid::parse_str(c.json()["id"].as_str().unwrap()).unwrap();
-    let creator_token = token(user, Role::Creator);
-    let p = client.post_json("/v1/products", Some(&creator_token), json!({"title": "Mug", "description": ""})).await;
-    (creator_id, creator_token, Uuid::parse_str(p.json()["id"].as_str().unwrap()).unwrap())
-}
-
-async fn follow(client: &drops_tests::Client, who: &Buyer, creator_id: Uuid) {
-    let put = client.http.put(format!("{}/v1/creators/{creator_id}/follow", client.edge)).bearer_auth(&who.token);
-    assert_eq!(client.send(put).await.status, StatusCode::NO_CONTENT);
 }
 
 /// A drop of the creator that is already live: its followers who are offline are
@@ -170,9 +151,9 @@ async fn a_push_services_redirect_is_not_followed() {
     ))
     .await;
 
-    let (creator_id, creator_token, product) = creator(&client).await;
+    let (creator_id, creator_token, product) = client.creator().await;
     let fan = Buyer::new();
-    follow(&client, &fan, creator_id).await;
+    assert_eq!(client.follow(&fan, creator_id).await, StatusCode::NO_CONTENT);
     let put = client.subscribe_push(&fan, &subscription(&format!("{redirecting}/push"))).await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{:?}", put.json());
     go_live(&client, &creator_token, product).await;
@@ -241,18 +222,18 @@ async fn an_endpoint_that_never_answers_holds_up_no_one_elses_push() {
     let (endpoint, pushes) = push_receiver().await;
 
     // Two followers of one creator, pushed in the same round: one endpoint never answers.
-    let (first_creator, first_token, first_product) = creator(&client).await;
+    let (first_creator, first_token, first_product) = client.creator().await;
     let stuck = Buyer::new();
     let neighbour = Buyer::new();
     for (who, at) in [(&stuck, &hole), (&neighbour, &endpoint)] {
-        follow(&client, who, first_creator).await;
+        assert_eq!(client.follow(who, first_creator).await, StatusCode::NO_CONTENT);
         let put = client.subscribe_push(who, &subscription(at)).await;
         assert_eq!(put.status, StatusCode::NO_CONTENT, "{:?}", put.json());
     }
     // A follower of another creator, whose drop goes live while the first push hangs.
-    let (later_creator, later_token, later_product) = creator(&client).await;
+    let (later_creator, later_token, later_product) = client.creator().await;
     let later = Buyer::new();
-    follow(&client, &later, later_creator).await;
+    assert_eq!(client.follow(&later, later_creator).await, StatusCode::NO_CONTENT);
     let put = client.subscribe_push(&later, &subscription(&endpoint)).await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{:?}", put.json());
 
