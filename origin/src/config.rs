@@ -16,6 +16,8 @@ pub const DEV_EDGE_TO_ORIGIN_SECRET: &str = "dev-edge-to-origin-secret";
 pub const DEV_ORIGIN_TO_EDGE_SECRET: &str = "dev-origin-to-edge-secret";
 pub const DEV_WEBHOOK_SECRET: &str = "whsec_dev_sandbox_secret";
 pub const DEV_PUSH_CALLBACK_SECRET: &str = "dev-push-callback-secret";
+/// The development audit seal key, as `DROPS_AUDIT_KEYS` names keys: `<id>:<secret>`.
+pub const DEV_AUDIT_KEYS: &str = "dev:dev-audit-seal-key-change-me";
 
 /// Where Stripe's API lives; a setting so tests can point it at a local double.
 pub const STRIPE_API: &str = "https://api.stripe.com";
@@ -51,6 +53,51 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     pub limits: LimitSettings,
     pub log_format: LogFormat,
+    pub audit: AuditSettings,
+}
+
+/// The keys that seal the audit chain (see `audit::seal`): kept out of the database,
+/// so whoever can write to it cannot make a seal.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The first seals new entries; every one verifies (a rotation lists the new key
+    /// first and keeps the old one until a seal by the new key exists).
+    pub keys: Vec<AuditKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditKey {
+    /// Recorded with each seal, so a seal says which key made it.
+    pub id: String,
+    pub secret: SecretString,
+}
+
+impl AuditSettings {
+    /// Reads `<id>:<secret>[,<id>:<secret>…]`.
+    pub fn parse(keys: &SecretString) -> anyhow::Result<Self> {
+        let keys = keys
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| match k.split_once(':') {
+                Some((id, secret)) if !id.is_empty() && id.len() <= 64 && !secret.is_empty() => {
+                    Ok(AuditKey { id: id.to_owned(), secret: SecretString::from(secret.to_owned()) })
+                }
+                _ => anyhow::bail!("DROPS_AUDIT_KEYS: each key is <id>:<secret>, the id at most 64 bytes"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!keys.is_empty(), "DROPS_AUDIT_KEYS: at least one key is needed");
+        let mut ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        ids.sort_unstable();
+        anyhow::ensure!(ids.windows(2).all(|w| w[0] != w[1]), "DROPS_AUDIT_KEYS: each key id once");
+        Ok(Self { keys })
+    }
+
+    /// The key that seals now.
+    pub fn current(&self) -> &AuditKey {
+        &self.keys[0]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +287,7 @@ pub struct EnvSettings {
     pub origin_to_edge_secret: SecretString,
     /// Comma-separated.
     pub webhook_secrets: SecretString,
+    pub audit_keys: SecretString,
     pub hold_seconds: u32,
     pub log_format: LogFormat,
     pub relay_interval_ms: u64,
@@ -292,6 +340,7 @@ impl Default for EnvSettings {
             edge_to_origin_secret: DEV_EDGE_TO_ORIGIN_SECRET.into(),
             origin_to_edge_secret: DEV_ORIGIN_TO_EDGE_SECRET.into(),
             webhook_secrets: DEV_WEBHOOK_SECRET.into(),
+            audit_keys: DEV_AUDIT_KEYS.into(),
             hold_seconds: 600,
             log_format: LogFormat::Pretty,
             relay_interval_ms: 100,
@@ -386,6 +435,7 @@ impl EnvSettings {
             .map(SecretString::from)
             .collect();
         anyhow::ensure!(!webhook_secrets.is_empty(), "DROPS_WEBHOOK_SECRETS: at least one secret is needed");
+        let audit = AuditSettings::parse(&self.audit_keys)?;
         anyhow::ensure!(self.max_sockets_per_user >= 1, "DROPS_MAX_SOCKETS_PER_USER: at least 1");
         anyhow::ensure!(self.database_acquire_timeout_ms >= 1, "DROPS_DATABASE_ACQUIRE_TIMEOUT_MS: at least 1");
         let settings = Settings {
@@ -426,6 +476,7 @@ impl EnvSettings {
             },
             limits,
             log_format: self.log_format,
+            audit,
         };
         settings.check()?;
         Ok(settings)
@@ -497,6 +548,10 @@ impl Settings {
         if let PushProvider::Callback { secret } = &self.push {
             secrets.push(("DROPS_PUSH_CALLBACK_SECRET", secret, DEV_PUSH_CALLBACK_SECRET));
         }
+        let dev_audit = AuditSettings::parse(&DEV_AUDIT_KEYS.into())?;
+        for key in &self.audit.keys {
+            secrets.push(("DROPS_AUDIT_KEYS", &key.secret, dev_audit.current().secret.expose_secret()));
+        }
         for (name, secret, dev) in secrets {
             let s = secret.expose_secret();
             if s == dev || s.len() < 32 {
@@ -536,9 +591,25 @@ mod tests {
             origin_to_edge_secret: format!("{strong}o").into(),
             push_callback_secret: format!("{strong}p").into(),
             webhook_secrets: "whsec_live_1, whsec_live_2".into(),
+            audit_keys: format!("2026-12:{strong}a").into(),
             payment_provider: "stripe".into(),
             stripe_api_key: Some("sk_live_x".into()),
             ..EnvSettings::default()
+        }
+    }
+
+    #[test]
+    fn audit_keys_are_named_rotatable_and_strong_in_production() {
+        let keys = AuditSettings::parse(&" new:second-key , old:first-key ".to_owned().into()).unwrap();
+        assert_eq!(keys.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(keys.current().id, "new", "the first listed seals");
+        for bad in ["", "no-id-separator", ":secret", "id:", "a:x,a:y"] {
+            assert!(AuditSettings::parse(&bad.to_owned().into()).is_err(), "{bad:?}");
+        }
+        assert!(production().into_settings().is_ok());
+        for weak in [DEV_AUDIT_KEYS.to_owned(), format!("2026-12:{},k:short", "s".repeat(40))] {
+            let refused = EnvSettings { audit_keys: weak.clone().into(), ..production() }.into_settings();
+            assert!(refused.unwrap_err().to_string().contains("DROPS_AUDIT_KEYS"), "{weak}");
         }
     }
 

@@ -41,11 +41,26 @@ where
     }
 }
 
-/// The request's `x-request-id`: the client's, passed on by the edge, or the one the
-/// origin's request-id layer made. `None` only if it is not a short printable
-/// header (the audit log keeps it as given).
+/// The ids of a request: the client's `x-request-id` as sent (passed on by the edge,
+/// or the one the origin's request-id layer made when there was none; `None` only if
+/// it is not a short printable header), and the origin's own, which it mints for
+/// every request ([`mint_server_request_id`]) and logs with it: a client chooses its
+/// id, so only the server's proves which request did something.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub Option<String>);
+pub struct RequestId {
+    pub client: Option<String>,
+    pub server: String,
+}
+
+/// The origin's own id of a request, in its extensions.
+#[derive(Debug, Clone)]
+pub struct ServerRequestId(pub String);
+
+/// Gives every request the origin's own id (a UUIDv7), before anything else sees it.
+pub async fn mint_server_request_id(mut req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    req.extensions_mut().insert(ServerRequestId(Uuid::now_v7().to_string()));
+    next.run(req).await
+}
 
 /// The longest request id kept (the edge passes on at most 128 characters).
 const MAX_REQUEST_ID_BYTES: usize = 200;
@@ -56,7 +71,11 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let id = parts.headers.get(drops_shared::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
         let sane = id.filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES);
-        Ok(RequestId(sane.map(str::to_owned)))
+        let server = match parts.extensions.get::<ServerRequestId>() {
+            Some(ServerRequestId(id)) => id.clone(),
+            None => Uuid::now_v7().to_string(),
+        };
+        Ok(RequestId { client: sane.map(str::to_owned), server })
     }
 }
 

@@ -35,8 +35,8 @@ use crate::payments::{Payments, PaymentsState};
 use crate::state::{Core, LazyRedis};
 use crate::tasks::{Next, Workers};
 use crate::{
-    analytics, audit, catalogue, dashboard, events, followers, health, keepalive, media, metrics, notifications,
-    openapi, orders, payments,
+    analytics, audit, catalogue, dashboard, events, extract, followers, health, keepalive, media, metrics,
+    notifications, openapi, orders, payments,
 };
 
 /// Every area's state, built once.
@@ -127,9 +127,12 @@ pub fn router(app: &App) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let own = req.extensions().get::<extract::ServerRequestId>().map_or("-", |s| s.0.as_str());
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id,
+                                server_request_id = %own)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(extract::mint_server_request_id))
 }
 
 /// Runs one member of consumer group `group` on the event stream.
@@ -230,6 +233,16 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
             async move { payments::preparer::round(&p).await }
         },
     );
+    let core = app.core.clone();
+    workers.every("audit sealer", audit::seal::INTERVAL, move || {
+        let core = core.clone();
+        async move { audit::seal::round(&core.db, &core.settings.audit).await }
+    });
+    let p = app.payments_state();
+    workers.every("payment reversals", payments::reversals::IDLE, move || {
+        let p = p.clone();
+        async move { payments::reversals::round(&p).await }
+    });
     let (n, w, slots) = (app.notifications.clone(), workers.clone(), notifications::push::sender_slots());
     workers.every("push sender", notifications::push::IDLE, move || {
         let (n, w, slots) = (n.clone(), w.clone(), slots.clone());

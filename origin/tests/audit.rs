@@ -6,6 +6,7 @@
 
 use drops_origin::audit::{self, chain, NewEntry};
 use drops_origin::config::Settings;
+use drops_origin::extract::RequestId;
 use drops_origin::App;
 use drops_shared::auth::{Identity, Role};
 use serde_json::json;
@@ -30,7 +31,7 @@ async fn fresh() -> App {
 fn action(i: usize) -> NewEntry {
     let admin = Identity { user_id: Uuid::now_v7(), role: Role::Admin };
     NewEntry::system("creator.created", "creator", Uuid::now_v7(), json!({"n": i, "name": "Ünï \"quoted\""}))
-        .by(admin, Some(format!("req-{i}")))
+        .by(admin, &RequestId { client: Some(format!("req-{i}")), server: Uuid::now_v7().to_string() })
 }
 
 async fn append_one(app: &App, entry: NewEntry) -> usize {
@@ -154,4 +155,137 @@ async fn the_database_refuses_changes_and_verify_finds_an_edit_behind_its_back()
     let v = chain::verify(db).await.unwrap();
     assert_eq!((v.entries, v.valid, v.first_invalid_seq), (4, false, Some(5)));
     sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+}
+
+/// Rewrites entry `seq`'s data as a superuser would, then hashes it and every later
+/// entry again by the chain's own (public, unkeyed) rules, so the chain alone holds.
+async fn rewrite_and_rehash(conn: &mut sqlx::PgConnection, seq: i64, data: serde_json::Value) {
+    use drops_shared::api::AuditEntry;
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, prev_hash FROM audit_log WHERE seq >= $1 ORDER BY seq")
+        .bind(seq)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let mut prev: Option<String> = None;
+    for (n, stored_prev) in rows {
+        let page = sqlx::query_as::<_, (serde_json::Value,)>(
+            "SELECT to_jsonb(e) FROM (SELECT seq, at, action, subject_kind, subject_id, request_id, server_request_id,
+                    actor_user_id, actor_role, data FROM audit_log WHERE seq = $1) e",
+        )
+        .bind(n)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .0;
+        let mut entry = AuditEntry {
+            seq: n,
+            at: serde_json::from_value(page["at"].clone()).unwrap(),
+            action: page["action"].as_str().unwrap().to_owned(),
+            actor: page["actor_user_id"].as_str().map(|id| drops_shared::api::AuditActor {
+                user_id: id.parse().unwrap(),
+                role: page["actor_role"].as_str().unwrap().to_owned(),
+            }),
+            subject: drops_shared::api::AuditSubject {
+                kind: page["subject_kind"].as_str().unwrap().to_owned(),
+                id: page["subject_id"].as_str().unwrap().to_owned(),
+            },
+            request_id: page["request_id"].as_str().map(str::to_owned),
+            server_request_id: page["server_request_id"].as_str().map(str::to_owned),
+            data: if n == seq { data.clone() } else { page["data"].clone() },
+            hash: String::new(),
+            prev_hash: prev.clone().unwrap_or(stored_prev),
+        };
+        entry.hash = chain::entry_hash(&entry);
+        sqlx::query("UPDATE audit_log SET data = $2, prev_hash = $3, hash = $4 WHERE seq = $1")
+            .bind(n)
+            .bind(&entry.data)
+            .bind(&entry.prev_hash)
+            .bind(&entry.hash)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        prev = Some(entry.hash);
+    }
+    sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_chain_hashed_again_after_an_edit_no_longer_matches_its_seals() {
+    let app = fresh().await;
+    let (db, keys) = (&app.core.db, &app.core.settings.audit);
+    for i in 0..2 {
+        append_one(&app, action(i)).await;
+    }
+    audit::seal::round(db, keys).await.unwrap();
+    for i in 2..6 {
+        append_one(&app, action(i)).await;
+    }
+    audit::seal::round(db, keys).await.unwrap();
+    let whole = audit::verify(db, keys).await.unwrap();
+    assert_eq!((whole.entries, whole.valid, whole.sealed_through_seq), (6, true, Some(6)));
+
+    // Entry 3 rewritten and the chain hashed again from there: the links all hold...
+    let mut conn = db.acquire().await.unwrap();
+    rewrite_and_rehash(&mut conn, 3, json!({"n": 3, "name": "Forged"})).await;
+    assert!(chain::verify(db).await.unwrap().valid, "the unkeyed chain alone is fooled");
+    // ...but the seal over seq 6 no longer matches; the one over seq 2 still vouches for 1–2.
+    let v = audit::verify(db, keys).await.unwrap();
+    assert_eq!((v.valid, v.first_invalid_seq, v.sealed_through_seq), (false, Some(3), Some(2)));
+
+    // A seal made without the key does not help, nor does one made with another key.
+    let forged = drops_origin::config::AuditKey { id: keys.current().id.clone(), secret: "guessed".to_owned().into() };
+    let head: String = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = 6").fetch_one(db).await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("DELETE FROM audit_seals WHERE seq = 6").execute(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO audit_seals (seq, hash, key_id, mac) VALUES (6, $1, $2, $3)")
+        .bind(&head)
+        .bind(&forged.id)
+        .bind(audit::seal::seal(&forged, 6, &head))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let v = audit::verify(db, keys).await.unwrap();
+    assert_eq!((v.valid, v.first_invalid_seq), (false, Some(3)));
+
+    // Nor does removing the seals: entries no seal vouches for, once old, are a fault.
+    sqlx::query("DELETE FROM audit_seals").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+    let young = audit::verify(db, keys).await.unwrap();
+    assert!(young.valid && young.sealed_through_seq.is_none(), "entries this young may still be waiting for a seal");
+    let backdated = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET at = $1::timestamptz").bind(&backdated).execute(&mut *conn).await.unwrap();
+    sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await.unwrap();
+    rewrite_and_rehash(&mut conn, 1, json!({"n": 0, "name": "Ünï \"quoted\""})).await;
+    assert!(chain::verify(db).await.unwrap().valid);
+    let v = audit::verify(db, keys).await.unwrap();
+    assert_eq!((v.valid, v.first_invalid_seq, v.sealed_through_seq), (false, Some(1), None));
+}
+
+#[tokio::test]
+async fn seals_verify_across_a_key_rotation() {
+    use drops_origin::config::AuditSettings;
+    let app = fresh().await;
+    let db = &app.core.db;
+    let old = AuditSettings::parse(&"k1:first-audit-key-0123456789abcdef0123".to_owned().into()).unwrap();
+    let rotated = AuditSettings::parse(
+        &"k2:second-audit-key-0123456789abcdef012,k1:first-audit-key-0123456789abcdef0123".to_owned().into(),
+    )
+    .unwrap();
+    append_one(&app, action(0)).await;
+    audit::seal::round(db, &old).await.unwrap();
+    append_one(&app, action(1)).await;
+    audit::seal::round(db, &rotated).await.unwrap();
+    let key_ids: Vec<String> =
+        sqlx::query_scalar("SELECT key_id FROM audit_seals ORDER BY seq").fetch_all(db).await.unwrap();
+    assert_eq!(key_ids, ["k1", "k2"], "the new key seals from the rotation on");
+    let v = audit::verify(db, &rotated).await.unwrap();
+    assert_eq!((v.valid, v.sealed_through_seq), (true, Some(2)));
+    // The old key retired: its seal is not checked, the newer one vouches for everything.
+    let retired = AuditSettings::parse(&"k2:second-audit-key-0123456789abcdef012".to_owned().into()).unwrap();
+    let v = audit::verify(db, &retired).await.unwrap();
+    assert_eq!((v.valid, v.sealed_through_seq), (true, Some(2)));
+    // A key that never sealed anything vouches for nothing.
+    assert_eq!(audit::seal::round(db, &retired).await.unwrap(), drops_origin::tasks::Next::Later);
 }

@@ -545,7 +545,11 @@ pub struct AuditEntry {
     pub action: String,
     pub actor: Option<AuditActor>,
     pub subject: AuditSubject,
+    /// The client's `x-request-id`, as it was sent.
     pub request_id: Option<String>,
+    /// The origin's own id of the request (its logs carry it too); hashed when present.
+    #[serde(default)]
+    pub server_request_id: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
     pub hash: String,
@@ -558,8 +562,13 @@ pub struct AuditEntry {
 pub struct AuditVerification {
     pub entries: u64,
     pub valid: bool,
-    /// The first entry whose hash or link does not match; `null` when all do.
+    /// The first entry whose hash or link does not match, or that no valid seal
+    /// vouches for any more; `null` when all hold.
     pub first_invalid_seq: Option<i64>,
+    /// The newest entry a seal (an HMAC with a key outside the database over the
+    /// chain's head) vouches for, and so every entry before it; `null` before the first seal.
+    #[serde(default)]
+    pub sealed_through_seq: Option<i64>,
 }
 
 // ---------------------------------------------------------------- analytics

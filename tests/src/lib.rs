@@ -444,6 +444,23 @@ impl Stack {
             .expect("the edge knows the drop")
     }
 
+    /// The state of a reservation's hold at the edge.
+    pub async fn hold_state(&self, drop_id: uuid::Uuid, order_id: uuid::Uuid) -> drops_shared::internal::HoldState {
+        let snapshot = self.snapshot(drop_id).await;
+        snapshot.holds.iter().find(|h| h.reservation_id == order_id).map(|h| h.state).expect("hold exists")
+    }
+
+    /// Waits for the hold to follow its order (the edge sync runs after the order changed).
+    pub async fn wait_hold(&self, drop_id: uuid::Uuid, order_id: uuid::Uuid, want: drops_shared::internal::HoldState) {
+        for _ in 0..200 {
+            if self.hold_state(drop_id, order_id).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("hold {order_id} never became {want:?}");
+    }
+
     /// Waits until consumer group `consumer` has handled every event about
     /// `aggregate_id` so far, and, for a drop that has started, its `DropStarted`.
     pub async fn wait_consumed(&self, aggregate_id: uuid::Uuid, consumer: &str) {

@@ -1,13 +1,14 @@
 //! A local double of the part of Stripe's API the origin calls: creating a
 //! PaymentIntent (`POST /v1/payment_intents`, form-encoded, bearer key, an
-//! `Idempotency-Key`) and refunding one. It answers as Stripe does, and can be made
-//! slow or failing, to see what the platform does when the provider is.
+//! `Idempotency-Key`), cancelling one and refunding one. It answers as Stripe does,
+//! and can be made slow or failing, to see what the platform does when the provider
+//! is. [`StripeDouble::confirm`] stands for a buyer confirming an intent with Stripe.js.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Form, Json, Router};
@@ -40,6 +41,7 @@ impl StripeDouble {
     pub async fn start(&self) -> String {
         let app = Router::new()
             .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
             .route("/v1/refunds", post(refund))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the Stripe double");
@@ -55,6 +57,25 @@ impl StripeDouble {
     /// (authorization, idempotency key) of every call so far.
     pub fn calls(&self) -> Vec<(String, String)> {
         self.0.lock().expect("double").calls.clone()
+    }
+
+    /// The buyer confirmed the intent with Stripe (as Stripe.js does with its client
+    /// secret): it succeeded, and can no longer be cancelled. Returns whether it could.
+    pub fn confirm(&self, intent_id: &str) -> bool {
+        let mut inner = self.0.lock().expect("double");
+        match inner.intents.values_mut().find(|i| i["id"] == intent_id) {
+            Some(intent) if intent["status"] == "requires_payment_method" => {
+                intent["status"] = json!("succeeded");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The status of an intent (`requires_payment_method`, `succeeded`, `canceled`).
+    pub fn status(&self, intent_id: &str) -> Option<String> {
+        let inner = self.0.lock().expect("double");
+        inner.intents.values().find(|i| i["id"] == intent_id).and_then(|i| i["status"].as_str().map(str::to_owned))
     }
 
     /// How many PaymentIntents exist (one per idempotency key, however often asked).
@@ -118,4 +139,29 @@ async fn refund(State(double): State<StripeDouble>, headers: HeaderMap) -> (Stat
         return failed;
     }
     (StatusCode::OK, Json(json!({"id": format!("re_double_{}", uuid::Uuid::new_v4().simple()), "object": "refund"})))
+}
+
+/// Cancels an intent not yet paid; one that succeeded is refused as Stripe does.
+async fn cancel_intent(
+    State(double): State<StripeDouble>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let (mode, _) = double.record(&headers);
+    if let Some(failed) = answer(mode).await {
+        return failed;
+    }
+    let mut inner = double.0.lock().expect("double");
+    let Some(intent) = inner.intents.values_mut().find(|i| i["id"] == id.as_str()) else {
+        let error = json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                                     "message": format!("No such payment_intent: '{id}'")}});
+        return (StatusCode::NOT_FOUND, Json(error));
+    };
+    if intent["status"] == "succeeded" {
+        let error = json!({"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state",
+                                     "message": "You cannot cancel this PaymentIntent because it has a status of succeeded."}});
+        return (StatusCode::BAD_REQUEST, Json(error));
+    }
+    intent["status"] = json!("canceled");
+    (StatusCode::OK, Json(intent.clone()))
 }

@@ -2,7 +2,8 @@
 //! are appended (one line, under one lock), and how the chain is checked again.
 //!
 //! An entry's canonical JSON is the object of every field but the two hashes
-//! (`action`, `actor`, `at`, `data`, `request_id`, `seq`, `subject`), keys sorted
+//! (`action`, `actor`, `at`, `data`, `request_id`, `seq`, `subject`, and
+//! `server_request_id` on entries that have one: older entries hash as they did), keys sorted
 //! by their bytes at every depth, no whitespace. `at` is RFC 3339 in UTC with six
 //! fractional digits and `Z` (the precision Postgres keeps). Its hash is the hex
 //! SHA-256 of the previous entry's hash (hex, [`GENESIS`] before the first entry)
@@ -15,6 +16,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::extract::RequestId;
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -35,8 +38,10 @@ pub struct NewEntry {
     pub actor: Option<Identity>,
     pub subject_kind: &'static str,
     pub subject_id: String,
-    /// The `x-request-id` of the request that did it, if a request did.
+    /// The `x-request-id` of the request that did it, as the client sent it, if a request did.
     pub request_id: Option<String>,
+    /// The origin's own id of that request.
+    pub server_request_id: Option<String>,
     /// Strings, integers, bools, nulls, objects and arrays only: a float may not read
     /// back from `jsonb` as the same text, which would break the chain.
     pub data: Value,
@@ -58,14 +63,20 @@ impl NewEntry {
             subject_kind,
             subject_id: subject_id.to_string(),
             request_id: None,
+            server_request_id: None,
             data,
             event_id: None,
         }
     }
 
-    /// The same entry, done by `actor` in request `request_id`.
-    pub fn by(self, actor: Identity, request_id: Option<String>) -> Self {
-        Self { actor: Some(actor), request_id, ..self }
+    /// The same entry, done by `actor` in request `request`.
+    pub fn by(self, actor: Identity, request: &RequestId) -> Self {
+        Self {
+            actor: Some(actor),
+            request_id: request.client.clone(),
+            server_request_id: Some(request.server.clone()),
+            ..self
+        }
     }
 }
 
@@ -113,7 +124,7 @@ fn hashed_time(at: DateTime<Utc>) -> String {
 
 /// The hash `entry` must have: over its `prev_hash` and every other field.
 pub fn entry_hash(entry: &AuditEntry) -> String {
-    let fields = serde_json::json!({
+    let mut fields = serde_json::json!({
         "seq": entry.seq,
         "at": hashed_time(entry.at),
         "action": entry.action,
@@ -122,6 +133,9 @@ pub fn entry_hash(entry: &AuditEntry) -> String {
         "request_id": entry.request_id,
         "data": entry.data,
     });
+    if let Some(own) = &entry.server_request_id {
+        fields["server_request_id"] = Value::String(own.clone());
+    }
     let mut digest = Sha256::new();
     digest.update(entry.prev_hash.as_bytes());
     digest.update(canonical_json(&fields).as_bytes());
@@ -180,6 +194,7 @@ pub async fn append(conn: &mut PgConnection, entries: Vec<NewEntry>) -> sqlx::Re
             actor: entry.actor.map(|a| AuditActor { user_id: a.user_id, role: a.role.as_str().to_owned() }),
             subject: AuditSubject { kind: entry.subject_kind.to_owned(), id: entry.subject_id },
             request_id: entry.request_id,
+            server_request_id: entry.server_request_id,
             data: entry.data,
             hash: String::new(),
             prev_hash: std::mem::take(&mut prev_hash),
@@ -197,9 +212,9 @@ pub async fn append(conn: &mut PgConnection, entries: Vec<NewEntry>) -> sqlx::Re
     }
     sqlx::query!(
         "INSERT INTO audit_log (seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id,
-                                data, event_id, prev_hash, hash)
+                                data, event_id, prev_hash, hash, server_request_id)
          SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                              $7::text[], $8::text[], $9::jsonb[], $10::uuid[], $11::text[], $12::text[])",
+                              $7::text[], $8::text[], $9::jsonb[], $10::uuid[], $11::text[], $12::text[], $13::text[])",
         &columns.seq,
         &columns.at,
         &columns.action,
@@ -211,7 +226,8 @@ pub async fn append(conn: &mut PgConnection, entries: Vec<NewEntry>) -> sqlx::Re
         &columns.data,
         &columns.event_id as &[Option<Uuid>],
         &columns.prev_hash,
-        &columns.hash
+        &columns.hash,
+        &columns.server_request_id as &[Option<String>]
     )
     .execute(&mut *conn)
     .await?;
@@ -229,6 +245,7 @@ struct Columns {
     subject_kind: Vec<String>,
     subject_id: Vec<String>,
     request_id: Vec<Option<String>>,
+    server_request_id: Vec<Option<String>>,
     data: Vec<Value>,
     event_id: Vec<Option<Uuid>>,
     prev_hash: Vec<String>,
@@ -245,6 +262,7 @@ impl Columns {
         self.subject_kind.push(row.subject.kind.clone());
         self.subject_id.push(row.subject.id.clone());
         self.request_id.push(row.request_id.clone());
+        self.server_request_id.push(row.server_request_id.clone());
         self.data.push(row.data.clone());
         self.event_id.push(event_id);
         self.prev_hash.push(row.prev_hash.clone());
@@ -262,6 +280,7 @@ pub(crate) struct Row {
     pub subject_kind: String,
     pub subject_id: String,
     pub request_id: Option<String>,
+    pub server_request_id: Option<String>,
     pub data: Value,
     pub prev_hash: String,
     pub hash: String,
@@ -280,6 +299,7 @@ impl From<Row> for AuditEntry {
             actor,
             subject: AuditSubject { kind: r.subject_kind, id: r.subject_id },
             request_id: r.request_id,
+            server_request_id: r.server_request_id,
             data: r.data,
             hash: r.hash,
             prev_hash: r.prev_hash,
@@ -295,8 +315,8 @@ pub async fn verify(db: &PgPool) -> anyhow::Result<AuditVerification> {
     loop {
         let chunk = sqlx::query_as!(
             Row,
-            "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id, data,
-                    prev_hash, hash
+            "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id,
+                    server_request_id, data, prev_hash, hash
              FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
             expected_seq,
             VERIFY_CHUNK
@@ -304,7 +324,7 @@ pub async fn verify(db: &PgPool) -> anyhow::Result<AuditVerification> {
         .fetch_all(db)
         .await?;
         let Some(last_seq) = chunk.last().map(|r| r.seq) else {
-            return Ok(AuditVerification { entries, valid: true, first_invalid_seq: None });
+            return Ok(AuditVerification { entries, valid: true, first_invalid_seq: None, sealed_through_seq: None });
         };
         for row in chunk {
             let entry = AuditEntry::from(row);
@@ -313,7 +333,12 @@ pub async fn verify(db: &PgPool) -> anyhow::Result<AuditVerification> {
                     .fetch_one(db)
                     .await?;
                 let total = entries + u64::try_from(rest).unwrap_or(0);
-                return Ok(AuditVerification { entries: total, valid: false, first_invalid_seq: Some(entry.seq) });
+                return Ok(AuditVerification {
+                    entries: total,
+                    valid: false,
+                    first_invalid_seq: Some(entry.seq),
+                    sealed_through_seq: None,
+                });
             }
             entries += 1;
             expected_seq = entry.seq + 1;
@@ -338,6 +363,7 @@ mod tests {
             actor: Some(AuditActor { user_id: Uuid::from_u128(7), role: Role::Creator.as_str().into() }),
             subject: AuditSubject { kind: "drop".into(), id: Uuid::from_u128(9).to_string() },
             request_id: Some("req-1".into()),
+            server_request_id: None,
             data: json!({"before": {"stock": 10}, "after": {"stock": 12}}),
             hash: String::new(),
             prev_hash: prev_hash.into(),

@@ -16,7 +16,9 @@
 //! gets past that (a superuser) breaks the chain, and `GET /v1/admin/audit/verify`
 //! names the first entry that no longer holds. (Removing the newest entries leaves
 //! a shorter chain that still holds: the chain proves what is there, not that
-//! nothing was cut off the end.)
+//! nothing was cut off the end.) The hashes are unkeyed, so whoever gets past the
+//! triggers could also hash the rest again: [`seal`]s, HMACs under a key outside
+//! the database over the chain's head, catch that, and verification checks both.
 //!
 //! Admins read it at `GET /v1/admin/audit` (oldest first, optionally about one
 //! subject).
@@ -25,6 +27,7 @@
 
 pub mod chain;
 pub mod consumer;
+pub mod seal;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -37,6 +40,7 @@ use serde::Deserialize;
 
 pub use chain::{append, NewEntry};
 
+use crate::config::AuditSettings;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admins, Authorized, StrictQuery};
 use crate::paging::{self, PageQuery};
@@ -46,7 +50,10 @@ use crate::state::Core;
 pub const MAX_SUBJECT_ID_CHARS: usize = 200;
 
 pub fn router(core: Core) -> Router {
-    Router::new().route("/v1/admin/audit", get(list)).route("/v1/admin/audit/verify", get(verify)).with_state(core)
+    Router::new()
+        .route("/v1/admin/audit", get(list))
+        .route("/v1/admin/audit/verify", get(verify_route))
+        .with_state(core)
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,8 +105,8 @@ async fn list(
         Some(subject) => {
             sqlx::query_as!(
                 chain::Row,
-                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id, data,
-                        prev_hash, hash
+                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id,
+                        server_request_id, data, prev_hash, hash
                  FROM audit_log WHERE subject_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 subject,
                 after,
@@ -111,8 +118,8 @@ async fn list(
         None => {
             sqlx::query_as!(
                 chain::Row,
-                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id, data,
-                        prev_hash, hash
+                "SELECT seq, at, action, actor_user_id, actor_role, subject_kind, subject_id, request_id,
+                        server_request_id, data, prev_hash, hash
                  FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
                 after,
                 limit + 1
@@ -126,8 +133,21 @@ async fn list(
 }
 
 /// `GET /v1/admin/audit/verify`: the whole chain, checked again.
-async fn verify(State(core): State<Core>, _admin: Authorized<Admins>) -> ApiResult<Json<AuditVerification>> {
-    Ok(Json(chain::verify(&core.db).await?))
+async fn verify_route(State(core): State<Core>, _admin: Authorized<Admins>) -> ApiResult<Json<AuditVerification>> {
+    Ok(Json(verify(&core.db, &core.settings.audit).await?))
+}
+
+/// The chain checked link by link, and against its seals: valid only if both hold;
+/// the first entry that does not is the earlier of the two findings.
+pub async fn verify(db: &sqlx::PgPool, keys: &AuditSettings) -> anyhow::Result<AuditVerification> {
+    let mut verdict = chain::verify(db).await?;
+    let sealed = seal::check(db, keys).await?;
+    verdict.sealed_through_seq = sealed.sealed_through;
+    if let Some(unvouched) = sealed.first_unvouched {
+        verdict.valid = false;
+        verdict.first_invalid_seq = Some(verdict.first_invalid_seq.map_or(unvouched, |n| n.min(unvouched)));
+    }
+    Ok(verdict)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl CreatorRow {
 async fn create(
     State(state): State<CatalogueState>,
     admin: Authorized<Admins>,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     StrictJson(body): StrictJson<CreateCreator>,
 ) -> ApiResult<(StatusCode, Json<Creator>)> {
     validate_text("name", &body.name, 200)?;
@@ -59,7 +59,7 @@ async fn create(
     .await?;
     let row = row.ok_or_else(|| ApiError::code(ErrorCode::Conflict, "that user already has a creator profile"))?;
     let data = serde_json::json!({"user_id": row.user_id, "name": row.name});
-    let entry = NewEntry::system("creator.created", "creator", row.id, data).by(admin.0, request_id);
+    let entry = NewEntry::system("creator.created", "creator", row.id, data).by(admin.0, &request_id);
     audit::append(&mut tx, vec![entry]).await?;
     tx.commit().await?;
     let user_id = Some(row.user_id);

@@ -64,6 +64,7 @@ pub async fn seed(conn: &mut PgConnection, hold_seconds: u32) -> sqlx::Result<()
             uploaded_by_role: drops_shared::auth::Role::Admin,
             uploaded_at: Utc::now(),
         },
+        None,
     )
     .await?;
     sqlx::query!(

@@ -141,7 +141,7 @@ pub async fn unsynced(db: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<DropRow
 async fn create_drop(
     State(state): State<CatalogueState>,
     user: Authorized<Sellers>,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     StrictJson(body): StrictJson<CreateDrop>,
 ) -> ApiResult<(StatusCode, Json<DropCard>)> {
     body.validate()?;
@@ -155,7 +155,7 @@ async fn create_drop(
     let drop_id = Uuid::now_v7();
     let mut terms = terms_data(&body, state.core.settings.orders.hold_seconds);
     terms.insert("creator_id".into(), creator_id.to_string().into());
-    let entry = NewEntry::system("drop.created", "drop", drop_id, terms.into()).by(user.0, request_id);
+    let entry = NewEntry::system("drop.created", "drop", drop_id, terms.into()).by(user.0, &request_id);
     let drop = save(&state, db.begin().await?, drop_id, creator_id, &body, Change::Created, entry).await?;
     Ok((StatusCode::CREATED, Json(drop.card(Utc::now()))))
 }
@@ -307,7 +307,7 @@ async fn list_drops(
 async fn update_drop(
     State(state): State<CatalogueState>,
     user: Authorized<Sellers>,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     Path(drop_id): Path<String>,
     StrictJson(body): StrictJson<UpdateDrop>,
 ) -> ApiResult<Json<DropCard>> {
@@ -339,7 +339,7 @@ async fn update_drop(
     };
     let next = body.apply(&current)?;
     let change = terms_change(&current, &next, state.core.settings.orders.hold_seconds);
-    let entry = NewEntry::system("drop.terms_changed", "drop", drop_id, change).by(user.0, request_id);
+    let entry = NewEntry::system("drop.terms_changed", "drop", drop_id, change).by(user.0, &request_id);
     let drop = save(&state, tx, drop_id, creator_id, &next, Change::Updated, entry).await?;
     Ok(Json(drop.card(Utc::now())))
 }

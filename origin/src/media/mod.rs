@@ -27,7 +27,7 @@ use sqlx::{Connection, PgConnection, PgExecutor};
 
 use crate::audit::{self, NewEntry};
 use crate::error::ApiError;
-use crate::extract::{method_of, Answer, Signed};
+use crate::extract::{method_of, Answer, RequestId, Signed};
 use crate::state::Core;
 
 pub fn router(core: Core) -> Router {
@@ -36,11 +36,15 @@ pub fn router(core: Core) -> Router {
 
 /// The edge stored a file: record it and its uploader.
 #[tracing::instrument(skip_all, fields(key = %call.body.key, visibility = call.body.visibility.as_str()))]
-async fn record_upload(State(core): State<Core>, call: Signed<RecordMedia>) -> Answer<RecordMedia> {
+async fn record_upload(
+    State(core): State<Core>,
+    request_id: RequestId,
+    call: Signed<RecordMedia>,
+) -> Answer<RecordMedia> {
     let upload = call.body;
     check(&upload)?;
     let mut conn = core.db.acquire().await?;
-    let first_upload = record(&mut conn, &upload).await?;
+    let first_upload = record(&mut conn, &upload, Some(&request_id)).await?;
     Ok(Json(MediaRecorded { first_upload }))
 }
 
@@ -65,9 +69,13 @@ fn check(upload: &MediaUpload) -> Result<(), ApiError> {
 
 /// Records `upload` (the file, if new at its visibility, and its uploader, if new for
 /// it, with its audit entry) atomically, in the caller's transaction if there is
-/// one. Returns whether the file was new. Recording the same upload again changes
+/// one, as done in request `request_id` (none: the platform's own seeding). Returns whether the file was new. Recording the same upload again changes
 /// nothing.
-pub async fn record(conn: &mut PgConnection, upload: &MediaUpload) -> sqlx::Result<bool> {
+pub async fn record(
+    conn: &mut PgConnection,
+    upload: &MediaUpload,
+    request_id: Option<&RequestId>,
+) -> sqlx::Result<bool> {
     let mut tx = conn.begin().await?;
     let (visibility, key) = (upload.visibility.as_str(), upload.key.to_string());
     let size = i64::try_from(upload.size).unwrap_or(i64::MAX);
@@ -95,13 +103,17 @@ pub async fn record(conn: &mut PgConnection, upload: &MediaUpload) -> sqlx::Resu
     .rows_affected()
         == 1;
     if new_uploader {
-        // The edge's call carries no request id of the client's: the entry has none.
+        // The edge's call carries the request id it passes on for the client, if any.
         let data = serde_json::json!({
             "key": key, "visibility": visibility, "content_type": upload.content_type, "size": size,
             "uploaded_at": upload.uploaded_at, "first_upload": inserted.is_some(),
         });
         let uploader = Identity { user_id: upload.uploaded_by, role: upload.uploaded_by_role };
-        let entry = NewEntry::system("media.uploaded", "media", &key, data).by(uploader, None);
+        let entry = NewEntry::system("media.uploaded", "media", &key, data);
+        let entry = match request_id {
+            Some(ids) => entry.by(uploader, ids),
+            None => NewEntry { actor: Some(uploader), ..entry },
+        };
         audit::append(&mut tx, vec![entry]).await?;
     }
     tx.commit().await?;

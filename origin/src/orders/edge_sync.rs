@@ -6,10 +6,10 @@
 //! - `confirmed` → sell the hold; if the hold had already run out, take the units
 //!   again (reinstate); if they are gone, refund and fail the order.
 //! - `failed`, `cancelled`, `expired` → release the hold (once: the edge ignores a
-//!   repeat), and refund a payment that succeeded anyway.
+//!   repeat), and file the refund of a payment that succeeded anyway.
 //! - `reserved` → nothing yet.
 
-use drops_shared::api::{Money, OrderStatus};
+use drops_shared::api::OrderStatus;
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use drops_shared::internal::{HoldAction, HoldState};
 use uuid::Uuid;
@@ -42,14 +42,11 @@ pub async fn handle(state: &OrdersState, event: &EventEnvelope) -> anyhow::Resul
 
 pub async fn settle(state: &OrdersState, order_id: Uuid) -> anyhow::Result<()> {
     let db = &state.core.db;
-    let order = sqlx::query!(
-        r#"SELECT drop_id, status AS "status: OrderStatus", amount, currency FROM orders WHERE id = $1"#,
-        order_id
-    )
-    .fetch_optional(db)
-    .await?;
+    let order = sqlx::query!(r#"SELECT drop_id, status AS "status: OrderStatus" FROM orders WHERE id = $1"#, order_id)
+        .fetch_optional(db)
+        .await?;
     let Some(order) = order else { return Ok(()) };
-    let (drop_id, status, amount, currency) = (order.drop_id, order.status, order.amount, order.currency);
+    let (drop_id, status) = (order.drop_id, order.status);
     let edge = &state.core.edge;
     match status {
         OrderStatus::Reserved => Ok(()),
@@ -81,10 +78,12 @@ pub async fn settle(state: &OrdersState, order_id: Uuid) -> anyhow::Result<()> {
                 HoldMove::Now(_) => {}
                 other => anyhow::bail!("releasing hold {order_id}: {other:?}"),
             }
+            // Paid for all the same (the webhook files that refund itself; this is the
+            // net under it): the money goes back, once.
             let payment = payments::store::of_order(db, order_id).await?;
             if payment.is_some_and(|p| p.status == PaymentStatus::Succeeded) {
-                let money = Money { amount, currency: currency.trim().to_owned() };
-                payments::store::refund(db, &state.payments, order_id, &money).await?;
+                let mut conn = db.acquire().await?;
+                payments::store::request_refund(&mut conn, order_id, "paid for an order that ended unpaid").await?;
             }
             Ok(())
         }
@@ -99,7 +98,7 @@ async fn refund_and_fail(state: &OrdersState, order_id: Uuid, detail: &str) -> a
         return Ok(()); // someone else settled it meanwhile
     }
     lifecycle::move_to(&mut tx, &mut order, OrderStatus::Failed, Some(detail)).await?;
+    payments::store::request_refund(&mut tx, order_id, detail).await?;
     tx.commit().await?;
-    payments::store::refund(&state.core.db, &state.payments, order_id, &order.money()).await?;
     Ok(())
 }

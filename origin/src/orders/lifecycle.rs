@@ -18,7 +18,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::events;
-use crate::payments::{self, OrderSettlement};
+use crate::payments::{self, OrderSettlement, Settled};
 
 #[derive(Debug, Clone)]
 pub struct OrderState {
@@ -76,8 +76,8 @@ pub async fn move_to(
     .await?;
     order.status = to;
     if from == OrderStatus::Reserved && to != OrderStatus::Confirmed {
-        // Ended before its payment was prepared: nothing left to pay for.
-        payments::store::withdraw(&mut *conn, order.id).await?;
+        // Ended unpaid: nothing left to pay for, so nothing may be paid any more.
+        payments::store::call_off(&mut *conn, order.id, to.as_str()).await?;
     }
     let (order_id, drop_id, user_id, quantity) = (order.id, order.drop_id, order.user_id, order.quantity as u32);
     let event = match to {
@@ -103,17 +103,20 @@ pub struct Settlement;
 
 #[async_trait]
 impl OrderSettlement for Settlement {
-    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()> {
-        let Some(mut order) = lock(conn, order_id).await? else { return Ok(()) };
+    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Settled> {
+        let Some(mut order) = lock(conn, order_id).await? else { anyhow::bail!("a payment for no order ({order_id})") };
         match order.status {
-            OrderStatus::Reserved => move_to(conn, &mut order, OrderStatus::Confirmed, None).await,
+            OrderStatus::Reserved => move_to(conn, &mut order, OrderStatus::Confirmed, None).await?,
+            // Its units are taken again if they can be (the edge sync), else refunded then.
             OrderStatus::Expired | OrderStatus::Failed => {
                 let detail = "paid after the reservation had ended";
-                move_to(conn, &mut order, OrderStatus::Confirmed, Some(detail)).await
+                move_to(conn, &mut order, OrderStatus::Confirmed, Some(detail)).await?
             }
-            // Confirmed already; or cancelled, whose payment the edge sync refunds.
-            OrderStatus::Confirmed | OrderStatus::Cancelled => Ok(()),
+            OrderStatus::Confirmed => {}
+            // The buyer called it off: it stays cancelled, and the money goes back.
+            OrderStatus::Cancelled => return Ok(Settled::CannotHonour),
         }
+        Ok(Settled::Confirmed)
     }
 
     async fn payment_failed(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()> {

@@ -13,6 +13,9 @@
 //! | released | reserved | the expiry notice was lost: expire the order |
 //! | sold | failed, cancelled, expired | flag only: money and units disagree |
 //!
+//! and money: a payment that succeeded for an order that ended unpaid (failed,
+//! cancelled, expired) with no refund filed gets its refund filed.
+//!
 //! and the drop's terms: the edge selling on other terms than the catalogue's (a
 //! lost or superseded push) gets them pushed again.
 //!
@@ -31,6 +34,7 @@ use uuid::Uuid;
 use super::intake::{self, NewOrder};
 use super::{edge_sync, lifecycle, OrdersState};
 use crate::audit::{self, NewEntry};
+use crate::payments;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -99,7 +103,36 @@ pub async fn reconcile_drop(
             repairs.push(r);
         }
     }
+    let ended_unpaid: Vec<Uuid> = orders
+        .values()
+        .filter(|o| {
+            o.settled && matches!(o.status, OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::Expired)
+        })
+        .map(|o| o.id)
+        .collect();
+    for order_id in payments::store::unrefunded_successes(&state.core.db, &ended_unpaid).await? {
+        if let Some(r) = refund_kept_money(state, drop_id, order_id).await? {
+            record(state, &r).await?;
+            repairs.push(r);
+        }
+    }
     Ok(repairs)
+}
+
+/// Money taken for an order that ended unpaid and never filed for refund (the
+/// webhook and the edge sync each file one; this is the net under both).
+async fn refund_kept_money(state: &OrdersState, drop_id: Uuid, order_id: Uuid) -> anyhow::Result<Option<Repair>> {
+    let mut tx = state.core.db.begin().await?;
+    let Some(order) = lifecycle::lock(&mut tx, order_id).await? else { return Ok(None) };
+    if !matches!(order.status, OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::Expired) {
+        return Ok(None); // paid after all meanwhile
+    }
+    let reason = "the order ended unpaid but its payment succeeded, and no refund was filed";
+    if !payments::store::request_refund(&mut tx, order_id, reason).await? {
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some(Repair { drop_id, order_id: Some(order_id), repair: "refund_filed", reason: reason.to_owned() }))
 }
 
 /// The edge sells on other terms than the catalogue's: the push was lost (or the

@@ -8,6 +8,7 @@
 //! as an [`OrderSettlement`] (see `startup`), so this area never imports it.
 
 pub mod preparer;
+pub mod reversals;
 pub mod sandbox;
 pub mod store;
 pub mod stripe;
@@ -37,6 +38,26 @@ pub trait PaymentProvider: Send + Sync {
     async fn create_payment(&self, order_id: Uuid, amount: &Money) -> anyhow::Result<PaymentHandle>;
     /// Gives the whole amount back; returns the provider's refund reference.
     async fn refund(&self, order_id: Uuid, reference: &str, amount: &Money) -> anyhow::Result<String>;
+    /// Calls off a payment not made yet, so that it can no longer be paid.
+    async fn cancel(&self, order_id: Uuid, reference: &str) -> anyhow::Result<Cancellation>;
+}
+
+/// What the provider said to calling a payment off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// It can no longer be paid.
+    Cancelled,
+    /// Too late: it is paid (or being paid) already; its webhook will say how it ended.
+    TooLate,
+}
+
+/// What a successful payment did to its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The order is confirmed (now, or it was already).
+    Confirmed,
+    /// The order ended without being paid for (cancelled by its buyer): the money goes back.
+    CannotHonour,
 }
 
 /// What a payment's outcome does to its order, inside the webhook's transaction
@@ -44,7 +65,7 @@ pub trait PaymentProvider: Send + Sync {
 #[async_trait]
 pub trait OrderSettlement: Send + Sync {
     /// The payment succeeded: the order is confirmed if it can be.
-    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()>;
+    async fn paid(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Settled>;
     /// The payment failed: a reserved order fails.
     async fn payment_failed(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()>;
 }

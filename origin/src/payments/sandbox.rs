@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use drops_shared::api::{Money, PaymentHandle};
+use drops_shared::problem::ErrorCode;
 use drops_shared::signing::{stripe_signature, STRIPE_SIGNATURE_HEADER};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 use drops_shared::backoff::Backoff;
 use secrecy::ExposeSecret;
 
-use super::{PaymentProvider, PaymentStatus, PaymentsState};
+use super::{Cancellation, PaymentProvider, PaymentStatus, PaymentsState};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{AuthUser, StrictJson};
 use crate::tasks;
@@ -59,6 +60,12 @@ impl PaymentProvider for SandboxProvider {
 
     async fn refund(&self, order_id: Uuid, _reference: &str, _amount: &Money) -> anyhow::Result<String> {
         Ok(format!("re_sbx_{}", order_id.simple()))
+    }
+
+    /// The sandbox keeps its payments in the origin's own rows: the `cancelled` the
+    /// reversal records is what its checkout then refuses to take.
+    async fn cancel(&self, _order_id: Uuid, _reference: &str) -> anyhow::Result<Cancellation> {
+        Ok(Cancellation::Cancelled)
     }
 }
 
@@ -127,6 +134,11 @@ async fn pay(
     StrictJson(body): StrictJson<PayRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = find(&state, &reference, &caller).await?;
+    // As a provider refuses to take a payment that was called off, or made already.
+    if matches!(p.status, PaymentStatus::Cancelled | PaymentStatus::Succeeded | PaymentStatus::Refunded) {
+        let status: &str = p.status.into();
+        return Err(ApiError::code(ErrorCode::Conflict, format!("this payment is {status}: it cannot be paid")));
+    }
     let settings = &state.core.settings;
     let secret = settings.payments.webhook_secrets[0].expose_secret().to_owned();
     let event_id = format!("evt_sbx_{}", Uuid::now_v7().simple());

@@ -1,7 +1,8 @@
 //! The `payments` rows (one per order, made by the [`super::preparer`] once the
-//! provider has the payment, moved by the webhook, marked refunded here) and the
-//! `payment_requests` the orders area files for new orders. Other areas read and
-//! change them only through these functions.
+//! provider has the payment, moved by the webhook, refunded or cancelled by the
+//! [`super::reversals`] worker), the `payment_requests` the orders area files for new
+//! orders, and the `payment_reversals` filed here for that worker. Other areas read
+//! and change them only through these functions.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,6 @@ use drops_shared::events::DomainEvent;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::Payments;
 use crate::audit::{self, NewEntry};
 use crate::events;
 
@@ -23,6 +23,8 @@ pub enum PaymentStatus {
     Succeeded,
     Failed,
     Refunded,
+    /// Called off at the provider (its order ended unpaid): it can no longer be paid.
+    Cancelled,
 }
 
 /// What other areas may know of an order's payment.
@@ -85,16 +87,51 @@ pub async fn request_all(conn: &mut PgConnection, requests: &[PaymentRequest]) -
     Ok(())
 }
 
-/// Withdraws the order's payment request, if its payment is not prepared yet (the
-/// order ended before it was).
-pub async fn withdraw(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", order_id).execute(conn).await?;
+/// The order ended unpaid: its payment request is withdrawn if the payment is not
+/// prepared yet, and a payment the provider has is called off, so that the buyer can
+/// no longer pay for what they will not get (in the caller's transaction).
+pub async fn call_off(conn: &mut PgConnection, order_id: Uuid, reason: &str) -> sqlx::Result<()> {
+    sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", order_id).execute(&mut *conn).await?;
+    // A payment being prepared right now is stored after this: `record_prepared` sees
+    // its request gone and files the cancellation then.
+    sqlx::query!(
+        "INSERT INTO payment_reversals (order_id, kind, reason)
+         SELECT order_id, 'cancel', $2 FROM payments WHERE order_id = $1 AND status = 'pending'
+         ON CONFLICT (order_id, kind) DO NOTHING",
+        order_id,
+        reason
+    )
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Files the refund of the order's payment (which succeeded), in the caller's
+/// transaction, once: a second request for the same order changes nothing. The
+/// [`super::reversals`] worker asks the provider. Returns whether it was filed now.
+pub async fn request_refund(conn: &mut PgConnection, order_id: Uuid, reason: &str) -> sqlx::Result<bool> {
+    let filed = sqlx::query!(
+        "INSERT INTO payment_reversals (order_id, kind, reason)
+         SELECT order_id, 'refund', $2 FROM payments WHERE order_id = $1 AND status IN ('succeeded', 'refunded')
+         ON CONFLICT (order_id, kind) DO NOTHING",
+        order_id,
+        reason
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if filed {
+        let data = serde_json::json!({"reason": reason});
+        audit::append(conn, vec![NewEntry::system("payment.refund_requested", "order", order_id, data)]).await?;
+    }
+    Ok(filed)
 }
 
 /// Stores the payment the provider prepared for `request`, retires the request and
 /// tells the buyer (`PaymentReady`), in one transaction; a payment stored already
-/// is kept.
+/// is kept. If the request was withdrawn meanwhile (its order ended while the
+/// provider was preparing), the buyer is not told and the payment is called off.
 pub async fn record_prepared(db: &PgPool, request: &PaymentRequest, handle: &PaymentHandle) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     let stored = sqlx::query!(
@@ -112,12 +149,30 @@ pub async fn record_prepared(db: &PgPool, request: &PaymentRequest, handle: &Pay
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", request.order_id).execute(&mut *tx).await?;
+    let retired =
+        sqlx::query!("DELETE FROM payment_requests WHERE order_id = $1", request.order_id).execute(&mut *tx).await?;
     if stored.rows_affected() == 1 {
-        let ready = DomainEvent::PaymentReady { order_id: request.order_id, user_id: request.user_id };
-        events::record(&mut tx, ready).await?;
+        if retired.rows_affected() == 1 {
+            let ready = DomainEvent::PaymentReady { order_id: request.order_id, user_id: request.user_id };
+            events::record(&mut tx, ready).await?;
+        } else {
+            call_off(&mut tx, request.order_id, "the order ended while its payment was being prepared").await?;
+        }
     }
     tx.commit().await
+}
+
+/// Which of these orders' payments succeeded with no refund filed: money kept for
+/// orders the caller says ended unpaid.
+pub async fn unrefunded_successes(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar!(
+        "SELECT p.order_id FROM payments p
+         WHERE p.order_id = ANY($1) AND p.status = 'succeeded'
+           AND NOT EXISTS (SELECT 1 FROM payment_reversals r WHERE r.order_id = p.order_id AND r.kind = 'refund')",
+        order_ids
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// How the buyer pays each of these orders (those that have a payment yet).
@@ -140,38 +195,4 @@ pub async fn of_order(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<O
     )
     .fetch_optional(db)
     .await
-}
-
-/// Gives the order's money back, once: the payment row says when it is done.
-/// Returns false when there was nothing to refund (no payment, or refunded already).
-pub async fn refund(db: &PgPool, payments: &Payments, order_id: Uuid, amount: &Money) -> anyhow::Result<bool> {
-    let Some(payment) = of_order(db, order_id).await? else { return Ok(false) };
-    if payment.status == PaymentStatus::Refunded {
-        return Ok(false);
-    }
-    let refund_ref = payments.provider.refund(order_id, &payment.reference, amount).await?;
-    let mut tx = db.begin().await?;
-    let done = sqlx::query!(
-        "UPDATE payments SET status = 'refunded', refund_reference = $2, updated_at = now()
-         WHERE order_id = $1 AND status <> 'refunded'",
-        order_id,
-        refund_ref
-    )
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        let data = serde_json::json!({"reference": payment.reference, "refund_reference": refund_ref,
-                                      "amount": amount.amount, "currency": amount.currency});
-        let event = DomainEvent::PaymentRefunded {
-            order_id,
-            reference: payment.reference,
-            amount: amount.amount,
-            currency: amount.currency.clone(),
-        };
-        events::record(&mut tx, event).await?;
-        // The platform gives money back on its own (an order it cannot honour): no actor.
-        audit::append(&mut tx, vec![NewEntry::system("payment.refund_issued", "order", order_id, data)]).await?;
-    }
-    tx.commit().await?;
-    Ok(done.rows_affected() == 1)
 }

@@ -9,7 +9,7 @@ use drops_shared::api::{Money, PaymentHandle};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::PaymentProvider;
+use super::{Cancellation, PaymentProvider};
 
 pub struct StripeProvider {
     http: reqwest::Client,
@@ -20,7 +20,7 @@ pub struct StripeProvider {
 /// A form request to Stripe: path, idempotency key and form fields.
 #[derive(Debug, PartialEq, Eq)]
 pub struct StripeRequest {
-    pub path: &'static str,
+    pub path: String,
     pub idempotency_key: String,
     pub form: Vec<(String, String)>,
 }
@@ -28,7 +28,7 @@ pub struct StripeRequest {
 /// `POST /v1/payment_intents` for an order; Stripe wants lower-case currencies.
 pub fn create_intent_request(order_id: Uuid, amount: &Money) -> StripeRequest {
     StripeRequest {
-        path: "/v1/payment_intents",
+        path: "/v1/payment_intents".into(),
         idempotency_key: format!("order-{order_id}"),
         form: vec![
             ("amount".into(), amount.amount.to_string()),
@@ -42,9 +42,18 @@ pub fn create_intent_request(order_id: Uuid, amount: &Money) -> StripeRequest {
 /// `POST /v1/refunds` of a whole PaymentIntent.
 pub fn refund_request(order_id: Uuid, reference: &str, amount: &Money) -> StripeRequest {
     StripeRequest {
-        path: "/v1/refunds",
+        path: "/v1/refunds".into(),
         idempotency_key: format!("refund-{order_id}"),
         form: vec![("payment_intent".into(), reference.to_owned()), ("amount".into(), amount.amount.to_string())],
+    }
+}
+
+/// `POST /v1/payment_intents/{id}/cancel`: the intent can no longer be confirmed.
+pub fn cancel_request(order_id: Uuid, reference: &str) -> StripeRequest {
+    StripeRequest {
+        path: format!("/v1/payment_intents/{reference}/cancel"),
+        idempotency_key: format!("cancel-{order_id}"),
+        form: vec![("cancellation_reason".into(), "abandoned".into())],
     }
 }
 
@@ -64,8 +73,25 @@ struct StripeErrorBody {
 struct StripeError {
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    code: String,
     #[serde(rename = "type", default)]
     kind: String,
+}
+
+/// Parses the answer to [`cancel_request`]. Stripe refuses to cancel an intent that
+/// succeeded or is processing with `payment_intent_unexpected_state`: too late.
+pub fn parse_cancel_response(status: u16, body: &[u8]) -> anyhow::Result<Cancellation> {
+    if status == 400 {
+        if let Ok(e) = serde_json::from_slice::<StripeErrorBody>(body) {
+            if e.error.code == "payment_intent_unexpected_state" {
+                return Ok(Cancellation::TooLate);
+            }
+        }
+    }
+    let intent: PaymentIntent = parse_response(status, body)?;
+    anyhow::ensure!(intent.status == "canceled", "stripe left intent {} {}", intent.id, intent.status);
+    Ok(Cancellation::Cancelled)
 }
 
 /// Parses a Stripe answer: the object on 2xx, Stripe's error message otherwise.
@@ -89,6 +115,12 @@ impl StripeProvider {
     }
 
     async fn send<T: serde::de::DeserializeOwned>(&self, req: StripeRequest) -> anyhow::Result<T> {
+        let (status, bytes) = self.call(req).await?;
+        parse_response(status, &bytes)
+    }
+
+    /// Sends a request; Stripe's status and body.
+    async fn call(&self, req: StripeRequest) -> anyhow::Result<(u16, axum::body::Bytes)> {
         let body = form_body(&req.form);
         let resp = self
             .http
@@ -100,8 +132,7 @@ impl StripeProvider {
             .send()
             .await?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await?;
-        parse_response(status, &bytes)
+        Ok((status, resp.bytes().await?))
     }
 }
 
@@ -137,6 +168,11 @@ impl PaymentProvider for StripeProvider {
         }
         let refund: Refund = self.send(refund_request(order_id, reference, amount)).await?;
         Ok(refund.id)
+    }
+
+    async fn cancel(&self, order_id: Uuid, reference: &str) -> anyhow::Result<Cancellation> {
+        let (status, body) = self.call(cancel_request(order_id, reference)).await?;
+        parse_cancel_response(status, &body)
     }
 }
 
@@ -180,6 +216,20 @@ mod tests {
         assert_eq!(req.path, "/v1/refunds");
         assert_eq!(form_body(&req.form), "payment_intent=pi_123&amount=900");
         assert!(req.idempotency_key.starts_with("refund-"));
+    }
+
+    #[test]
+    fn cancelling_an_intent_already_paid_is_too_late_not_an_error() {
+        let req = cancel_request(Uuid::from_u128(5), "pi_123");
+        assert_eq!(req.path, "/v1/payment_intents/pi_123/cancel");
+        assert!(req.idempotency_key.starts_with("cancel-"));
+        let cancelled = br#"{"id":"pi_123","object":"payment_intent","client_secret":"s","status":"canceled"}"#;
+        assert_eq!(parse_cancel_response(200, cancelled).unwrap(), Cancellation::Cancelled);
+        let too_late = br#"{"error":{"type":"invalid_request_error","code":"payment_intent_unexpected_state","message":"You cannot cancel this PaymentIntent because it has a status of succeeded."}}"#;
+        assert_eq!(parse_cancel_response(400, too_late).unwrap(), Cancellation::TooLate);
+        let other = br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such payment_intent"}}"#;
+        assert!(parse_cancel_response(404, other).is_err());
+        assert!(parse_cancel_response(500, b"<html>").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! secret). Each event id is recorded in the same transaction as its effect, so a
 //! redelivery changes nothing. A success is final: a failure arriving after it is
 //! ignored, and a success arriving after a failure (or after the hold ran out)
-//! confirms the order; the edge sync then sells the hold again or refunds. The
+//! confirms the order; the edge sync then sells the hold again or refunds. A
+//! success for an order its buyer cancelled files the refund in the same
+//! transaction (the [`super::reversals`] worker gives the money back). The
 //! payment row is locked first, then the order (by the orders area's
 //! [`OrderSettlement`](super::OrderSettlement)), in that order everywhere.
 
@@ -22,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{PaymentStatus, PaymentsState};
+use super::{store, PaymentStatus, PaymentsState, Settled};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 
@@ -109,7 +111,9 @@ async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiRe
     };
     let reference = &event.data.object.id;
     let payment = sqlx::query!(
-        r#"SELECT order_id, status AS "status: PaymentStatus" FROM payments WHERE reference = $1 FOR UPDATE"#,
+        // NO KEY UPDATE: the order's own path files reversals against this row under the
+        // order's lock (a foreign key's KEY SHARE), and must not wait on us while we wait on it.
+        r#"SELECT order_id, status AS "status: PaymentStatus" FROM payments WHERE reference = $1 FOR NO KEY UPDATE"#,
         reference
     )
     .fetch_optional(&mut *tx)
@@ -118,15 +122,24 @@ async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiRe
     let (order_id, status) = (payment.order_id, payment.status);
     let settlement = &state.payments.settlement;
     let outcome = match (succeeded, status) {
-        (true, PaymentStatus::Refunded) => Outcome::Ignored,
+        // Paid once already: a second success changes nothing.
+        (true, PaymentStatus::Succeeded | PaymentStatus::Refunded) => Outcome::Ignored,
         (true, _) => {
             set_status(&mut tx, order_id, PaymentStatus::Succeeded).await?;
-            settlement.paid(&mut tx, order_id).await?;
             events::record(&mut tx, DomainEvent::PaymentSucceeded { order_id, reference: reference.clone() }).await?;
+            match settlement.paid(&mut tx, order_id).await? {
+                Settled::Confirmed => {}
+                // The money is taken and the order will not be honoured: give it back,
+                // filed with the payment's success so that neither is ever without the other.
+                Settled::CannotHonour => {
+                    store::request_refund(&mut tx, order_id, "paid for an order that had been cancelled").await?;
+                }
+            }
             Outcome::Applied
         }
-        // A success is final; this failure is an earlier attempt delivered late.
-        (false, PaymentStatus::Succeeded | PaymentStatus::Refunded) => Outcome::Ignored,
+        // A success is final; this failure is an earlier attempt delivered late. A
+        // payment called off cannot fail any more either.
+        (false, PaymentStatus::Succeeded | PaymentStatus::Refunded | PaymentStatus::Cancelled) => Outcome::Ignored,
         (false, _) => {
             set_status(&mut tx, order_id, PaymentStatus::Failed).await?;
             settlement.payment_failed(&mut tx, order_id).await?;

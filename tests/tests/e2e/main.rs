@@ -21,3 +21,4 @@ mod overload;
 mod pages;
 mod payments;
 mod push_safety;
+mod refunds;
