@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{lifecycle, OrdersState};
 use crate::edge::HoldMove;
-use crate::payments::{self, PaymentStatus};
+use crate::payments;
 
 pub const CONSUMER: &str = "edge-sync";
 
@@ -80,11 +80,8 @@ pub async fn settle(state: &OrdersState, order_id: Uuid) -> anyhow::Result<()> {
             }
             // Paid for all the same (the webhook files that refund itself; this is the
             // net under it): the money goes back, once.
-            let payment = payments::store::of_order(db, order_id).await?;
-            if payment.is_some_and(|p| p.status == PaymentStatus::Succeeded) {
-                let mut conn = db.acquire().await?;
-                payments::store::request_refund(&mut conn, order_id, "paid for an order that ended unpaid").await?;
-            }
+            let mut conn = db.acquire().await?;
+            payments::store::request_refund(&mut conn, order_id, "paid for an order that ended unpaid").await?;
             Ok(())
         }
     }

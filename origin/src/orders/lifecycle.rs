@@ -12,7 +12,7 @@
 //! [`Settlement`]); no path locks them the other way round, so none deadlock.
 
 use async_trait::async_trait;
-use drops_shared::api::{Money, OrderStatus};
+use drops_shared::api::OrderStatus;
 use drops_shared::events::DomainEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -29,12 +29,6 @@ pub struct OrderState {
     pub status: OrderStatus,
     pub amount: i64,
     pub currency: String,
-}
-
-impl OrderState {
-    pub fn money(&self) -> Money {
-        Money { amount: self.amount, currency: self.currency.trim().to_owned() }
-    }
 }
 
 /// Loads and locks an order until the transaction ends.

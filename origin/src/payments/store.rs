@@ -27,14 +27,6 @@ pub enum PaymentStatus {
     Cancelled,
 }
 
-/// What other areas may know of an order's payment.
-#[derive(Debug, Clone)]
-pub struct PaymentRecord {
-    pub order_id: Uuid,
-    pub status: PaymentStatus,
-    pub reference: String,
-}
-
 struct HandleRow {
     order_id: Uuid,
     provider: String,
@@ -106,13 +98,13 @@ pub async fn call_off(conn: &mut PgConnection, order_id: Uuid, reason: &str) -> 
     Ok(())
 }
 
-/// Files the refund of the order's payment (which succeeded), in the caller's
+/// Files the refund of the order's payment if it succeeded, in the caller's
 /// transaction, once: a second request for the same order changes nothing. The
 /// [`super::reversals`] worker asks the provider. Returns whether it was filed now.
 pub async fn request_refund(conn: &mut PgConnection, order_id: Uuid, reason: &str) -> sqlx::Result<bool> {
     let filed = sqlx::query!(
         "INSERT INTO payment_reversals (order_id, kind, reason)
-         SELECT order_id, 'refund', $2 FROM payments WHERE order_id = $1 AND status IN ('succeeded', 'refunded')
+         SELECT order_id, 'refund', $2 FROM payments WHERE order_id = $1 AND status = 'succeeded'
          ON CONFLICT (order_id, kind) DO NOTHING",
         order_id,
         reason
@@ -185,14 +177,4 @@ pub async fn handles(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Resul
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| (r.order_id, r.into())).collect())
-}
-
-pub async fn of_order(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<Option<PaymentRecord>> {
-    sqlx::query_as!(
-        PaymentRecord,
-        r#"SELECT order_id, status AS "status: PaymentStatus", reference FROM payments WHERE order_id = $1"#,
-        order_id
-    )
-    .fetch_optional(db)
-    .await
 }

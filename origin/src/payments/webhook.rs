@@ -126,14 +126,12 @@ async fn apply(state: &PaymentsState, event: &WebhookEvent, raw: &[u8]) -> ApiRe
         (true, PaymentStatus::Succeeded | PaymentStatus::Refunded) => Outcome::Ignored,
         (true, _) => {
             set_status(&mut tx, order_id, PaymentStatus::Succeeded).await?;
+            let settled = settlement.paid(&mut tx, order_id).await?;
             events::record(&mut tx, DomainEvent::PaymentSucceeded { order_id, reference: reference.clone() }).await?;
-            match settlement.paid(&mut tx, order_id).await? {
-                Settled::Confirmed => {}
+            if settled == Settled::CannotHonour {
                 // The money is taken and the order will not be honoured: give it back,
                 // filed with the payment's success so that neither is ever without the other.
-                Settled::CannotHonour => {
-                    store::request_refund(&mut tx, order_id, "paid for an order that had been cancelled").await?;
-                }
+                store::request_refund(&mut tx, order_id, "paid for an order that had been cancelled").await?;
             }
             Outcome::Applied
         }
