@@ -4,6 +4,7 @@
 //! takes are answered here (404, or 405 with `Allow`), from `drops_shared::routes`.
 //! The payment webhook is a public route of the origin's, called by the provider
 //! there: the edge does not serve it (404, whatever the method).
+//! Nothing is served on settings the edge refuses (see `config`).
 
 use drops_shared::auth::verify_bearer;
 use drops_shared::problem::{ErrorCode, Problem};
@@ -19,6 +20,7 @@ use crate::{internal, limits, media, orders, origin, pages};
 const PAYMENT_WEBHOOK: &str = "/v1/webhooks/payments";
 
 pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
+    EdgeConfig::get(env)?;
     let path = req.path();
     if path.starts_with("/internal/") {
         return internal::handle(req, env).await;
