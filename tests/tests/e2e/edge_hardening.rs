@@ -190,7 +190,7 @@ fn processes() -> Vec<Process> {
 fn workerd_processes(port: u16) -> Vec<u32> {
     let all = processes();
     let entry = format!("--socket-addr=entry=127.0.0.1:{port}");
-    let proxy = all.iter().find(|p| p.args.iter().any(|a| *a == entry)).expect("the workerd serving the port");
+    let proxy = all.iter().find(|p| p.args.contains(&entry)).expect("the workerd serving the port");
     let found: Vec<u32> = all
         .iter()
         .filter(|p| p.ppid == proxy.ppid && p.args.first().is_some_and(|a| a.ends_with("workerd")))
@@ -351,7 +351,9 @@ async fn bodies_far_over_the_limit_are_refused_without_being_held() {
     let drop_path = format!("/v1/drops/{}/orders", Uuid::now_v7());
     let address = || ("cf-connecting-ip", drops_tests::client::client_address(Uuid::new_v4()));
     let json = ("content-type", "application/json".to_owned());
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, Framing)> = vec![
+    /// What is sent, where, with which headers, framed how.
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, Framing);
+    let cases: Vec<Case> = vec![
         (
             "a public write the origin owns, chunked",
             "/v1/products",
