@@ -2,6 +2,7 @@
 
 use drops_shared::problem::{ErrorCode, Problem, PROBLEM_CONTENT_TYPE};
 use drops_shared::{MAX_BODY_BYTES, REQUEST_ID_HEADER};
+use futures_util::StreamExt;
 use worker::{Headers, Request, Response};
 
 /// What a handler can fail with: a problem the client should see, or a fault of ours.
@@ -92,23 +93,34 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> EdgeResult {
     Ok(json_bytes(status, body)?)
 }
 
-/// Reads the body, refusing more than 64 KiB with 413 before reading when the
-/// client declared its length, and after reading otherwise.
+/// Reads a public route's body (at most 64 KiB, API.md): see [`read_capped`].
 pub async fn read_body(req: &mut Request) -> EdgeResult<Vec<u8>> {
-    let declared = req.headers().get("content-length")?.and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(too_large());
-    }
-    let body = req.bytes().await?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(too_large());
-    }
-    Ok(body)
+    read_capped(req, MAX_BODY_BYTES).await
 }
 
-fn too_large() -> EdgeError {
-    Problem::new(ErrorCode::PayloadTooLarge, Some(format!("request bodies are limited to {MAX_BODY_BYTES} bytes")))
-        .into()
+/// Reads a body of at most `cap` bytes, else 413 `payload_too_large`: before any of
+/// it is read when the client declared a longer one (`Content-Length`), and
+/// otherwise (chunked) as soon as what arrived passes the cap, holding no more
+/// than the cap and one chunk. The rest is never read.
+pub async fn read_capped(req: &mut Request, cap: usize) -> EdgeResult<Vec<u8>> {
+    let too_large =
+        || Problem::new(ErrorCode::PayloadTooLarge, Some(format!("request bodies are limited to {cap} bytes")));
+    let declared = req.headers().get("content-length")?.and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(too_large().into());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    // A request without a body has no stream.
+    let Ok(mut stream) = req.stream() else { return Ok(body) };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > cap {
+            // Dropping the stream cancels it: nothing more is read.
+            return Err(too_large().into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 pub fn header(req: &Request, name: &str) -> Option<String> {

@@ -1,6 +1,8 @@
 //! The routes the origin calls on the edge (`drops_shared::internal::EdgeRoute`).
 //! Each call must carry a valid signature made with the origin-to-edge secret;
-//! anything else is 401 and changes nothing.
+//! anything else is 401 and changes nothing. The signature covers the body, so
+//! the body is read first: only after the caller's address passed its rate limit
+//! (`INTERNAL_LIMITER`), and never past [`MAX_INTERNAL_BODY`].
 
 use drops_shared::internal::{Body, EdgeRoute, Endpoint, Purge, PurgeAck, PutTerms};
 use drops_shared::problem::{ErrorCode, Problem};
@@ -8,13 +10,15 @@ use drops_shared::signing::{verify_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER}
 use worker::{Env, Request};
 
 use crate::config::EdgeConfig;
-use crate::http::{header, now_ms, EdgeResult};
+use crate::http::{header, now_ms, read_capped, EdgeResult};
 use crate::inventory_object::{self, Command};
+use crate::limits;
 
 /// Internal bodies are small JSON documents; refuse anything large before verifying.
 const MAX_INTERNAL_BODY: usize = 256 * 1024;
 
 pub async fn handle(mut req: Request, env: &Env) -> EdgeResult {
+    limits::internal(env, limits::client_address(&req)).await?;
     let cfg = EdgeConfig::get(env)?;
     let method = req.method().to_string();
     let url = req.url()?;
@@ -23,10 +27,7 @@ pub async fn handle(mut req: Request, env: &Env) -> EdgeResult {
         None => url.path().to_owned(),
     };
     let route = EdgeRoute::parse(&method, url.path()).ok_or(ErrorCode::NotFound)?;
-    let body = req.bytes().await?;
-    if body.len() > MAX_INTERNAL_BODY {
-        return Err(ErrorCode::PayloadTooLarge.into());
-    }
+    let body = read_capped(&mut req, MAX_INTERNAL_BODY).await?;
     verify_internal(
         cfg.origin_to_edge_secret.as_bytes(),
         &method,

@@ -3,14 +3,15 @@
 //!
 //! | binding | key | applies to |
 //! | --- | --- | --- |
-//! | `CLIENT_LIMITER` | the client address (`CF-Connecting-IP`) | every public route but the payment webhook |
+//! | `CLIENT_LIMITER` | the client address (`CF-Connecting-IP`) | every public route |
 //! | `WRITER_LIMITER` | the user (a valid bearer token's `sub`) | writes other than buying |
 //! | `BUYER_LIMITER` | the user | the buy path (stricter, its own window) |
+//! | `INTERNAL_LIMITER` | the client address | `/internal/` (the origin's calls: generous), before the body is read |
 //!
 //! Past a limit the answer is 429 `rate_limited` with `Retry-After` (the window).
 //! A key refused once is refused by this isolate, without asking the binding, for
 //! the next second: a flood costs a map lookup per request, not a call.
-//! The payment webhook is the provider's, signed; the origin bounds it. Without a
+//! The payment webhook is not served here (the provider calls the origin). Without a
 //! binding (a misconfigured deploy) requests pass: a limiter must not take the
 //! platform down with it.
 
@@ -53,6 +54,7 @@ fn remember(memo: String, now: i64) {
 pub const CLIENT_LIMITER: &str = "CLIENT_LIMITER";
 pub const WRITER_LIMITER: &str = "WRITER_LIMITER";
 pub const BUYER_LIMITER: &str = "BUYER_LIMITER";
+pub const INTERNAL_LIMITER: &str = "INTERNAL_LIMITER";
 
 /// The address Cloudflare saw the request come from.
 pub fn client_address(req: &Request) -> String {
@@ -81,6 +83,12 @@ pub async fn client(env: &Env, address: String) -> Result<(), Problem> {
 
 pub async fn writer(env: &Env, user_id: Uuid) -> Result<(), Problem> {
     check(env, WRITER_LIMITER, user_id.to_string(), "too many changes from this account; retry in a few seconds").await
+}
+
+/// `/internal/`, per address: the origin calls from its own, anyone else is
+/// refused (401) after their body was read, so a flood is stopped before.
+pub async fn internal(env: &Env, address: String) -> Result<(), Problem> {
+    check(env, INTERNAL_LIMITER, address, "too many internal calls from this address; retry in a few seconds").await
 }
 
 pub async fn buyer(env: &Env, user_id: Uuid) -> Result<(), Problem> {

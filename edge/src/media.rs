@@ -5,7 +5,8 @@
 //!   sniffed, their SHA-256 names them, they go into R2 once, and the origin records
 //!   who uploaded what before the answer. The same bytes twice are one object.
 //! - `GET /v1/media/{key}`: public files through the Cache API, immutable, with
-//!   `ETag`/304 and single `Range`s (206) so video can seek.
+//!   `ETag`/304 and single `Range`s (206) so video can seek. A range is read from
+//!   R2 as a range (never the whole file, which may be 10 MiB, to cut it).
 //! - Private files (`?visibility=private`) are only served on a link signed with
 //!   `MEDIA_LINK_SECRET` over the key and an expiry (`/v1/private/{key}?exp=&sig=`),
 //!   minted by whoever uploaded them or by an admin.
@@ -21,7 +22,7 @@ use drops_shared::media::{self, LinkRefusal, MediaKey, RangeRequest, Visibility,
 use drops_shared::problem::{ErrorCode, Problem};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use worker::{Bucket, Cache, Context, Env, Headers, HttpMetadata, Request, Response, ResponseBody};
+use worker::{Bucket, Cache, Context, Env, Headers, HttpMetadata, Range, Request, Response, ResponseBody};
 
 use crate::config::EdgeConfig;
 use crate::http::{self, header, now_ms, now_utc, EdgeResult};
@@ -191,35 +192,41 @@ async fn record(cfg: &EdgeConfig, upload: MediaUpload) -> EdgeResult<()> {
     }
 }
 
-/// `GET /v1/media/{key}`: from the Cache API, filled from R2 on a miss.
+/// `GET /v1/media/{key}`: from the Cache API, filled from R2 on a miss. A range is
+/// read from R2 alone (the cache gives the size when it has the file).
 pub async fn public(req: &Request, env: &Env, ctx: &Context, key: &str) -> EdgeResult {
     let key: MediaKey = key.parse().map_err(|_| ErrorCode::NotFound)?;
     let cfg = EdgeConfig::get(env)?;
     let cache_key = crate::pages::cache_url(&cfg, &req.url()?, &key.public_path());
-    let cache = Cache::default();
-    let (body, size, x_cache) = match cache.get(cache_key.as_str(), true).await.ok().flatten() {
-        Some(cached) => {
-            let size = cached.headers().get("content-length")?.and_then(|v| v.parse().ok());
-            (cached.into_parts().1, size, "HIT")
+    let file = Stored::new(env, Visibility::Public, &key, PUBLIC_CACHE_CONTROL)?;
+    let ask = Ask::of(req, &key);
+    if let Some(cached) = Cache::default().get(cache_key.as_str(), true).await.ok().flatten() {
+        let size = cached.headers().get("content-length")?.and_then(|v| v.parse().ok());
+        let body = cached.into_parts().1;
+        if let Some(size) = size {
+            let mut resp = file.answer(req, ask, size, Some(body)).await?;
+            resp.headers_mut().set("x-cache", "HIT")?;
+            return Ok(resp);
         }
-        None => {
-            let object = bucket(env)?.get(object_name(Visibility::Public, &key)).execute().await?;
-            let object = object.ok_or(ErrorCode::NotFound)?;
-            let size = object.size();
-            let body = object.body().ok_or(ErrorCode::NotFound)?.response_body()?;
-            let headers = file_headers(&key, Some(size), PUBLIC_CACHE_CONTROL)?;
-            let mut fresh = Response::builder().with_headers(headers).body(body);
-            let copy = fresh.cloned()?;
-            ctx.wait_until(async move {
-                if let Err(e) = Cache::default().put(cache_key.as_str(), copy).await {
-                    worker::console_warn!("caching {cache_key} failed: {e}");
-                }
-            });
-            (fresh.into_parts().1, Some(size), "MISS")
-        }
+        discard(Some(body));
+    }
+    let mut resp = if ask == Ask::Whole {
+        // The whole file: read once, streamed both to the client and into the cache.
+        let (size, body) = file.whole().await?;
+        let headers = file_headers(&key, Some(size), PUBLIC_CACHE_CONTROL)?;
+        let mut fresh = Response::builder().with_headers(headers).body(body);
+        let copy = fresh.cloned()?;
+        ctx.wait_until(async move {
+            if let Err(e) = Cache::default().put(cache_key.as_str(), copy).await {
+                worker::console_warn!("caching {cache_key} failed: {e}");
+            }
+        });
+        file.answer(req, ask, size, Some(fresh.into_parts().1)).await?
+    } else {
+        let size = file.size().await?;
+        file.answer(req, ask, size, None).await?
     };
-    let mut resp = serve(req, &key, body, size, PUBLIC_CACHE_CONTROL).await?;
-    resp.headers_mut().set("x-cache", x_cache)?;
+    resp.headers_mut().set("x-cache", "MISS")?;
     Ok(resp)
 }
 
@@ -238,11 +245,14 @@ pub async fn private(req: &Request, env: &Env, key: &str) -> EdgeResult {
             }
             LinkRefusal::Expired => Problem::new(ErrorCode::LinkExpired, Some("this link has expired".to_owned())),
         })?;
-    let object = bucket(env)?.get(object_name(Visibility::Private, &key)).execute().await?;
-    let object = object.ok_or(ErrorCode::NotFound)?;
-    let size = object.size();
-    let body = object.body().ok_or(ErrorCode::NotFound)?.response_body()?;
-    serve(req, &key, body, Some(size), "private").await
+    let file = Stored::new(env, Visibility::Private, &key, "private")?;
+    let ask = Ask::of(req, &key);
+    if ask == Ask::Whole {
+        let (size, body) = file.whole().await?;
+        return file.answer(req, ask, size, Some(body)).await;
+    }
+    let size = file.size().await?;
+    file.answer(req, ask, size, None).await
 }
 
 /// `POST /v1/private/{key}/links` `{"ttl_seconds"}`: for the file's uploaders and
@@ -280,50 +290,112 @@ fn file_headers(key: &MediaKey, size: Option<u64>, cache_control: &str) -> worke
     Ok(headers)
 }
 
-/// Answers a request for a file whose whole body is `body`: 304 when the client
-/// has it, 206 for a satisfiable single range, 416 for one past the end, else 200.
-async fn serve(
-    req: &Request,
-    key: &MediaKey,
-    body: ResponseBody,
-    size: Option<u64>,
-    cache_control: &str,
-) -> EdgeResult {
-    let etag = key.etag();
-    if media::none_match(header(req, "if-none-match").as_deref(), &etag) {
-        let headers = file_headers(key, None, cache_control)?;
-        headers.delete("content-type")?;
-        return Ok(Response::builder().with_status(304).with_headers(headers).empty());
+/// What a request asks of a file, from its headers alone (before its size is known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ask {
+    /// The client has it (`If-None-Match`): 304.
+    NotModified,
+    Whole,
+    /// A `Range` header, judged against the file's size.
+    Range(String),
+}
+
+impl Ask {
+    fn of(req: &Request, key: &MediaKey) -> Ask {
+        let etag = key.etag();
+        if media::none_match(header(req, "if-none-match").as_deref(), &etag) {
+            return Ask::NotModified;
+        }
+        // `If-Range` naming another version asks for the whole file; ours never changes.
+        let if_range_matches = header(req, "if-range").is_none_or(|v| v.trim() == etag);
+        match header(req, "range").filter(|_| if_range_matches) {
+            Some(range) => Ask::Range(range),
+            None => Ask::Whole,
+        }
     }
-    // `If-Range` naming another version asks for the whole file; ours never changes.
-    let if_range_matches = header(req, "if-range").is_none_or(|v| v.trim() == etag);
-    let range = header(req, "range").filter(|_| if_range_matches);
-    let head = req.method() == worker::Method::Head;
-    let Some(range) = range else {
-        let resp = Response::builder().with_headers(file_headers(key, size, cache_control)?);
-        return Ok(if head { resp.empty() } else { resp.body(body) });
-    };
-    // A range needs the size: read the body (at most MAX_MEDIA_BYTES) and cut it.
-    let mut whole = Response::builder().body(body);
-    let bytes = whole.bytes().await?;
-    let total = bytes.len() as u64;
-    match media::range_request(Some(&range), total) {
-        RangeRequest::Whole => {
-            let resp = Response::builder().with_headers(file_headers(key, Some(total), cache_control)?);
-            Ok(if head { resp.empty() } else { resp.fixed(bytes) })
+}
+
+/// A file in R2 and how answers about it are headed.
+struct Stored<'k> {
+    bucket: Bucket,
+    name: String,
+    key: &'k MediaKey,
+    cache_control: &'static str,
+}
+
+impl<'k> Stored<'k> {
+    fn new(env: &Env, visibility: Visibility, key: &'k MediaKey, cache_control: &'static str) -> worker::Result<Self> {
+        Ok(Self { bucket: bucket(env)?, name: object_name(visibility, key), key, cache_control })
+    }
+
+    /// The file's size, from its metadata (404 when there is no such file).
+    async fn size(&self) -> EdgeResult<u64> {
+        Ok(self.bucket.head(&self.name).await?.ok_or(ErrorCode::NotFound)?.size())
+    }
+
+    /// The file's size and its bytes, as a stream from R2 (404 when there is no such file).
+    async fn whole(&self) -> EdgeResult<(u64, ResponseBody)> {
+        let object = self.bucket.get(&self.name).execute().await?.ok_or(ErrorCode::NotFound)?;
+        Ok((object.size(), object.body().ok_or(ErrorCode::NotFound)?.response_body()?))
+    }
+
+    /// Answers `ask` about the file, of `size` bytes: 304 when the client has it,
+    /// 206 for a satisfiable single range (only its bytes are read, from R2), 416
+    /// for one past the end, else 200 with `whole` (the whole body when the caller
+    /// has it; read from R2 otherwise). A body not used is cancelled, unread.
+    async fn answer(&self, req: &Request, ask: Ask, size: u64, whole: Option<ResponseBody>) -> EdgeResult {
+        let head = req.method() == worker::Method::Head;
+        let range = match ask {
+            Ask::NotModified => {
+                discard(whole);
+                let headers = file_headers(self.key, None, self.cache_control)?;
+                headers.delete("content-type")?;
+                return Ok(Response::builder().with_status(304).with_headers(headers).empty());
+            }
+            Ask::Whole => RangeRequest::Whole,
+            Ask::Range(range) => media::range_request(Some(&range), size),
+        };
+        match range {
+            RangeRequest::Whole => {
+                let resp = Response::builder().with_headers(file_headers(self.key, Some(size), self.cache_control)?);
+                if head {
+                    discard(whole);
+                    return Ok(resp.empty());
+                }
+                let body = match whole {
+                    Some(body) => body,
+                    None => self.whole().await?.1,
+                };
+                Ok(resp.body(body))
+            }
+            RangeRequest::Part { first, last } => {
+                discard(whole);
+                let headers = file_headers(self.key, Some(last - first + 1), self.cache_control)?;
+                headers.set("content-range", &format!("bytes {first}-{last}/{size}"))?;
+                let resp = Response::builder().with_status(206).with_headers(headers);
+                if head {
+                    return Ok(resp.empty());
+                }
+                let range = Range::OffsetWithLength { offset: first, length: last - first + 1 };
+                let part = self.bucket.get(&self.name).range(range).execute().await?.ok_or(ErrorCode::NotFound)?;
+                Ok(resp.body(part.body().ok_or(ErrorCode::NotFound)?.response_body()?))
+            }
+            RangeRequest::Unsatisfiable => {
+                discard(whole);
+                let mut resp = http::problem_response(
+                    &Problem::new(ErrorCode::InvalidRequest, Some(format!("the file has {size} bytes")))
+                        .with_status(416),
+                )?;
+                resp.headers_mut().set("content-range", &format!("bytes */{size}"))?;
+                Ok(resp)
+            }
         }
-        RangeRequest::Part { first, last } => {
-            let headers = file_headers(key, Some(last - first + 1), cache_control)?;
-            headers.set("content-range", &format!("bytes {first}-{last}/{total}"))?;
-            let resp = Response::builder().with_status(206).with_headers(headers);
-            Ok(if head { resp.empty() } else { resp.fixed(bytes[first as usize..=last as usize].to_vec()) })
-        }
-        RangeRequest::Unsatisfiable => {
-            let mut resp = http::problem_response(
-                &Problem::new(ErrorCode::InvalidRequest, Some(format!("the file has {total} bytes"))).with_status(416),
-            )?;
-            resp.headers_mut().set("content-range", &format!("bytes */{total}"))?;
-            Ok(resp)
-        }
+    }
+}
+
+/// Lets go of a body without reading it (a stream is cancelled).
+fn discard(body: Option<ResponseBody>) {
+    if let Some(ResponseBody::Stream(stream)) = body {
+        let _ = stream.cancel();
     }
 }

@@ -2,6 +2,9 @@
 //! inventory object, media to R2, `/internal/` to the signed internal routes, and every other
 //! public route to the origin, which owns it. Paths and methods no public route
 //! takes are answered here (404, or 405 with `Allow`), from `drops_shared::routes`.
+//! The payment webhook is a public route of the origin's, called by the provider
+//! there: the edge does not serve it (404, whatever the method).
+//! Nothing is served on settings the edge refuses (see `config`).
 
 use drops_shared::auth::verify_bearer;
 use drops_shared::problem::{ErrorCode, Problem};
@@ -13,7 +16,11 @@ use crate::config::EdgeConfig;
 use crate::http::{self, EdgeResult};
 use crate::{internal, limits, media, orders, origin, pages};
 
+/// The provider's route to the origin, which the edge does not serve.
+const PAYMENT_WEBHOOK: &str = "/v1/webhooks/payments";
+
 pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
+    EdgeConfig::get(env)?;
     let path = req.path();
     if path.starts_with("/internal/") {
         return internal::handle(req, env).await;
@@ -21,7 +28,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
     if path.starts_with("/v1/") {
         // The raw name: the runtime's `Method` reads names it does not know as GET.
         let method = req.inner().method();
-        let route = routes::find(&path).ok_or(ErrorCode::NotFound)?;
+        let route = routes::find(&path).filter(|r| r.path != PAYMENT_WEBHOOK).ok_or(ErrorCode::NotFound)?;
         if !route.takes(&method) {
             return with_allow(
                 http::problem_response(&Problem::new(
@@ -55,12 +62,9 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
     }
 }
 
-/// Every public route but the provider's webhook counts against the client's
-/// address; writes other than buying (limited on their own) against the user too.
+/// Every public route counts against the client's address; writes other than
+/// buying (limited on their own) against the user too.
 async fn limit(req: &Request, env: &Env, route: &PublicRoute, method: &str) -> EdgeResult<()> {
-    if route.path == "/v1/webhooks/payments" {
-        return Ok(());
-    }
     let write = !matches!(method, "GET" | "HEAD" | "OPTIONS");
     let writer = if write && route.path != "/v1/drops/{drop_id}/orders" {
         let cfg = EdgeConfig::get(env)?;

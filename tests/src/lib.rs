@@ -200,6 +200,18 @@ fn prebuilt(root: &std::path::Path, config: &str) -> anyhow::Result<String> {
 /// with `vars`, its Worker built first (see [`prebuilt`]), and waits until
 /// `ready_path` answers 2xx. Its process group is killed when this process exits.
 pub async fn wrangler_dev(config: &str, port: u16, vars: &[String], ready_path: &str) -> anyhow::Result<()> {
+    wrangler_dev_until(config, port, vars, ready_path, |resp| resp.status().is_success()).await
+}
+
+/// As [`wrangler_dev`], ready once `ready` holds of an answer to `GET ready_path`
+/// (an edge that refuses its configuration answers, but not 2xx).
+pub async fn wrangler_dev_until(
+    config: &str,
+    port: u16,
+    vars: &[String],
+    ready_path: &str,
+    ready: impl Fn(&reqwest::Response) -> bool,
+) -> anyhow::Result<()> {
     let root = repo_root();
     let config = &prebuilt(&root, config)?;
     let state_dir = std::env::temp_dir().join(format!("drops-wrangler-{}", uuid::Uuid::new_v4().simple()));
@@ -237,7 +249,7 @@ pub async fn wrangler_dev(config: &str, port: u16, vars: &[String], ready_path: 
     let deadline = Instant::now() + Duration::from_secs(300);
     let http = reqwest::Client::new();
     while Instant::now() < deadline {
-        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http.get(&url).send().await.is_ok_and(|r| ready(&r)) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -9,6 +9,7 @@ mod buy_path;
 mod coalescing;
 mod contract;
 mod dashboard;
+mod edge_hardening;
 mod fanout;
 mod followers;
 mod fuzz;
