@@ -254,6 +254,7 @@ fn unix_now() -> i64 {
 }
 
 /// The body of a request, read before it may take a slot.
+#[derive(Debug)]
 enum BodyRead {
     /// Read to its end, or up to one byte past the limit (the route answers 413).
     Read(Bytes),
@@ -345,7 +346,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use axum::http::HeaderValue;
+    use futures::StreamExt;
 
     const SECRET: &[u8] = b"edge-secret";
     const NOW: i64 = 1_800_000_000;
@@ -419,6 +420,27 @@ mod tests {
         let wait = Guard::check(&limiter, a).unwrap_err();
         assert!((1..=30).contains(&wait), "one request every 30 s: {wait}");
         assert_eq!(Guard::check(&limiter, b), Ok(()), "another address has its own bucket");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_read_whole_cut_past_the_limit_and_refused_when_slow() {
+        let post = |body: Body| Request::post("/v1/products").body(body).unwrap();
+        let chunks = |n: usize, size: usize| {
+            Body::from_stream(futures::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(vec![b'x'; size]))))
+        };
+        let (_, read) = read_body(post(chunks(4, 1_000)), Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(read, BodyRead::Read(b) if b.len() == 4_000));
+        // Past the limit: read no further than one byte over (the route answers 413).
+        let (_, read) = read_body(post(chunks(100, 1_024)), Duration::from_secs(1)).await.unwrap();
+        assert!(matches!(read, BodyRead::Read(b) if b.len() > MAX_BODY_BYTES && b.len() <= MAX_BODY_BYTES + 1_024));
+        let mut declared = post(Body::from("x"));
+        declared.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(MAX_BODY_BYTES + 1));
+        assert!(matches!(read_body(declared, Duration::from_secs(1)).await.unwrap().1, BodyRead::Left));
+        // A body that stalls: 408 once the timeout is out, the connection closed.
+        let stalled = futures::stream::iter([Ok::<_, std::io::Error>(b"{".to_vec())]).chain(futures::stream::pending());
+        let refused = read_body(post(Body::from_stream(stalled)), Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(refused.status(), 408);
+        assert_eq!(refused.headers()[CONNECTION], "close");
     }
 
     #[tokio::test(start_paused = true)]
