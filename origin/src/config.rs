@@ -106,6 +106,19 @@ pub struct ServerSettings {
     pub port: u16,
     /// Base URL buyers reach the origin at (checkout links point here).
     pub public_url: String,
+    /// Slow clients (`startup`, `overload`): how long a client may take to send a
+    /// request's line and headers (the connection is closed past it; the same bound
+    /// applies to a kept-alive connection waiting for its next request), and its body
+    /// (408 past it; the body is read before the request takes a slot).
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    /// The operators' listener: `GET /metrics` (and `/healthz`, `/readyz`), apart from
+    /// the public port; loopback unless set otherwise. Port 0: any free port.
+    pub metrics_host: String,
+    pub metrics_port: u16,
+    /// How often one background task reads the gauges `/metrics` shows (orders by
+    /// state, outbox and consumer lag) and checks readiness; a scrape reads neither.
+    pub metrics_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -221,9 +234,13 @@ pub struct LimitSettings {
     /// `drops_shared::client_address`). Higher than `direct`: the edge limits each
     /// client first, and this is the backstop behind it.
     pub forwarded: Rate,
-    /// Per peer address on the payment webhook and the signed internal routes,
-    /// which the per-client limits do not apply to.
+    /// Per peer address on the payment webhook, which the per-client limits do not
+    /// apply to.
     pub signed: Rate,
+    /// The signed internal routes (`/internal/…`), all callers together: spent only
+    /// by calls whose signature checks out, so neither public traffic nor unsigned
+    /// junk from the edge's own addresses can drain it.
+    pub internal: Rate,
     /// Requests handled at once; more wait in a short queue.
     pub max_in_flight: u32,
     /// Requests that may wait for a slot; one more is answered 503 `overloaded` at once.
@@ -242,6 +259,8 @@ struct LimitDefaults {
     edge_client_burst: u32,
     signed_rate_per_minute: u32,
     signed_burst: u32,
+    internal_rate_per_minute: u32,
+    internal_burst: u32,
     max_in_flight: u32,
     max_queued: u32,
 }
@@ -253,6 +272,8 @@ const PRODUCTION_LIMITS: LimitDefaults = LimitDefaults {
     edge_client_burst: 300,
     signed_rate_per_minute: 60_000,
     signed_burst: 2_000,
+    internal_rate_per_minute: 120_000,
+    internal_burst: 5_000,
     max_in_flight: 256,
     max_queued: 256,
 };
@@ -264,6 +285,8 @@ const DEVELOPMENT_LIMITS: LimitDefaults = LimitDefaults {
     edge_client_burst: 100_000,
     signed_rate_per_minute: 1_000_000,
     signed_burst: 100_000,
+    internal_rate_per_minute: 1_000_000,
+    internal_burst: 100_000,
     max_in_flight: 1_024,
     max_queued: 1_024,
 };
@@ -321,6 +344,14 @@ pub struct EnvSettings {
     pub max_in_flight: Option<u32>,
     pub max_queued: Option<u32>,
     pub queue_wait_ms: u64,
+    pub internal_rate_per_minute: Option<u32>,
+    pub internal_burst: Option<u32>,
+    // Slow clients and the operators' listener (`ServerSettings`).
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub metrics_host: String,
+    pub metrics_port: u16,
+    pub metrics_refresh_ms: u64,
 }
 
 impl Default for EnvSettings {
@@ -368,6 +399,13 @@ impl Default for EnvSettings {
             max_in_flight: None,
             max_queued: None,
             queue_wait_ms: 50,
+            internal_rate_per_minute: None,
+            internal_burst: None,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            metrics_host: "127.0.0.1".into(),
+            metrics_port: 9464,
+            metrics_refresh_ms: 5_000,
         }
     }
 }
@@ -438,12 +476,20 @@ impl EnvSettings {
         let audit = AuditSettings::parse(&self.audit_keys)?;
         anyhow::ensure!(self.max_sockets_per_user >= 1, "DROPS_MAX_SOCKETS_PER_USER: at least 1");
         anyhow::ensure!(self.database_acquire_timeout_ms >= 1, "DROPS_DATABASE_ACQUIRE_TIMEOUT_MS: at least 1");
+        anyhow::ensure!(self.header_read_timeout_ms >= 1, "DROPS_HEADER_READ_TIMEOUT_MS: at least 1");
+        anyhow::ensure!(self.body_read_timeout_ms >= 1, "DROPS_BODY_READ_TIMEOUT_MS: at least 1");
+        anyhow::ensure!(self.metrics_refresh_ms >= 100, "DROPS_METRICS_REFRESH_MS: at least 100");
         let settings = Settings {
             environment: self.environment,
             server: ServerSettings {
                 host: self.host,
                 port: self.port,
                 public_url: self.public_url.trim_end_matches('/').to_owned(),
+                header_read_timeout_ms: self.header_read_timeout_ms,
+                body_read_timeout_ms: self.body_read_timeout_ms,
+                metrics_host: self.metrics_host,
+                metrics_port: self.metrics_port,
+                metrics_refresh_ms: self.metrics_refresh_ms,
             },
             database: DatabaseSettings {
                 url: self.database_url,
@@ -516,6 +562,12 @@ impl EnvSettings {
                 self.signed_burst,
                 (d.signed_rate_per_minute, d.signed_burst),
                 ("DROPS_SIGNED_RATE_PER_MINUTE", "DROPS_SIGNED_BURST"),
+            )?,
+            internal: rate(
+                self.internal_rate_per_minute,
+                self.internal_burst,
+                (d.internal_rate_per_minute, d.internal_burst),
+                ("DROPS_INTERNAL_RATE_PER_MINUTE", "DROPS_INTERNAL_BURST"),
             )?,
             max_in_flight: positive(self.max_in_flight, d.max_in_flight, "DROPS_MAX_IN_FLIGHT")?,
             max_queued: self.max_queued.unwrap_or(d.max_queued),
@@ -681,6 +733,21 @@ mod tests {
         assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_MAX_IN_FLIGHT"));
         let zero = EnvSettings { database_acquire_timeout_ms: 0, ..EnvSettings::default() };
         assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_DATABASE_ACQUIRE_TIMEOUT_MS"));
+        assert_eq!(prod.limits.internal, Rate { per_minute: 120_000, burst: 5_000 });
+        let zero = EnvSettings { internal_burst: Some(0), ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_INTERNAL_BURST"));
+    }
+
+    #[test]
+    fn slow_clients_are_bounded_and_metrics_stay_on_loopback_by_default() {
+        let server = production().into_settings().unwrap().server;
+        assert_eq!((server.header_read_timeout_ms, server.body_read_timeout_ms), (10_000, 10_000));
+        assert_eq!(server.metrics_host, "127.0.0.1", "metrics are not on a public interface unless asked");
+        assert_ne!(server.metrics_port, server.port, "metrics are not on the public port");
+        let zero = EnvSettings { body_read_timeout_ms: 0, ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_BODY_READ_TIMEOUT_MS"));
+        let zero = EnvSettings { header_read_timeout_ms: 0, ..EnvSettings::default() };
+        assert!(zero.into_settings().unwrap_err().to_string().contains("DROPS_HEADER_READ_TIMEOUT_MS"));
     }
 
     #[test]

@@ -1,38 +1,93 @@
 //! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Postgres and
-//! Redis answer too).
+//! Redis answer too). Readiness is checked by one background task ([`check`], every
+//! [`CHECK_EVERY`]) on a Postgres connection of its own and the shared Redis
+//! connection; `/readyz` answers what the last check found, so probes, however
+//! many, cost the pool and Redis nothing, and a pool busy with requests does not
+//! make the instance look dead.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use drops_shared::problem::{ErrorCode, Problem};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
 
 use crate::error::ApiResult;
 use crate::state::Core;
 
-pub fn router(core: Core) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
-        .with_state(core)
+/// How often readiness is checked.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long each check may take.
+const CHECK_WITHIN: Duration = Duration::from_secs(2);
+/// A check older than this (the task is stuck or stopped) does not count.
+const FRESH_FOR: Duration = Duration::from_secs(10);
+
+/// What the last readiness check found: `Err` names what did not answer.
+#[derive(Default)]
+pub struct Readiness {
+    last: Mutex<Option<(Instant, Result<(), &'static str>)>>,
+    /// The checker's own Postgres connection, made again when it fails.
+    db: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
-async fn ready(State(core): State<Core>) -> ApiResult<Json<Value>> {
-    let unavailable = |what: &str| Problem::new(ErrorCode::Overloaded, Some(format!("{what} is not answering")));
-    let check = Duration::from_secs(2);
-    let db = tokio::time::timeout(check, sqlx::query!("SELECT 1 AS one").fetch_one(&core.db)).await;
-    if !matches!(db, Ok(Ok(_))) {
-        return Err(unavailable("postgres").into());
+impl Readiness {
+    fn record(&self, found: Result<(), &'static str>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), found));
     }
-    let redis = tokio::time::timeout(check, async {
-        let mut conn = core.redis.get_multiplexed_async_connection().await?;
+
+    /// Ready, or why not.
+    pub fn current(&self) -> Result<(), String> {
+        match *self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, found)) if at.elapsed() < FRESH_FOR => found.map_err(|what| format!("{what} is not answering")),
+            Some(_) => Err("readiness has not been checked lately".into()),
+            None => Err("readiness has not been checked yet".into()),
+        }
+    }
+}
+
+/// One readiness check: `SELECT 1` on the checker's own connection and `PING` on
+/// the shared Redis connection, each within [`CHECK_WITHIN`].
+pub async fn check(core: &Core, readiness: &Readiness) {
+    let db = tokio::time::timeout(CHECK_WITHIN, async {
+        let mut slot = readiness.db.lock().await;
+        if slot.is_none() {
+            *slot = Some(PgConnection::connect(core.settings.database.url.expose_secret()).await?);
+        }
+        let conn = slot.as_mut().expect("connected above");
+        let answered = sqlx::query!("SELECT 1 AS one").fetch_one(&mut *conn).await;
+        if answered.is_err() {
+            slot.take();
+        }
+        answered.map(drop)
+    })
+    .await;
+    if !matches!(db, Ok(Ok(()))) {
+        // A connection cut off mid-check is not used again.
+        if let Ok(mut slot) = readiness.db.try_lock() {
+            slot.take();
+        }
+        return readiness.record(Err("postgres"));
+    }
+    let redis = tokio::time::timeout(CHECK_WITHIN, async {
+        let mut conn = core.redis_conn().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     })
     .await;
-    if !matches!(redis, Ok(Ok(_))) {
-        return Err(unavailable("redis").into());
-    }
+    readiness.record(if matches!(redis, Ok(Ok(_))) { Ok(()) } else { Err("redis") });
+}
+
+pub fn router(readiness: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .with_state(readiness)
+}
+
+async fn ready(State(readiness): State<Arc<Readiness>>) -> ApiResult<Json<Value>> {
+    readiness.current().map_err(|why| Problem::new(ErrorCode::Overloaded, Some(why)))?;
     Ok(Json(json!({"status": "ready"})))
 }

@@ -1,5 +1,6 @@
-//! Honest keep-alive. A handler may answer without reading the request's body (a
-//! 401 or 403 is decided before the body is read, a 413 stops reading). The server
+//! Honest keep-alive. An answer may go out before the request's body was read to
+//! its end (a 429 is decided before the guard reads the body, a body declared over
+//! the limit is never read, one found over it is read no further: `overload`). The server
 //! must then close the connection, and unless the answer says so the client (the
 //! edge's runtime) puts the connection back in its pool and sends the next request
 //! on a socket that is going away: "network connection lost" for someone else's

@@ -26,8 +26,9 @@
 //! [`extract`] (auth, strict JSON and query, signed internal calls), [`paging`],
 //! [`events`] (outbox, relay, consumer groups), [`edge`] (signed calls to the
 //! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
-//! [`overload`] (per-client limits, load shedding), [`keepalive`] (closing what must
-//! close), [`telemetry`], [`health`],
+//! [`overload`] (per-client limits, slow bodies, load shedding), [`keepalive`]
+//! (closing what must close), [`server`] (serving with slow clients bounded),
+//! [`telemetry`], [`health`],
 //! [`openapi`], [`dashboard`] (the page people watch a drop's analytics on).
 //!
 //! Only [`startup`] (routers and background workers) and [`cli`] see every area.
@@ -53,6 +54,7 @@ pub mod orders;
 pub mod overload;
 pub mod paging;
 pub mod payments;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod tasks;

@@ -1,7 +1,11 @@
-//! `GET /metrics` in Prometheus text. Counters are kept as things happen (each area
-//! counts its own with the `metrics` macros); gauges are read at scrape time by the
-//! areas that own the data (orders by state, outbox and consumer lag), so they are
-//! true even after a restart.
+//! `GET /metrics` in Prometheus text, on the operators' listener only (`startup`:
+//! `server.metrics_host:metrics_port`, loopback by default), never on the public
+//! port. Counters are kept as things happen (each area counts its own with the
+//! `metrics` macros); gauges are read by the areas that own the data (orders by
+//! state, outbox and consumer lag), so they are true even after a restart, by one
+//! background task every `server.metrics_refresh_ms` ([`refresh_gauges`]): a
+//! scrape only renders what is there, so scraping costs the database and Redis
+//! nothing however often it comes.
 //!
 //! Every 429 and 503 is also counted as `drops_http_refusals_total{route, reason}`:
 //! the reason a protection marked it with ([`Refusal`]: `rate_limited`,
@@ -10,7 +14,6 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::{FromRef, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, on};
@@ -25,7 +28,7 @@ use crate::state::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Sets gauges from the data an area owns, when `/metrics` is scraped.
+/// Sets gauges from the data an area owns (run by [`refresh_gauges`]).
 pub type GaugeSource = fn(&Core) -> BoxFuture<'_, anyhow::Result<()>>;
 
 /// The process-wide recorder (installed once, however many apps a test process builds).
@@ -74,23 +77,14 @@ pub async fn count_requests(req: axum::extract::Request, next: axum::middleware:
     resp
 }
 
-#[derive(Clone)]
-struct Scrape {
-    core: Core,
-    gauges: &'static [GaugeSource],
+/// The edge's report of its refusals, on the public listener (a signed internal route).
+pub fn router(core: Core) -> Router {
+    Router::new().route(ReportRefusals::PATH, on(method_of::<ReportRefusals>(), edge_refusals)).with_state(core)
 }
 
-impl FromRef<Scrape> for Core {
-    fn from_ref(scrape: &Scrape) -> Core {
-        scrape.core.clone()
-    }
-}
-
-pub fn router(core: Core, gauges: &'static [GaugeSource]) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .route(ReportRefusals::PATH, on(method_of::<ReportRefusals>(), edge_refusals))
-        .with_state(Scrape { core, gauges })
+/// `GET /metrics`, for the operators' listener.
+pub fn scrape_router() -> Router {
+    Router::new().route("/metrics", get(scrape))
 }
 
 /// The edge's refusals (it has no `/metrics` of its own), counted as
@@ -111,11 +105,15 @@ async fn edge_refusals(call: Signed<ReportRefusals>) -> Answer<ReportRefusals> {
     Ok(axum::Json(RefusalsNoted { counted }))
 }
 
-async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
-    for source in scrape.gauges {
-        if let Err(e) = source(&scrape.core).await {
+/// Reads every gauge from `gauges` once (a source that fails keeps its last values).
+pub async fn refresh_gauges(core: &Core, gauges: &[GaugeSource]) {
+    for source in gauges {
+        if let Err(e) = source(core).await {
             tracing::warn!(error = %e, "metrics gauges could not be read");
         }
     }
+}
+
+async fn scrape() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle().render())
 }

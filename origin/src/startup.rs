@@ -2,11 +2,11 @@
 //! each area's state, plugs the areas' implementations into the traits lower areas
 //! name, merges the areas' routers (behind the origin's own defences, `overload`),
 //! and lists the background workers.
-//! `Application::build` binds its listener first (port 0 in tests gives a free
-//! port), so callers learn the port before serving.
+//! `Application::build` binds its listeners first (port 0 in tests gives a free
+//! port), so callers learn the ports before serving: the public one, and the
+//! operators' one (`/metrics`, `/healthz`, `/readyz`; `server.metrics_*`).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::catalogue::CatalogueState;
 use crate::config::Settings;
 use crate::error::problem_response;
 use crate::events::bus::{Consumer, Handler, Interest};
+use crate::health::Readiness;
 use crate::metrics::GaugeSource;
 use crate::notifications::NotificationsState;
 use crate::orders::OrdersState;
@@ -36,7 +37,7 @@ use crate::state::{Core, LazyRedis};
 use crate::tasks::{Next, Workers};
 use crate::{
     analytics, audit, catalogue, dashboard, events, extract, followers, health, keepalive, media, metrics,
-    notifications, openapi, orders, payments,
+    notifications, openapi, orders, payments, server,
 };
 
 /// Every area's state, built once.
@@ -48,6 +49,8 @@ pub struct App {
     pub purger: Arc<dyn Purger>,
     /// Per-client limits and load shedding, shared by every request of this instance.
     pub guard: Arc<Guard>,
+    /// What the last readiness check found (`/readyz`).
+    pub readiness: Arc<Readiness>,
 }
 
 impl App {
@@ -60,6 +63,7 @@ impl App {
             notifications: NotificationsState::new(core.clone())?,
             purger: catalogue::purge::purger(&core)?,
             guard: Arc::new(Guard::new(&core.settings)),
+            readiness: Arc::default(),
             core,
         })
     }
@@ -93,16 +97,16 @@ impl App {
     }
 }
 
-/// Gauges read at scrape time, from the areas that own the data.
+/// Gauges read by the background task, from the areas that own the data.
 const GAUGES: &[GaugeSource] = &[orders::gauges, events::gauges];
 
 pub fn router(app: &App) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
-        .merge(health::router(app.core.clone()))
+        .merge(health::router(app.readiness.clone()))
         .merge(openapi::router())
         .merge(dashboard::router())
-        .merge(metrics::router(app.core.clone(), GAUGES))
+        .merge(metrics::router(app.core.clone()))
         .merge(audit::router(app.core.clone()))
         .merge(media::router(app.core.clone()))
         .merge(catalogue::router(app.catalogue()))
@@ -135,6 +139,16 @@ pub fn router(app: &App) -> Router {
         .layer(axum::middleware::from_fn(extract::mint_server_request_id))
 }
 
+/// The operators' listener: `/metrics`, and the health probes again. Not the
+/// public port's layers: nothing here reads a body or the database.
+pub fn operators_router(app: &App) -> Router {
+    Router::new()
+        .merge(metrics::scrape_router())
+        .merge(health::router(app.readiness.clone()))
+        .fallback(|| async { problem_response(&ErrorCode::NotFound.into()) })
+        .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
+}
+
 /// Runs one member of consumer group `group` on the event stream.
 fn consumer<F, Fut>(app: &App, workers: &Workers, group: &str, interest: Interest, handle: F)
 where
@@ -157,6 +171,22 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
     workers.every("rate limit sweep", Duration::from_secs(60), move || {
         guard.sweep();
         async { Ok(Next::Later) }
+    });
+    let c = core.clone();
+    workers.every("metrics gauges", Duration::from_millis(settings.server.metrics_refresh_ms), move || {
+        let c = c.clone();
+        async move {
+            metrics::refresh_gauges(&c, GAUGES).await;
+            Ok(Next::Later)
+        }
+    });
+    let (c, readiness) = (core.clone(), app.readiness.clone());
+    workers.every("readiness check", health::CHECK_EVERY, move || {
+        let (c, readiness) = (c.clone(), readiness.clone());
+        async move {
+            health::check(&c, &readiness).await;
+            Ok(Next::Later)
+        }
     });
     let c = core.clone();
     workers.every("inventory terms sync", Duration::from_secs(1), move || {
@@ -270,19 +300,31 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
 
 pub struct Application {
     listener: TcpListener,
+    operators: TcpListener,
     app: App,
 }
 
 impl Application {
-    /// Connects, migrates (see [`Core::connect`]) and binds the listener.
+    /// Connects, migrates (see [`Core::connect`]) and binds the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
+        let server = &settings.server;
+        let listener = TcpListener::bind((server.host.as_str(), server.port)).await?;
+        let operators = TcpListener::bind((server.metrics_host.as_str(), server.metrics_port)).await.map_err(|e| {
+            anyhow::anyhow!("the metrics listener ({}:{}): {e}", server.metrics_host, server.metrics_port)
+        })?;
         let app = App::connect(settings).await?;
-        Ok(Self { listener, app })
+        // Checked once before serving, so `/readyz` is right from the first probe.
+        health::check(&app.core, &app.readiness).await;
+        Ok(Self { listener, operators, app })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The operators' listener's port (`/metrics`).
+    pub fn metrics_port(&self) -> u16 {
+        self.operators.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     pub fn app(&self) -> &App {
@@ -294,11 +336,20 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let workers = Workers::new();
         spawn_workers(&self.app, &workers);
-        let routes = router(&self.app);
-        let served = axum::serve(self.listener, routes.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let header_timeout = Duration::from_millis(self.app.core.settings.server.header_read_timeout_ms);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            stopped.cancel();
+        });
+        let served = tokio::join!(
+            server::serve(self.listener, router(&self.app), header_timeout, stop.clone().cancelled_owned()),
+            server::serve(self.operators, operators_router(&self.app), header_timeout, stop.clone().cancelled_owned()),
+        );
+        signal.abort();
         workers.shutdown().await;
-        Ok(served?)
+        served.0?;
+        Ok(served.1?)
     }
 }

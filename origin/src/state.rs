@@ -1,10 +1,10 @@
-//! What every area stands on: the Postgres pool, the Redis client, the settings and
-//! the client for the edge's signed routes. It sits below the areas and knows none
+//! What every area stands on: the Postgres pool, the Redis client and the one
+//! shared Redis connection, the settings and the client for the edge's signed routes. It sits below the areas and knows none
 //! of them; an area that needs more (a payment provider, the live sockets) keeps it
 //! in a state of its own that holds a [`Core`], and `startup` wires them together.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgPoolOptions;
@@ -18,7 +18,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct Core {
     pub db: PgPool,
+    /// For what needs a connection of its own (a blocking read, a subscription).
     pub redis: redis::Client,
+    /// Everything else: see [`Core::redis_conn`].
+    pub shared_redis: SharedRedis,
     pub settings: Arc<Settings>,
     pub edge: EdgeClient,
 }
@@ -29,12 +32,21 @@ impl Core {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = connect_db(&settings).await?;
         MIGRATOR.run(&db).await?;
+        let redis = redis::Client::open(settings.redis.url.expose_secret())?;
         Ok(Core {
             db,
-            redis: redis::Client::open(settings.redis.url.expose_secret())?,
+            shared_redis: SharedRedis::new(redis.clone()),
+            redis,
             edge: EdgeClient::new(&settings)?,
             settings: Arc::new(settings),
         })
+    }
+
+    /// The instance's one multiplexed Redis connection, shared by every request and
+    /// task that sends plain commands (no blocking reads, no subscriptions): a request
+    /// never opens a connection of its own, so a flood cannot use up Redis's clients.
+    pub async fn redis_conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        self.shared_redis.get().await
     }
 
     /// The prefix of every Redis key this deployment writes.
@@ -88,5 +100,67 @@ impl LazyRedis {
 
     pub async fn reset(&self) {
         self.0.lock().await.take();
+    }
+}
+
+/// How long a command on the shared connection may wait for its answer, and a
+/// connection attempt for Redis.
+const SHARED_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed attempt to connect, callers are refused at once this long, so a
+/// Redis that is down costs a request nothing but the refusal.
+const SHARED_REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One Redis connection (a [`redis::aio::ConnectionManager`]: multiplexed, and it
+/// reconnects by itself), made on first use so the origin starts while Redis is
+/// down. Until it is made, one caller at a time tries, at most once a second; the
+/// others are refused at once rather than queued behind the attempt.
+#[derive(Clone)]
+pub struct SharedRedis {
+    client: redis::Client,
+    conn: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+    failed_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl SharedRedis {
+    pub fn new(client: redis::Client) -> Self {
+        Self { client, conn: Arc::default(), failed_at: Arc::default() }
+    }
+
+    fn failed_lately(&self) -> bool {
+        let failed_at = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        failed_at.is_some_and(|at| at.elapsed() < SHARED_REDIS_RETRY_AFTER)
+    }
+
+    pub async fn get(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        let unreachable = || {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "Redis could not be reached a moment ago; not trying again yet",
+            ))
+        };
+        if self.failed_lately() {
+            return Err(unreachable());
+        }
+        let made = self
+            .conn
+            .get_or_try_init(|| async {
+                if self.failed_lately() {
+                    return Err(unreachable());
+                }
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(SHARED_REDIS_TIMEOUT)
+                    .set_response_timeout(SHARED_REDIS_TIMEOUT)
+                    .set_number_of_retries(1);
+                let made = redis::aio::ConnectionManager::new_with_config(self.client.clone(), config).await;
+                if made.is_err() {
+                    *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+                made
+            })
+            .await?;
+        Ok(made.clone())
     }
 }

@@ -221,6 +221,8 @@ async fn serve_answers_and_stops_on_sigterm() {
     let mut child = env
         .command(&["serve"])
         .env("DROPS_PORT", port.to_string())
+        // Any free port: not the default one another run may hold.
+        .env("DROPS_METRICS_PORT", "0")
         .env("DROPS_RECONCILE_INTERVAL_SECS", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

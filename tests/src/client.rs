@@ -95,6 +95,8 @@ pub struct Client {
     pub http: reqwest::Client,
     pub edge: String,
     pub origin: String,
+    /// The origin's operators' listener (`/metrics`).
+    pub metrics: String,
 }
 
 impl Client {
@@ -113,6 +115,7 @@ impl Client {
                 .expect("http client"),
             edge: stack.edge_url.clone(),
             origin: stack.origin_url.clone(),
+            metrics: stack.metrics_url.clone(),
         }
     }
 
@@ -383,16 +386,16 @@ impl Client {
 }
 
 impl Client {
-    /// The origin's `/metrics` text.
+    /// The origin's `/metrics` text (from its operators' listener).
     pub async fn get_raw_metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap()
+        self.http.get(format!("{}/metrics", self.metrics)).send().await.unwrap().text().await.unwrap()
     }
 
     /// How many requests the origin has served, all routes together.
     pub async fn origin_requests_total(&self) -> u64 {
-        let text = self.http.get(format!("{}/metrics", self.origin)).send().await.unwrap().text().await.unwrap();
+        let text = self.get_raw_metrics().await;
         text.lines()
-            .filter(|l| l.starts_with("drops_http_requests_total{") && !l.contains("route=\"/metrics\""))
+            .filter(|l| l.starts_with("drops_http_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }

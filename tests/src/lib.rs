@@ -45,6 +45,8 @@ pub const MEDIA_LINK_SECRET: &str = "test-media-link-secret-0123456789abcdef";
 pub struct Stack {
     pub edge_url: String,
     pub origin_url: String,
+    /// The origin's operators' listener (`/metrics`), apart from its public port.
+    pub metrics_url: String,
     pub database_url: String,
     /// The origin's settings as the stack configured them (tests tweak copies).
     pub settings: Settings,
@@ -305,6 +307,9 @@ impl Stack {
         let origin_url = format!("http://127.0.0.1:{origin_port}");
         settings.server.port = origin_port;
         settings.server.public_url = origin_url.clone();
+        // Chosen before too: the origin restarts on it.
+        settings.server.metrics_port = free_port();
+        let metrics_url = format!("http://127.0.0.1:{}", settings.server.metrics_port);
         settings.edge.url = format!("http://127.0.0.1:{edge_port}");
         settings.edge.edge_to_origin_secret = SecretString::from(EDGE_TO_ORIGIN_SECRET);
         settings.edge.origin_to_edge_secret = SecretString::from(ORIGIN_TO_EDGE_SECRET);
@@ -325,6 +330,7 @@ impl Stack {
         let stack = Stack {
             edge_url: format!("http://127.0.0.1:{edge_port}"),
             origin_url,
+            metrics_url,
             database_url,
             settings,
             runtime,
@@ -531,6 +537,7 @@ impl Stack {
         let port = free_port();
         settings.server.port = port;
         settings.server.public_url = format!("http://127.0.0.1:{port}");
+        settings.server.metrics_port = 0;
         let app = self
             .runtime
             .spawn(async move { Application::build(settings).await })

@@ -66,7 +66,7 @@ pub fn gauges(core: &Core) -> BoxFuture<'_, anyhow::Result<()>> {
         .await?;
         metrics::gauge!("drops_outbox_unpublished").set(backlog.unpublished as f64);
         metrics::gauge!("drops_outbox_lag_seconds").set(backlog.oldest.unwrap_or(0.0));
-        let mut conn = core.redis.get_multiplexed_async_connection().await?;
+        let mut conn = core.redis_conn().await?;
         let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
             redis::cmd("XINFO").arg("GROUPS").arg(stream_key(core.redis_prefix())).query_async(&mut conn).await;
         if let Ok(groups) = groups {

@@ -50,8 +50,8 @@ pub fn set_key(prefix: &str, creator_id: Uuid) -> String {
     format!("{prefix}:followers:{creator_id}")
 }
 
-async fn redis(state: &Core) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    state.redis.get_multiplexed_async_connection().await
+async fn redis(state: &Core) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    state.redis_conn().await
 }
 
 /// Writes one follow's state to the creator's set: in it since `followed_at`, or out.

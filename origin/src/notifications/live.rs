@@ -242,20 +242,20 @@ pub async fn beat(state: &NotificationsState) -> anyhow::Result<()> {
 
 /// The instances that may hold sockets: those whose heartbeat is recent.
 pub async fn online_instances(state: &Core) -> anyhow::Result<Vec<String>> {
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut conn = state.redis_conn().await?;
     let since = Utc::now().timestamp_millis() - INSTANCE_STALE_MS;
     Ok(conn.zrangebyscore(instances_key(state.redis_prefix()), since, "+inf").await?)
 }
 
 /// How many users hold a socket on `instance`.
 pub async fn online_count(state: &Core, instance: &str) -> anyhow::Result<u64> {
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut conn = state.redis_conn().await?;
     Ok(conn.scard(online_key(state.redis_prefix(), instance)).await?)
 }
 
 /// The users holding a socket on `instance`.
 pub async fn online_users(state: &Core, instance: &str) -> anyhow::Result<Vec<Uuid>> {
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut conn = state.redis_conn().await?;
     let members: Vec<String> = conn.smembers(online_key(state.redis_prefix(), instance)).await?;
     Ok(members.iter().filter_map(|m| Uuid::parse_str(m).ok()).collect())
 }
@@ -265,7 +265,7 @@ pub async fn online_among(state: &Core, instance: &str, users: &[Uuid]) -> anyho
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut conn = state.redis_conn().await?;
     let members: Vec<String> = users.iter().map(Uuid::to_string).collect();
     let found: Vec<bool> = redis::cmd("SMISMEMBER")
         .arg(online_key(state.redis_prefix(), instance))
@@ -286,7 +286,7 @@ pub async fn publish(
     message: &LiveMessage,
     ack: Option<&str>,
 ) -> anyhow::Result<usize> {
-    let mut conn = state.redis.get_multiplexed_async_connection().await?;
+    let mut conn = state.redis_conn().await?;
     let mut heard = 0;
     // Kept to a size the holder parses in a moment, whatever the audience.
     for chunk in users.chunks(5_000) {
@@ -334,7 +334,7 @@ pub async fn wait_acks(state: &Core, key: &str, parts: usize, within: Duration) 
 async fn acknowledge(state: Core, key: String, mut written: mpsc::Receiver<()>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), written.recv()).await;
     let acked: redis::RedisResult<()> = async {
-        let mut conn = state.redis.get_multiplexed_async_connection().await?;
+        let mut conn = state.redis_conn().await?;
         redis::pipe().rpush(&key, 1).ignore().expire(&key, 60).ignore().query_async(&mut conn).await
     }
     .await;

@@ -18,6 +18,7 @@ mod limits;
 mod live_socket;
 mod media;
 mod origin_down;
+mod origin_hardening;
 mod overload;
 mod pages;
 mod payments;

@@ -439,15 +439,25 @@ async fn metrics_show_orders_webhooks_and_lag() {
     let p = client.purchase(drop_id).await;
     client.pay_event(&p, &evt(), true).await;
     client.wait_status(&p.buyer, p.order_id, "confirmed").await;
-    let text = client.http.get(format!("{}/metrics", stack.origin_url)).send().await.unwrap().text().await.unwrap();
-    let value = |series: &str| -> f64 {
+    let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
     };
-    assert!(value("drops_orders{state=\"confirmed\"}") >= 1.0);
+    // The gauges are read every few seconds by one task, not at each scrape.
+    let confirmed = "drops_orders{state=\"confirmed\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = client.get_raw_metrics().await;
+        if text.lines().any(|l| l.starts_with(confirmed)) && value(&text, confirmed) >= 1.0 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no confirmed order on /metrics:\n{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let value = |series: &str| value(&text, series);
     assert!(value("drops_webhook_events_total{outcome=\"applied\"}") >= 1.0);
     assert!(value("drops_outbox_lag_seconds") >= 0.0);
     assert!(value("drops_consumer_pending{group=\"edge-sync\"}") >= 0.0);
