@@ -169,8 +169,8 @@ async fn followers(
 ) -> ApiResult<Json<Page<Follower>>> {
     let creator_id = followed(&state, &creator_id).await?;
     let limit = page.limit()? as usize;
-    let list = format!("followers-{creator_id}");
-    let after = page.after_keyed(&list)?.map(|(at, id)| (at.timestamp_micros(), id));
+    let list = paging::List::new(&state, format!("followers-{creator_id}"));
+    let after = list.after_keyed(&page)?.map(|(at, id)| (at.timestamp_micros(), id));
     let key = set_key(state.redis_prefix(), creator_id);
     // Equal scores are possible: over-fetch and drop those at or before the cursor.
     let max = after.map(|(m, _)| m.to_string()).unwrap_or_else(|| "+inf".into());
@@ -199,7 +199,7 @@ async fn followers(
     let more = items.len() > limit;
     items.truncate(limit);
     let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap_or_default();
-    let next_cursor = if more { items.last().map(|(m, id)| paging::encode_keyed(&list, at(*m), *id)) } else { None };
+    let next_cursor = if more { items.last().map(|(m, id)| list.cursor_keyed(at(*m), *id)) } else { None };
     let items = items.into_iter().map(|(m, id)| Follower { user_id: id, followed_at: at(m) }).collect();
     Ok(Json(Page { items, next_cursor }))
 }
@@ -210,9 +210,9 @@ async fn following(
     user: AuthUser,
     StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Following>>> {
-    const LIST: &str = "following";
+    let list = paging::List::new(&state, format!("following-{}", user.0.user_id));
     let limit = page.limit()?;
-    let after = page.after_keyed(LIST)?;
+    let after = list.after_keyed(&page)?;
     let rows = sqlx::query!(
         "SELECT creator_id, followed_at FROM follows
          WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (followed_at, creator_id) < ($2, $3))
@@ -235,7 +235,7 @@ async fn following(
             followed_at: r.followed_at,
         })
         .collect();
-    Ok(Json(paging::page(items, limit, |f| paging::encode_keyed(LIST, f.followed_at, f.creator_id))))
+    Ok(Json(paging::page(items, limit, |f| list.cursor_keyed(f.followed_at, f.creator_id))))
 }
 
 /// Rebuilds every creator's set from the ledger; returns how many follows it wrote.

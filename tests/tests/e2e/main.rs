@@ -14,6 +14,7 @@ mod followers;
 mod fuzz;
 mod hardening;
 mod limits;
+mod lists_hardening;
 mod live_socket;
 mod media;
 mod origin_down;
