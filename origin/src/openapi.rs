@@ -244,10 +244,13 @@ fn follow_doc() {}
     responses((status = 204, description = "Not following (idempotent)"), (status = 401, body = Problem), (status = 404, body = Problem)))]
 fn unfollow_doc() {}
 
-#[utoipa::path(get, path = "/v1/creators/{creator_id}/followers", tag = "creators",
+#[utoipa::path(get, path = "/v1/creators/{creator_id}/followers", tag = "creators", security(("bearer" = [])),
     params(("creator_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
            ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
-    responses((status = 200, description = "Newest first", body = Page<Follower>), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, description = "Who follows the creator, newest first: for the creator (the account the profile belongs to) and admins only. The count is public (`GET /v1/creators/{creator_id}`); who follows whom is not", body = Page<Follower>),
+              (status = 400, description = "`invalid_request`: `limit` not 1 to 100, a `cursor` this list did not issue, or another query parameter", body = Problem),
+              (status = 401, description = "`unauthorized`: no valid token", body = Problem),
+              (status = 404, description = "`not_found`: no such creator, or the caller is neither that creator nor an admin", body = Problem)))]
 fn followers_doc() {}
 
 #[utoipa::path(get, path = "/v1/me/following", tag = "creators", security(("bearer" = [])),
@@ -514,6 +517,17 @@ mod tests {
             None => status["schema"].clone(),
         };
         assert!(listing.to_string().contains(r#"["live","upcoming"]"#), "{status} {listing}");
+    }
+
+    #[test]
+    fn a_creators_followers_are_for_the_creator_and_admins() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let op = &doc["paths"]["/v1/creators/{creator_id}/followers"]["get"];
+        assert!(op["security"].is_array(), "needs a token");
+        for status in ["200", "400", "401", "404"] {
+            assert!(op["responses"][status].is_object(), "documents {status}");
+        }
+        assert!(doc["paths"]["/v1/creators/{creator_id}"]["get"]["security"].is_null(), "the count is public");
     }
 
     #[test]

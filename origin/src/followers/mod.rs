@@ -21,6 +21,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{Follower, Following, Page};
+use drops_shared::auth::Role;
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use redis::AsyncCommands;
 use uuid::Uuid;
@@ -161,13 +162,21 @@ impl FollowerCounts for Counts {
     }
 }
 
-/// `GET /v1/creators/{id}/followers`: newest first, from the creator's set.
+/// `GET /v1/creators/{id}/followers`: newest first, from the creator's set. Who
+/// follows whom is not public (the count is): only the creator (the account its
+/// profile belongs to) and admins read the list; anyone else is told there is no
+/// such creator (404), and a caller without a token is asked for one (401).
 async fn followers(
     State(state): State<Core>,
+    AuthUser(caller): AuthUser,
     Path(creator_id): Path<String>,
     StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Follower>>> {
-    let creator_id = followed(&state, &creator_id).await?;
+    let creator_id = path_id(&creator_id)?;
+    let owner = catalogue::facts::creator_owner(&state.db, creator_id).await?.ok_or_else(ApiError::not_found)?;
+    if caller.role != Role::Admin && caller.user_id != owner {
+        return Err(ApiError::not_found());
+    }
     let limit = page.limit()? as usize;
     let list = paging::List::new(&state, format!("followers-{creator_id}"));
     let after = list.after_keyed(&page)?.map(|(at, id)| (at.timestamp_micros(), id));

@@ -3,7 +3,7 @@
 //! foreign cursor is a 400; the drop lists, cached at the edge, are cached only as
 //! canonical pages, and whatever is not one (a forged cursor, a bad `limit` or
 //! `status`, another parameter) is refused by the edge before its cache or the
-//! origin see it.
+//! origin see it; a creator's followers are the creator's and admins' to read.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use drops_shared::auth::Role;
 use drops_tests::client::{token, Answer, Client};
 use drops_tests::{Buyer, DropSpec, Stack};
 use reqwest::StatusCode;
+use serde_json::Value;
 use uuid::Uuid;
 
 /// The origin's route of the drop lists, as its request counter names it.
@@ -225,4 +226,47 @@ async fn every_list_refuses_a_cursor_it_did_not_issue_to_this_caller() {
     assert_eq!((rest.status, rest.json()["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
     let rest = client.get(&format!("/v1/me/following?limit=1&cursor={anns_following}"), Some(&ann.token)).await;
     assert_eq!((rest.status, rest.json()["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+}
+
+#[tokio::test]
+async fn who_follows_a_creator_is_for_the_creator_and_admins_and_the_count_for_everyone() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let (creator_id, creator_token, _) = client.creator().await;
+    let (_, other_creator_token, _) = client.creator().await;
+    let fan = Buyer::new();
+    assert_eq!(client.follow(&fan, creator_id).await, StatusCode::NO_CONTENT);
+    let path = format!("/v1/creators/{creator_id}/followers");
+
+    let anonymous = client.get(&path, None).await;
+    assert_eq!((anonymous.status, anonymous.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    for (who, tok) in [
+        ("a follower", fan.token.clone()),
+        ("another buyer", Buyer::new().token),
+        ("another creator", other_creator_token),
+        ("a creator-role account with no profile", token(Uuid::now_v7(), Role::Creator)),
+    ] {
+        let a = client.get(&path, Some(&tok)).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::NOT_FOUND, "not_found"), "{who}: {:?}", a.json());
+    }
+    let admin = token(Uuid::now_v7(), Role::Admin);
+    for (who, tok) in [("the creator", &creator_token), ("an admin", &admin)] {
+        let started = Instant::now();
+        loop {
+            let a = client.get(&path, Some(tok)).await;
+            assert_eq!(a.status, StatusCode::OK, "{who}: {:?}", a.json());
+            let items: Vec<Value> = a.json()["items"].as_array().cloned().unwrap_or_default();
+            if items.iter().any(|f| f["user_id"] == fan.id.to_string()) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{who} never saw the follower: {items:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let unknown = client.get(&format!("/v1/creators/{}/followers", Uuid::now_v7()), Some(&admin)).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    // The count stays public.
+    let profile = client.get(&format!("/v1/creators/{creator_id}"), None).await;
+    assert_eq!(profile.status, StatusCode::OK);
+    assert!(profile.json()["follower_count"].is_u64());
 }
