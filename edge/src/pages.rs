@@ -13,14 +13,21 @@
 //! concurrent misses wait for the claimant's page to land in the cache (a request
 //! may not await I/O another request started: the runtime would cancel it as hung).
 //! Answers that are not pages (404, 400) are remembered for a second, so a flood of
-//! bad ids costs one fetch too. A card's stock is patched from the drop's inventory
+//! bad ids costs one fetch too.
+//!
+//! A list is cached only as a canonical page: one key per (status, limit, cursor),
+//! the limit as a number (the default unwritten), the cursor one the origin signed
+//! for that list. Anything else (a forged or foreign cursor, a bad limit or status,
+//! another parameter) is a 400 answered here, before the cache or the origin. A card's stock is patched from the drop's inventory
 //! object at refresh time, so it is at most a few seconds old.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use drops_shared::api::{DropCard, Page, StockResponse};
+use drops_shared::cursor::CursorKey;
 use drops_shared::pages;
+use drops_shared::problem::{ErrorCode, Problem};
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -140,22 +147,15 @@ async fn fetch_claimed(env: &Env, key: &str, path: &str, kind: &Kind, client: Op
     fetched
 }
 
-/// The canonical public path of a list request, or `None` for a query the origin
-/// must judge (unknown parameters are its to refuse).
-fn list_path(req: &Request) -> worker::Result<Option<String>> {
-    let url = req.url()?;
-    let mut status = None;
-    let mut limit = None;
-    let mut cursor = None;
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
-            "status" if status.is_none() => status = Some(v.into_owned()),
-            "limit" if limit.is_none() => limit = Some(v.into_owned()),
-            "cursor" if cursor.is_none() => cursor = Some(v.into_owned()),
-            _ => return Ok(None),
-        }
-    }
-    Ok(Some(pages::list(status.as_deref().unwrap_or("live"), limit.as_deref(), cursor.as_deref())))
+/// The canonical public path of a list request (`drops_shared::pages::canonical_list`),
+/// or the 400 it gets here: a bad `status` or `limit`, a cursor the origin did not
+/// sign for this list (checked with the key the origin signs with, derived from the
+/// origin → edge secret), any other parameter. A refused request touches neither
+/// the cache nor the origin, so junk cannot fill the cache or reach the database.
+fn list_path(req: &Request, cfg: &EdgeConfig) -> EdgeResult<String> {
+    let key = CursorKey::derive(cfg.origin_to_edge_secret.as_bytes());
+    pages::canonical_list(req.url()?.query(), &key)
+        .map_err(|detail| Problem::new(ErrorCode::InvalidRequest, Some(detail)).into())
 }
 
 /// Where cached pages live: the public base URL, so that a zone purge by URL finds them.
@@ -172,11 +172,9 @@ pub async fn card(req: &Request, env: &Env, ctx: &Context, drop_id: Uuid) -> Edg
     serve(req, env, ctx, pages::card(drop_id), Kind::Card).await
 }
 
-pub async fn list(req: Request, env: &Env, ctx: &Context, request_id: &str) -> EdgeResult {
-    match list_path(&req)? {
-        Some(path) => serve(&req, env, ctx, path, Kind::List).await,
-        None => crate::origin::proxy(req, env, request_id).await,
-    }
+pub async fn list(req: &Request, env: &Env, ctx: &Context) -> EdgeResult {
+    let path = list_path(req, &*EdgeConfig::get(env)?)?;
+    serve(req, env, ctx, path, Kind::List).await
 }
 
 async fn serve(req: &Request, env: &Env, ctx: &Context, path: String, kind: Kind) -> EdgeResult {

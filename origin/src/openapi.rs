@@ -176,9 +176,9 @@ impl Modify for BearerAuth {
 #[utoipa::path(get, path = "/v1/drops", tag = "drops",
     params(("status" = Option<DropListing>, Query, description = "`live` (default) or `upcoming`"),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`")),
     responses((status = 200, description = "Drop cards, live by `ends_at`, upcoming by `starts_at`; `x-cache` HIT|STALE|MISS", body = Page<DropCard>),
-              (status = 400, body = Problem)))]
+              (status = 400, description = "`invalid_request` (answered by the edge, which caches only real pages): `status` not `live` or `upcoming`, `limit` not 1 to 100, a `cursor` not issued for this list, a parameter given twice, or any other parameter", body = Problem)))]
 fn list_drops_doc() {}
 
 #[utoipa::path(get, path = "/v1/drops/{drop_id}", tag = "drops", params(("drop_id" = uuid::Uuid, Path)),
@@ -244,15 +244,18 @@ fn follow_doc() {}
     responses((status = 204, description = "Not following (idempotent)"), (status = 401, body = Problem), (status = 404, body = Problem)))]
 fn unfollow_doc() {}
 
-#[utoipa::path(get, path = "/v1/creators/{creator_id}/followers", tag = "creators",
+#[utoipa::path(get, path = "/v1/creators/{creator_id}/followers", tag = "creators", security(("bearer" = [])),
     params(("creator_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
-    responses((status = 200, description = "Newest first", body = Page<Follower>), (status = 400, body = Problem), (status = 404, body = Problem)))]
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`")),
+    responses((status = 200, description = "Who follows the creator, newest first: for the creator (the account the profile belongs to) and admins only. The count is public (`GET /v1/creators/{creator_id}`); who follows whom is not", body = Page<Follower>),
+              (status = 400, description = "`invalid_request`: `limit` not 1 to 100, a `cursor` this list did not issue, or another query parameter", body = Problem),
+              (status = 401, description = "`unauthorized`: no valid token", body = Problem),
+              (status = 404, description = "`not_found`: no such creator, or the caller is neither that creator nor an admin", body = Problem)))]
 fn followers_doc() {}
 
 #[utoipa::path(get, path = "/v1/me/following", tag = "creators", security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`")),
     responses((status = 200, body = Page<Following>), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn following_doc() {}
 
@@ -264,7 +267,7 @@ fn show_order_doc() {}
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`")),
     responses((status = 200, description = "Newest first", body = Page<Order>), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn list_orders_doc() {}
 
@@ -276,7 +279,7 @@ fn cancel_order_doc() {}
 
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before")),
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`")),
     responses((status = 200, body = NotificationPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 fn notifications_doc() {}
 
@@ -395,7 +398,7 @@ fn private_link_doc() {}
 
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "audit", security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before"),
+           ("cursor" = Option<String>, Query, min_length = 60, max_length = 60, pattern = "^[A-Za-z0-9_-]{60}$", description = "`next_cursor` of the page before, as given: signed by the platform for this list (and user); any other string is 400 `invalid_request`"),
            ("subject_id" = Option<String>, Query, max_length = 200,
             description = "only the entries about this subject (an order's, a drop's, a creator's id, a media key)")),
     responses((status = 200, description = "Audit entries, oldest first. `hash` is the hex SHA-256 of `prev_hash` followed by the entry's canonical JSON (every other field, keys sorted, no whitespace, `at` with microseconds)", body = Page<AuditEntry>),
@@ -514,6 +517,31 @@ mod tests {
             None => status["schema"].clone(),
         };
         assert!(listing.to_string().contains(r#"["live","upcoming"]"#), "{status} {listing}");
+        // Every list's cursor has the shape of the cursors the platform signs.
+        let mut cursors = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for p in op["parameters"].as_array().into_iter().flatten().filter(|p| p["name"] == "cursor") {
+                    cursors += 1;
+                    let schema = &p["schema"];
+                    assert_eq!(schema["pattern"], drops_shared::cursor::CURSOR_PATTERN, "{method} {path}");
+                    let len = drops_shared::cursor::CURSOR_LEN as u64;
+                    assert_eq!((schema["minLength"].as_u64(), schema["maxLength"].as_u64()), (Some(len), Some(len)));
+                }
+            }
+        }
+        assert!(cursors >= 6, "{cursors}");
+    }
+
+    #[test]
+    fn a_creators_followers_are_for_the_creator_and_admins() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let op = &doc["paths"]["/v1/creators/{creator_id}/followers"]["get"];
+        assert!(op["security"].is_array(), "needs a token");
+        for status in ["200", "400", "401", "404"] {
+            assert!(op["responses"][status].is_object(), "documents {status}");
+        }
+        assert!(doc["paths"]["/v1/creators/{creator_id}"]["get"]["security"].is_null(), "the count is public");
     }
 
     #[test]

@@ -1,15 +1,20 @@
-//! Opaque cursors: base64url of `<list>:<uuid>`. A cursor from another list or a
-//! tampered one is a 400, never a 500 or a silently wrong page.
+//! Paging of every list: `?limit=&cursor=`, with the rules of
+//! [`drops_shared::cursor`]: `limit` 1 to 100 (default 20; anything else a 400) and
+//! signed cursors, so a cursor the platform did not issue for this list (made up,
+//! tampered with, another list's or another user's) is a 400, never a 500 or a
+//! silently wrong page. The edge checks the drop lists' cursors with the same key
+//! before it caches anything or calls the origin.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Utc};
-use drops_shared::api::{Page, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use drops_shared::api::Page;
+use drops_shared::cursor::{CursorKey, Limit, Position};
 use drops_shared::problem::ErrorCode;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::state::Core;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,38 +25,68 @@ pub struct PageQuery {
 
 impl PageQuery {
     pub fn limit(&self) -> Result<i64, ApiError> {
-        match &self.limit {
-            None => Ok(i64::from(DEFAULT_PAGE_LIMIT)),
-            Some(raw) => match raw.parse::<u32>() {
-                Ok(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(i64::from(n)),
-                _ => Err(ApiError::code(
-                    ErrorCode::InvalidRequest,
-                    format!("query `limit`: must be 1 to {MAX_PAGE_LIMIT}"),
-                )),
-            },
-        }
-    }
-
-    pub fn after(&self, list: &str) -> Result<Option<Uuid>, ApiError> {
-        self.cursor.as_deref().map(|c| decode(list, c)).transpose()
+        limit(self.limit.as_deref())
     }
 }
 
-/// A cursor over a list ordered by (time, id).
-pub fn encode_keyed(list: &str, at: DateTime<Utc>, last: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{list}:{}:{last}", at.timestamp_micros()))
+/// `limit` as the query gave it, or a 400.
+pub fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    Limit::parse(raw).map(|l| i64::from(l.get())).map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.to_string()))
 }
 
-impl PageQuery {
-    pub fn after_keyed(&self, list: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
-        let Some(cursor) = self.cursor.as_deref() else { return Ok(None) };
-        let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
-        let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-        let text = String::from_utf8(raw).map_err(|_| bad())?;
-        let rest = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
-        let (micros, id) = rest.split_once(':').ok_or_else(bad)?;
-        let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
-        Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+/// The key cursors are signed with (derived from the origin → edge secret, which the
+/// edge knows too).
+pub fn cursor_key(core: &Core) -> CursorKey {
+    CursorKey::derive(core.settings.edge.origin_to_edge_secret.expose_secret().as_bytes())
+}
+
+/// One list's cursors. Its name says whose list it is where that matters
+/// (`orders-<user id>`), so that nobody pages on with someone else's cursor.
+pub struct List {
+    key: CursorKey,
+    name: String,
+}
+
+impl List {
+    pub fn new(core: &Core, name: impl Into<String>) -> Self {
+        Self::with_key(cursor_key(core), name)
+    }
+
+    pub fn with_key(key: CursorKey, name: impl Into<String>) -> Self {
+        List { key, name: name.into() }
+    }
+
+    /// Where the page asked for starts: after this position, or at the top.
+    pub fn position(&self, cursor: Option<&str>) -> Result<Option<Position>, ApiError> {
+        cursor
+            .map(|c| self.key.verify(&self.name, c))
+            .transpose()
+            .map_err(|e| ApiError::code(ErrorCode::InvalidRequest, e.to_string()))
+    }
+
+    /// For a list ordered by id alone.
+    pub fn after(&self, q: &PageQuery) -> Result<Option<Uuid>, ApiError> {
+        Ok(self.position(q.cursor.as_deref())?.map(|p| p.id))
+    }
+
+    /// For a list ordered by (time, id).
+    pub fn after_keyed(&self, q: &PageQuery) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+        let Some(p) = self.position(q.cursor.as_deref())? else { return Ok(None) };
+        let at = DateTime::from_timestamp_micros(p.key)
+            .ok_or_else(|| ApiError::code(ErrorCode::InvalidRequest, drops_shared::cursor::BadCursor.to_string()))?;
+        Ok(Some((at, p.id)))
+    }
+
+    pub fn cursor(&self, last: Uuid) -> String {
+        self.key.sign(&self.name, Position { key: 0, id: last })
+    }
+
+    pub fn cursor_keyed(&self, at: DateTime<Utc>, last: Uuid) -> String {
+        self.key.sign(&self.name, Position { key: at.timestamp_micros(), id: last })
+    }
+
+    pub fn cursor_at(&self, at: Position) -> String {
+        self.key.sign(&self.name, at)
     }
 }
 
@@ -62,18 +97,6 @@ pub fn page<T>(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -
     rows.truncate(limit.max(0) as usize);
     let next_cursor = if more { rows.last().map(cursor_of) } else { None };
     Page { items: rows, next_cursor }
-}
-
-pub fn encode(list: &str, last: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{list}:{last}"))
-}
-
-fn decode(list: &str, cursor: &str) -> Result<Uuid, ApiError> {
-    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let id = text.strip_prefix(list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
-    Uuid::parse_str(id).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -89,20 +112,28 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_and_foreign_cursors() {
+    fn limits() {
+        assert!(limit(Some("0")).is_err());
+        assert!(limit(Some("101")).is_err());
+        assert!(limit(Some("")).is_err());
+        assert_eq!(limit(None).unwrap(), 20);
+        assert_eq!(limit(Some("100")).unwrap(), 100);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_others_are_refused() {
+        let key = CursorKey::derive(b"secret");
+        let orders = List::with_key(key.clone(), "orders-1");
         let id = Uuid::from_u128(42);
-        let c = encode("orders", id);
-        let q = PageQuery { limit: None, cursor: Some(c.clone()) };
-        assert_eq!(q.after("orders").unwrap(), Some(id));
-        assert!(q.after("followers").is_err());
-        let tampered = PageQuery { limit: None, cursor: Some(format!("{c}x")) };
-        assert!(tampered.after("orders").is_err());
-        assert!(PageQuery { limit: Some("0".into()), cursor: None }.limit().is_err());
-        assert!(PageQuery { limit: Some("101".into()), cursor: None }.limit().is_err());
-        assert_eq!(PageQuery { limit: None, cursor: None }.limit().unwrap(), 20);
+        let q = |c: String| PageQuery { limit: None, cursor: Some(c) };
+        assert_eq!(orders.after(&q(orders.cursor(id))).unwrap(), Some(id));
+        assert!(List::with_key(key.clone(), "orders-2").after(&q(orders.cursor(id))).is_err(), "another user's");
+        assert!(orders.after(&q(format!("{}x", orders.cursor(id)))).is_err(), "tampered");
+        assert!(orders.after(&q(String::new())).is_err(), "empty");
         let at = DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
-        let keyed = PageQuery { limit: None, cursor: Some(encode_keyed("live", at, id)) };
-        assert_eq!(keyed.after_keyed("live").unwrap(), Some((at, id)));
-        assert!(keyed.after_keyed("upcoming").is_err());
+        let live = List::with_key(key.clone(), "live");
+        assert_eq!(live.after_keyed(&q(live.cursor_keyed(at, id))).unwrap(), Some((at, id)));
+        assert!(List::with_key(key, "upcoming").after_keyed(&q(live.cursor_keyed(at, id))).is_err());
+        assert_eq!(live.after_keyed(&PageQuery { limit: None, cursor: None }).unwrap(), None);
     }
 }

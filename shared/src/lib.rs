@@ -6,6 +6,7 @@
 //! - [`api`]: public request and response bodies (API.md).
 //! - [`backoff`]: the retry delays every queue and retry loop uses.
 //! - [`bloom`]: a compact set of user ids (who may replay a purchase).
+//! - [`cursor`]: list paging: signed cursors and the `limit` rule.
 //! - [`problem`]: the error codes and their `application/problem+json` shape.
 //! - [`auth`]: bearer-token (JWT, HS256 only) verification and minting.
 //! - [`signing`]: HMAC signatures of edge <-> origin internal calls.
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod backoff;
 pub mod bloom;
 pub mod client_address;
+pub mod cursor;
 pub mod events;
 pub mod internal;
 pub mod inventory;

@@ -12,10 +12,17 @@ generated as invalid are left as they are:
   descriptions): `ends_at` is after `starts_at`, `max_per_user` at most `stock`. A
   change (PATCH) is checked against the drop as stored, which the fuzzer does not
   know: a valid change names both fields of a pair or neither;
-- a list's `cursor` is a token the server issued with an earlier page (any other
-  string is a 400, as API.md wants): a valid case asks for the first page;
-- a product's `image_url` names a file uploaded earlier (`POST /v1/media`), which
-  the fuzzer has not done: a valid product names no image.
+- a list's `cursor` is a token the server issued with an earlier page, signed for
+  that list and user (any other string is a 400, as API.md wants): the document
+  gives its exact shape (`^[A-Za-z0-9_-]{60}$`), which a fuzzer can match but not
+  sign, so a valid case asks for the first page (a string of another shape, e.g.
+  empty, is invalid by the document and stays in the invalid cases);
+- a product's `image_url` names a file uploaded earlier (`POST /v1/media`): the
+  document gives its shape (`^/v1/media/<64 hex>.<png|jpg|webp|mp4|webm>$`), but
+  the fuzzer has uploaded nothing, so a valid product names no image.
+
+schemathesis.toml loads this file (`hooks = ...`), so the rules hold in every run
+that uses the config, by hand or from the suite.
 """
 
 import itertools

@@ -32,9 +32,8 @@ pub mod seal;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use drops_shared::api::{AuditEntry, AuditVerification, Page};
+use drops_shared::cursor::{BadCursor, Position};
 use drops_shared::problem::ErrorCode;
 use serde::Deserialize;
 
@@ -43,7 +42,7 @@ pub use chain::{append, NewEntry};
 use crate::config::AuditSettings;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admins, Authorized, StrictQuery};
-use crate::paging::{self, PageQuery};
+use crate::paging;
 use crate::state::Core;
 
 /// The longest `subject_id` a filter may name (ids in the log are far shorter).
@@ -64,23 +63,21 @@ struct AuditQuery {
     subject_id: Option<String>,
 }
 
-/// The list a cursor belongs to, inside the cursor.
+/// The list its cursors are signed for (see `paging`).
 const LIST: &str = "audit";
 
-/// A cursor: base64url of `audit:<seq of the last entry given>`.
-fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{LIST}:{seq}"))
+/// A cursor past the entry `seq`: a signed cursor of this list, the seq its key.
+fn encode_cursor(list: &paging::List, seq: i64) -> String {
+    list.cursor_at(Position { key: seq, id: uuid::Uuid::nil() })
 }
 
-/// The seq a cursor points past; anything but a cursor of this list is a 400.
-fn decode_cursor(cursor: &str) -> ApiResult<i64> {
-    let bad = || ApiError::code(ErrorCode::InvalidRequest, "query `cursor`: not a cursor of this list");
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let seq = text.strip_prefix(LIST).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
-    match seq.parse::<i64>() {
-        Ok(n) if n >= 1 && seq == n.to_string() => Ok(n),
-        _ => Err(bad()),
+/// The seq a cursor points past (0: none given); anything but a cursor of this
+/// list is a 400.
+fn decode_cursor(list: &paging::List, cursor: Option<&str>) -> ApiResult<i64> {
+    match list.position(cursor)? {
+        None => Ok(0),
+        Some(Position { key, id }) if key >= 1 && id.is_nil() => Ok(key),
+        Some(_) => Err(ApiError::code(ErrorCode::InvalidRequest, BadCursor.to_string())),
     }
 }
 
@@ -90,8 +87,9 @@ async fn list(
     _admin: Authorized<Admins>,
     StrictQuery(q): StrictQuery<AuditQuery>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
-    let limit = PageQuery { limit: q.limit, cursor: None }.limit()?;
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?.unwrap_or(0);
+    let limit = paging::limit(q.limit.as_deref())?;
+    let cursors = paging::List::new(&core, LIST);
+    let after = decode_cursor(&cursors, q.cursor.as_deref())?;
     if let Some(subject) = &q.subject_id {
         if subject.chars().count() > MAX_SUBJECT_ID_CHARS || subject.contains('\0') {
             return Err(ApiError::code(
@@ -129,7 +127,7 @@ async fn list(
         }
     };
     let entries: Vec<AuditEntry> = rows.into_iter().map(AuditEntry::from).collect();
-    Ok(Json(paging::page(entries, limit, |last| encode_cursor(last.seq))))
+    Ok(Json(paging::page(entries, limit, |last| encode_cursor(&cursors, last.seq))))
 }
 
 /// `GET /v1/admin/audit/verify`: the whole chain, checked again.
@@ -156,20 +154,21 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_others_are_refused() {
-        assert_eq!(decode_cursor(&encode_cursor(42)).ok(), Some(42));
-        let foreign = paging::encode("orders", uuid::Uuid::from_u128(1));
+        let key = drops_shared::cursor::CursorKey::derive(b"secret");
+        let list = paging::List::with_key(key.clone(), LIST);
+        assert_eq!(decode_cursor(&list, Some(&encode_cursor(&list, 42))).ok(), Some(42));
+        assert_eq!(decode_cursor(&list, None).ok(), Some(0));
+        let foreign = paging::List::with_key(key, "orders-1").cursor(uuid::Uuid::from_u128(1));
         for bad in [
             "".to_owned(),
             "not base64!".to_owned(),
             foreign,
-            URL_SAFE_NO_PAD.encode("audit:"),
-            URL_SAFE_NO_PAD.encode("audit:0"),
-            URL_SAFE_NO_PAD.encode("audit:-4"),
-            URL_SAFE_NO_PAD.encode("audit:+4"),
-            URL_SAFE_NO_PAD.encode("audit:4x"),
-            format!("{}!", encode_cursor(42)),
+            encode_cursor(&list, 0),
+            encode_cursor(&list, -4),
+            list.cursor(uuid::Uuid::from_u128(4)),
+            format!("{}!", encode_cursor(&list, 42)),
         ] {
-            assert!(decode_cursor(&bad).is_err(), "{bad}");
+            assert!(decode_cursor(&list, Some(&bad)).is_err(), "{bad}");
         }
     }
 }

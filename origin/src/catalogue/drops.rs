@@ -266,7 +266,9 @@ async fn list_drops(
         .map_err(|_| ApiError::code(ErrorCode::InvalidRequest, "query `status`: must be `live` or `upcoming`"))?;
     let page = PageQuery { limit: q.limit, cursor: q.cursor };
     let limit = page.limit()?;
-    let after = page.after_keyed(listing.as_str())?;
+    // The list's name is the `status` the edge checks the cursor against.
+    let list = paging::List::new(&state.core, listing.as_str());
+    let after = list.after_keyed(&page)?;
     let (after_at, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
     let db = &state.core.db;
     let ids = match listing {
@@ -296,7 +298,7 @@ async fn list_drops(
     let rows = load(db, &ids).await?;
     let page = paging::page(rows, limit, |last| {
         let at = if listing == DropListing::Live { last.ends_at } else { last.starts_at };
-        paging::encode_keyed(listing.as_str(), at, last.id)
+        list.cursor_keyed(at, last.id)
     });
     let now = Utc::now();
     Ok(Json(Page { items: page.items.iter().map(|d| d.card(now)).collect(), next_cursor: page.next_cursor }))

@@ -1,6 +1,8 @@
 //! What the analytics area reports a drop's figures against, read at query time:
 //! whose the drop is (the creator and the account behind it) and its fixed terms.
 //! Read-only; the analytics area never reads the catalogue on its event path.
+//! (The followers area asks [`creator_owner`] too: a creator's list of followers is
+//! its owner's to read.)
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;

@@ -21,6 +21,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use drops_shared::api::{Follower, Following, Page};
+use drops_shared::auth::Role;
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use redis::AsyncCommands;
 use uuid::Uuid;
@@ -161,16 +162,24 @@ impl FollowerCounts for Counts {
     }
 }
 
-/// `GET /v1/creators/{id}/followers`: newest first, from the creator's set.
+/// `GET /v1/creators/{id}/followers`: newest first, from the creator's set. Who
+/// follows whom is not public (the count is): only the creator (the account its
+/// profile belongs to) and admins read the list; anyone else is told there is no
+/// such creator (404), and a caller without a token is asked for one (401).
 async fn followers(
     State(state): State<Core>,
+    AuthUser(caller): AuthUser,
     Path(creator_id): Path<String>,
     StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Follower>>> {
-    let creator_id = followed(&state, &creator_id).await?;
+    let creator_id = path_id(&creator_id)?;
+    let owner = catalogue::facts::creator_owner(&state.db, creator_id).await?.ok_or_else(ApiError::not_found)?;
+    if caller.role != Role::Admin && caller.user_id != owner {
+        return Err(ApiError::not_found());
+    }
     let limit = page.limit()? as usize;
-    let list = format!("followers-{creator_id}");
-    let after = page.after_keyed(&list)?.map(|(at, id)| (at.timestamp_micros(), id));
+    let list = paging::List::new(&state, format!("followers-{creator_id}"));
+    let after = list.after_keyed(&page)?.map(|(at, id)| (at.timestamp_micros(), id));
     let key = set_key(state.redis_prefix(), creator_id);
     // Equal scores are possible: over-fetch and drop those at or before the cursor.
     let max = after.map(|(m, _)| m.to_string()).unwrap_or_else(|| "+inf".into());
@@ -199,7 +208,7 @@ async fn followers(
     let more = items.len() > limit;
     items.truncate(limit);
     let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap_or_default();
-    let next_cursor = if more { items.last().map(|(m, id)| paging::encode_keyed(&list, at(*m), *id)) } else { None };
+    let next_cursor = if more { items.last().map(|(m, id)| list.cursor_keyed(at(*m), *id)) } else { None };
     let items = items.into_iter().map(|(m, id)| Follower { user_id: id, followed_at: at(m) }).collect();
     Ok(Json(Page { items, next_cursor }))
 }
@@ -210,9 +219,9 @@ async fn following(
     user: AuthUser,
     StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Following>>> {
-    const LIST: &str = "following";
+    let list = paging::List::new(&state, format!("following-{}", user.0.user_id));
     let limit = page.limit()?;
-    let after = page.after_keyed(LIST)?;
+    let after = list.after_keyed(&page)?;
     let rows = sqlx::query!(
         "SELECT creator_id, followed_at FROM follows
          WHERE user_id = $1 AND ($2::timestamptz IS NULL OR (followed_at, creator_id) < ($2, $3))
@@ -235,7 +244,7 @@ async fn following(
             followed_at: r.followed_at,
         })
         .collect();
-    Ok(Json(paging::page(items, limit, |f| paging::encode_keyed(LIST, f.followed_at, f.creator_id))))
+    Ok(Json(paging::page(items, limit, |f| list.cursor_keyed(f.followed_at, f.creator_id))))
 }
 
 /// Rebuilds every creator's set from the ledger; returns how many follows it wrote.

@@ -62,7 +62,8 @@ async fn list(
 ) -> ApiResult<Json<NotificationPage>> {
     let db = &state.core.db;
     let limit = page.limit()?;
-    let after = page.after(LIST)?;
+    let list = paging::List::new(&state.core, format!("{LIST}-{}", user.0.user_id));
+    let after = list.after(&page)?;
     let rows = sqlx::query_as!(
         Notification,
         "SELECT id, kind, payload, created_at, read_at FROM notifications
@@ -79,7 +80,7 @@ async fn list(
     )
     .fetch_one(db)
     .await?;
-    let page = paging::page(rows, limit, |n| paging::encode(LIST, n.id));
+    let page = paging::page(rows, limit, |n| list.cursor(n.id));
     Ok(Json(NotificationPage { items: page.items, next_cursor: page.next_cursor, unread_count }))
 }
 

@@ -128,7 +128,8 @@ async fn list_orders(
     StrictQuery(page): StrictQuery<PageQuery>,
 ) -> ApiResult<Json<Page<Order>>> {
     let limit = page.limit()?;
-    let after = page.after(ORDERS_LIST)?;
+    let list = paging::List::new(&state.core, format!("{ORDERS_LIST}-{}", user.0.user_id));
+    let after = list.after(&page)?;
     // Order ids are UUID v7: descending id is newest first, and a stable key to page on.
     let ids = sqlx::query_scalar!(
         "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
@@ -139,5 +140,5 @@ async fn list_orders(
     .fetch_all(&state.core.db)
     .await?;
     let orders = load(&state, user.0.user_id, &ids).await?;
-    Ok(Json(paging::page(orders, limit, |o| paging::encode(ORDERS_LIST, o.order_id))))
+    Ok(Json(paging::page(orders, limit, |o| list.cursor(o.order_id))))
 }

@@ -441,7 +441,9 @@ async fn only_admins_read_the_audit_log_and_bad_queries_are_400() {
         }
     }
     let long = "x".repeat(201);
-    let foreign = drops_origin::paging::encode("orders", Uuid::now_v7());
+    // A genuine cursor, signed with the platform's key, of another list.
+    let foreign = drops_shared::cursor::CursorKey::derive(drops_tests::ORIGIN_TO_EDGE_SECRET.as_bytes())
+        .sign(&format!("orders-{}", Uuid::now_v7()), drops_shared::cursor::Position { key: 0, id: Uuid::now_v7() });
     for query in [
         "cursor=garbage".to_owned(),
         format!("cursor={foreign}"),

@@ -15,6 +15,7 @@ mod followers;
 mod fuzz;
 mod hardening;
 mod limits;
+mod lists_hardening;
 mod live_socket;
 mod media;
 mod origin_down;
