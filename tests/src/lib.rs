@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use drops_origin::config::{PushProvider, Settings};
+use drops_origin::config::{PaymentProvider, PushProvider, Settings};
 use drops_origin::Application;
 use secrecy::SecretString;
 use tokio::sync::{oneshot, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -403,6 +403,16 @@ impl Stack {
     /// `tweak` until the next start.
     pub async fn start_origin_with(&self, tweak: impl FnOnce(&mut Settings)) {
         self.start_origin_on(tweak, true).await
+    }
+
+    /// Restarts the origin with Stripe as its payment provider, at `api_base` (a
+    /// [`stripe_double::StripeDouble`]'s). The lease puts the stack's own back.
+    pub async fn restart_origin_with_stripe(&self, api_base: String) {
+        self.stop_origin().await;
+        self.start_origin_with(move |s| {
+            s.payments.provider = PaymentProvider::Stripe { api_key: "sk_test_double".into(), api_base };
+        })
+        .await;
     }
 
     async fn start_origin_on(&self, tweak: impl FnOnce(&mut Settings), tweaked: bool) {

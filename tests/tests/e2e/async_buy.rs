@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use drops_origin::config::PaymentProvider;
 use drops_tests::stripe_double::{Mode, StripeDouble};
 use drops_tests::{Buyer, DropSpec, Stack};
 use reqwest::StatusCode;
@@ -71,12 +70,7 @@ async fn with_stripe_failing_then_slow_orders_reserve_and_payments_arrive_when_i
     let double = StripeDouble::default();
     double.set(Mode::Failing);
     let api_base = double.start().await;
-    stack.stop_origin().await;
-    stack
-        .start_origin_with(move |s| {
-            s.payments.provider = PaymentProvider::Stripe { api_key: "sk_test_double".into(), api_base };
-        })
-        .await;
+    stack.restart_origin_with_stripe(api_base).await;
     let client = stack.client();
     let drop_id = client.create_drop(DropSpec::live(10, 1)).await;
     let buyers: Vec<Buyer> = (0..3).map(|_| Buyer::new()).collect();

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use drops_origin::config::PaymentProvider;
 use drops_shared::internal::HoldState;
 use drops_tests::client::{Answer, Purchase};
 use drops_tests::stripe_double::{Mode, StripeDouble};
@@ -241,12 +240,7 @@ async fn with_stripe_an_unpaid_order_cancels_its_intent_and_a_paid_cancelled_one
     let stack = Stack::exclusive().await;
     let double = StripeDouble::default();
     let api_base = double.start().await;
-    stack.stop_origin().await;
-    stack
-        .start_origin_with(move |s| {
-            s.payments.provider = PaymentProvider::Stripe { api_key: "sk_test_double".into(), api_base };
-        })
-        .await;
+    stack.restart_origin_with_stripe(api_base).await;
     let client = stack.client();
     let db = stack.db().await;
     let drop_id = client.create_drop(DropSpec::live(5, 1)).await;
