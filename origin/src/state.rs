@@ -93,7 +93,14 @@ impl LazyRedis {
         if let Some(conn) = slot.as_ref() {
             return Ok((conn.clone(), false));
         }
-        let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+        // Bounded: without a response timeout a command sent as Redis dies can wait for
+        // ever, and the relay and every consumer group with it (seen: a Redis killed for
+        // 10 s left them all stopped after it came back). A blocking read waits 0.5 s.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(SHARED_REDIS_TIMEOUT)
+            .set_response_timeout(SHARED_REDIS_TIMEOUT)
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
         *slot = Some(conn.clone());
         Ok((conn, true))
     }

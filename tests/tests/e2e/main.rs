@@ -11,6 +11,7 @@ mod contract;
 mod dashboard;
 mod edge_hardening;
 mod fanout;
+mod faults;
 mod followers;
 mod fuzz;
 mod hardening;
