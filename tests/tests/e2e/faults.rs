@@ -52,6 +52,18 @@ async fn behind(db: &sqlx::PgPool, creator_id: Uuid) -> (i64, i64, i64) {
     (unpublished, unhandled("followers").await.unwrap(), unhandled("audit").await.unwrap())
 }
 
+/// `/readyz`'s status, once it has said so for a check or two (it answers the last check).
+async fn wait_readiness(stack: &Stack, want: StatusCode) {
+    let url = format!("{}/readyz", stack.origin_url);
+    for _ in 0..100 {
+        if reqwest::get(&url).await.is_ok_and(|r| r.status() == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never answered {want}");
+}
+
 async fn wait_caught_up(db: &sqlx::PgPool, creator_id: Uuid, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
@@ -94,6 +106,7 @@ async fn the_event_flow_resumes_by_itself_after_redis_is_killed_and_comes_back_e
     tokio::time::sleep(Duration::from_secs(5)).await;
     let down = behind(&db, creator_id).await;
     assert!(down.0 >= 3, "nothing can be published while Redis is down: {down:?}");
+    wait_readiness(&stack, StatusCode::SERVICE_UNAVAILABLE).await;
 
     // Back, empty: the relay publishes what waited, the groups are made again and
     // take it, and what comes after flows too, with nobody restarting anything.
@@ -102,6 +115,7 @@ async fn the_event_flow_resumes_by_itself_after_redis_is_killed_and_comes_back_e
     follow(3).await;
     let took = wait_caught_up(&db, creator_id, Duration::from_secs(30)).await;
     println!("caught up {took:?} after Redis came back");
+    wait_readiness(&stack, StatusCode::OK).await;
     let handled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox o JOIN processed_events p ON p.event_id = o.id AND p.consumer = 'followers'
          WHERE o.aggregate_id = $1",
