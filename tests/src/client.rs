@@ -131,7 +131,16 @@ impl Client {
                     || r.headers().contains_key("idempotency-key")
             })
         });
-        let mut answer = Self::send_once(req).await;
+        // The same proxy sometimes resets a kept-alive connection instead: a request
+        // that may be repeated is sent once more on a fresh one.
+        let mut answer = match (req.send().await, again.as_ref().and_then(|r| r.try_clone())) {
+            (Ok(resp), _) => Self::answer(resp).await,
+            (Err(e), Some(retry)) if e.is_request() || e.is_connect() => {
+                eprintln!("wrangler dev's proxy dropped a request ({e}); sending it again");
+                Self::send_once(retry).await
+            }
+            (Err(e), _) => panic!("request reaches the edge: {e:?}"),
+        };
         if answer.is_dev_proxy_hiccup() {
             eprintln!("a 503 from wrangler dev's proxy: {:?}", String::from_utf8_lossy(&answer.body));
             if let Some(again) = again {
@@ -142,7 +151,10 @@ impl Client {
     }
 
     async fn send_once(req: reqwest::RequestBuilder) -> Answer {
-        let resp = req.send().await.expect("request reaches the edge");
+        Self::answer(req.send().await.expect("request reaches the edge")).await
+    }
+
+    async fn answer(resp: reqwest::Response) -> Answer {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.expect("response body").to_vec();
