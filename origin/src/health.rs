@@ -1,5 +1,5 @@
 //! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Postgres and
-//! Redis answer too). Readiness is checked by one background task ([`check`], every
+//! Redis answer too, and the event flow is not stalled: see [`crate::events::Flow`]). Readiness is checked by one background task ([`check`], every
 //! [`CHECK_EVERY`]) on a Postgres connection of its own and the shared Redis
 //! connection; `/readyz` answers what the last check found, so probes, however
 //! many, cost the pool and Redis nothing, and a pool busy with requests does not
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
 use crate::error::ApiResult;
+use crate::events;
 use crate::state::Core;
 
 /// How often readiness is checked.
@@ -29,28 +30,29 @@ const FRESH_FOR: Duration = Duration::from_secs(10);
 /// What the last readiness check found: `Err` names what did not answer.
 #[derive(Default)]
 pub struct Readiness {
-    last: Mutex<Option<(Instant, Result<(), &'static str>)>>,
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
     /// The checker's own Postgres connection, made again when it fails.
     db: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 impl Readiness {
-    fn record(&self, found: Result<(), &'static str>) {
+    fn record(&self, found: Result<(), String>) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), found));
     }
 
     /// Ready, or why not.
     pub fn current(&self) -> Result<(), String> {
-        match *self.last.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((at, found)) if at.elapsed() < FRESH_FOR => found.map_err(|what| format!("{what} is not answering")),
+        match &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, found)) if at.elapsed() < FRESH_FOR => found.clone(),
             Some(_) => Err("readiness has not been checked lately".into()),
             None => Err("readiness has not been checked yet".into()),
         }
     }
 }
 
-/// One readiness check: `SELECT 1` on the checker's own connection and `PING` on
-/// the shared Redis connection, each within [`CHECK_WITHIN`].
+/// One readiness check: the event flow's state (which is also a round trip to
+/// Postgres) on the checker's own connection and `PING` on the shared Redis
+/// connection, each within [`CHECK_WITHIN`].
 pub async fn check(core: &Core, readiness: &Readiness) {
     let db = tokio::time::timeout(CHECK_WITHIN, async {
         let mut slot = readiness.db.lock().await;
@@ -58,26 +60,30 @@ pub async fn check(core: &Core, readiness: &Readiness) {
             *slot = Some(PgConnection::connect(core.settings.database.url.expose_secret()).await?);
         }
         let conn = slot.as_mut().expect("connected above");
-        let answered = sqlx::query!("SELECT 1 AS one").fetch_one(&mut *conn).await;
+        let answered = events::flow(&mut *conn, core.redis_prefix()).await;
         if answered.is_err() {
             slot.take();
         }
-        answered.map(drop)
+        answered
     })
     .await;
-    if !matches!(db, Ok(Ok(()))) {
+    let Ok(Ok(flow)) = db else {
         // A connection cut off mid-check is not used again.
         if let Ok(mut slot) = readiness.db.try_lock() {
             slot.take();
         }
-        return readiness.record(Err("postgres"));
-    }
+        return readiness.record(Err("postgres is not answering".into()));
+    };
     let redis = tokio::time::timeout(CHECK_WITHIN, async {
         let mut conn = core.redis_conn().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     })
     .await;
-    readiness.record(if matches!(redis, Ok(Ok(_))) { Ok(()) } else { Err("redis") });
+    if !matches!(redis, Ok(Ok(_))) {
+        return readiness.record(Err("redis is not answering".into()));
+    }
+    let stalled = flow.stalled(core.settings.events.stall_after);
+    readiness.record(stalled.map_or(Ok(()), |why| Err(format!("the event flow is stalled: {why}"))));
 }
 
 pub fn router(readiness: Arc<Readiness>) -> Router {

@@ -33,7 +33,7 @@ use crate::notifications::NotificationsState;
 use crate::orders::OrdersState;
 use crate::overload::{self, Guard};
 use crate::payments::{Payments, PaymentsState};
-use crate::state::{Core, LazyRedis};
+use crate::state::Core;
 use crate::tasks::{Next, Workers};
 use crate::{
     analytics, audit, catalogue, dashboard, events, extract, followers, health, keepalive, media, metrics,
@@ -149,13 +149,30 @@ pub fn operators_router(app: &App) -> Router {
         .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
 }
 
-/// Runs one member of consumer group `group` on the event stream.
-fn consumer<F, Fut>(app: &App, workers: &Workers, group: &str, interest: Interest, handle: F)
+/// Every consumer group of the platform, whichever instances run them: the relay
+/// publishes again what any of them had not finished when the stream lost entries.
+const CONSUMER_GROUPS: &[&str] = &[
+    audit::consumer::CONSUMER,
+    orders::edge_sync::CONSUMER,
+    catalogue::purge::CONSUMER,
+    followers::CONSUMER,
+    notifications::inbox::CONSUMER,
+    followers::fanout::CONSUMER,
+    analytics::CONSUMER,
+];
+
+/// Runs one member of consumer group `group` on the event stream, unless this
+/// instance is set to run only some groups (`events.groups`) and not this one.
+fn consumer<F, Fut>(app: &App, workers: &Workers, group: &'static str, interest: Interest, handle: F)
 where
     F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    debug_assert!(CONSUMER_GROUPS.contains(&group), "{group} is missing from CONSUMER_GROUPS");
     let settings = &app.core.settings;
+    if settings.events.groups.as_ref().is_some_and(|only| !only.iter().any(|g| g == group)) {
+        return;
+    }
     let stream = events::stream_key(&settings.redis.prefix);
     let member = Consumer::new(stream, group, settings.events.bus_claim_idle_ms, interest);
     let handler: Handler = Arc::new(move |event| Box::pin(handle(event)));
@@ -193,10 +210,10 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
         let c = c.clone();
         async move { catalogue::terms::sync_round(&c).await }
     });
-    let (c, redis) = (core.clone(), LazyRedis::default());
+    let (c, relay) = (core.clone(), events::relay::Relay::new(CONSUMER_GROUPS));
     workers.every("outbox relay", Duration::from_millis(settings.events.relay_interval_ms.max(10)), move || {
-        let (c, redis) = (c.clone(), redis.clone());
-        async move { events::relay::round(&c, &redis).await }
+        let (c, relay) = (c.clone(), relay.clone());
+        async move { relay.round(&c).await }
     });
     let c = core.clone();
     workers.every("drop scheduler", catalogue::schedule::TICK, move || {

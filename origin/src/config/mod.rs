@@ -8,6 +8,8 @@
 //! addresses (`DROPS_PUSH_ALLOW_PRIVATE_ENDPOINTS`). Secrets are `SecretString`s: they
 //! never reach a log or a Debug print.
 
+use std::time::Duration;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -128,6 +130,11 @@ pub struct EventSettings {
     pub relay_interval_ms: u64,
     /// How long an event may sit unacknowledged with a consumer before another takes it.
     pub bus_claim_idle_ms: u64,
+    /// The consumer groups this instance runs a member of; None: every group.
+    pub groups: Option<Vec<String>>,
+    /// Events waiting this long to be published or finished make the event flow
+    /// "stalled" (`/readyz`, `/metrics`).
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +207,9 @@ pub struct EnvSettings {
     pub log_format: LogFormat,
     pub relay_interval_ms: u64,
     pub bus_claim_idle_ms: u64,
+    /// Comma-separated group names, or `all`.
+    pub consumer_groups: String,
+    pub events_stall_after_ms: u64,
     pub reconcile_interval_secs: u64,
     /// `sandbox` or `stripe`.
     pub payment_provider: String,
@@ -261,6 +271,8 @@ impl Default for EnvSettings {
             log_format: LogFormat::Pretty,
             relay_interval_ms: 100,
             bus_claim_idle_ms: 30_000,
+            consumer_groups: "all".into(),
+            events_stall_after_ms: 30_000,
             reconcile_interval_secs: 60,
             payment_provider: "sandbox".into(),
             stripe_api_key: None,
@@ -395,6 +407,11 @@ impl EnvSettings {
             events: EventSettings {
                 relay_interval_ms: self.relay_interval_ms,
                 bus_claim_idle_ms: self.bus_claim_idle_ms,
+                groups: match self.consumer_groups.trim() {
+                    "all" => None,
+                    only => Some(only.split(',').map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).collect()),
+                },
+                stall_after: Duration::from_millis(self.events_stall_after_ms),
             },
             payments: PaymentSettings { webhook_secrets, provider: payment_provider },
             cache_purger,

@@ -131,3 +131,99 @@ async fn the_event_flow_resumes_by_itself_after_redis_is_killed_and_comes_back_e
     stack.stop_origin().await;
     stack.start_origin().await;
 }
+
+/// Events about `creator_id` the `followers` group has handled.
+async fn handled_by_followers(db: &sqlx::PgPool, creator_id: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox o JOIN processed_events p ON p.event_id = o.id AND p.consumer = 'followers'
+         WHERE o.aggregate_id = $1",
+    )
+    .bind(creator_id)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+async fn readiness_body(stack: &Stack) -> (StatusCode, String) {
+    let answer = reqwest::get(format!("{}/readyz", stack.origin_url)).await.expect("/readyz answers");
+    (answer.status(), answer.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_lost_stream_held_for_consumers_are_delivered_again_from_the_outbox() {
+    let stack = Stack::exclusive().await;
+    let port = free_port();
+    let mut redis = start_redis(port);
+    wait_redis(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let on_private_redis = |groups: Option<Vec<String>>| {
+        let url = url.clone();
+        move |s: &mut drops_origin::config::Settings| {
+            s.redis.url = url.into();
+            s.events.groups = groups;
+            s.events.stall_after = Duration::from_secs(2);
+        }
+    };
+    stack.stop_origin().await;
+    stack.start_origin_with(on_private_redis(None)).await;
+    let client = stack.client();
+    let db = stack.db().await;
+    let (creator_id, _, _) = client.creator().await;
+    let follow = |n: usize| {
+        let client = client.clone();
+        async move {
+            for _ in 0..n {
+                assert_eq!(client.follow(&Buyer::new(), creator_id).await, StatusCode::NO_CONTENT);
+            }
+        }
+    };
+    follow(2).await;
+    wait_caught_up(&db, creator_id, Duration::from_secs(20)).await;
+
+    // The consumers stop (an instance that runs none of them); the relay goes on, so
+    // three follows reach the stream and wait there, unread by their groups.
+    stack.stop_origin().await;
+    stack.start_origin_with(on_private_redis(Some(vec![]))).await;
+    follow(3).await;
+    let started = Instant::now();
+    while behind(&db, creator_id).await != (0, 3, 3) {
+        assert!(started.elapsed() < Duration::from_secs(20), "published, not handled: {:?}", behind(&db, creator_id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis is up, the events wait: the flow is stalled, and readiness says so.
+    let started = Instant::now();
+    loop {
+        let (status, body) = readiness_body(&stack).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE && body.contains("event flow is stalled") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "/readyz never said the flow stalled: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Redis dies with the three in its stream, and comes back empty.
+    redis.kill().expect("SIGKILL");
+    redis.wait().expect("reaped");
+    let mut redis = start_redis(port);
+    wait_redis(port).await;
+
+    // The consumers run again: the three are delivered from the outbox, each once.
+    stack.stop_origin().await;
+    stack.start_origin_with(on_private_redis(None)).await;
+    follow(1).await;
+    let took = wait_caught_up(&db, creator_id, Duration::from_secs(30)).await;
+    println!("every group caught up {took:?} after the consumers came back");
+    assert_eq!(handled_by_followers(&db, creator_id).await, 6, "every follow handled once");
+    let losses: i64 = sqlx::query_scalar("SELECT losses FROM event_stream_progress WHERE stream = $1")
+        .bind(format!("{}:events", stack.settings.redis.prefix))
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(losses >= 1, "the loss was noticed and counted");
+    wait_readiness(&stack, StatusCode::OK).await;
+
+    let _ = redis.kill();
+    let _ = redis.wait();
+    stack.stop_origin().await;
+    stack.start_origin().await;
+}
