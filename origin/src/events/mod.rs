@@ -115,9 +115,10 @@ pub async fn flow(conn: impl sqlx::PgExecutor<'_>, prefix: &str) -> sqlx::Result
 /// group's lag.
 pub fn gauges(core: &Core) -> BoxFuture<'_, anyhow::Result<()>> {
     async move {
-        let backlog = sqlx::query_scalar!(r#"SELECT count(*) AS "unpublished!" FROM outbox WHERE published_at IS NULL"#)
-            .fetch_one(&core.db)
-            .await?;
+        let backlog =
+            sqlx::query_scalar!(r#"SELECT count(*) AS "unpublished!" FROM outbox WHERE published_at IS NULL"#)
+                .fetch_one(&core.db)
+                .await?;
         let flow = flow(&core.db, core.redis_prefix()).await?;
         let stalled = flow.stalled(core.settings.events.stall_after).is_some();
         metrics::gauge!("drops_outbox_unpublished").set(backlog as f64);

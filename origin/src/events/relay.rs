@@ -83,11 +83,7 @@ struct Row {
 /// unfinished events unpublished again; otherwise publishes one batch, then, given
 /// `groups`, moves their watermark. Another relay holding the lock means nothing to
 /// do this round.
-async fn publish_or_repair(
-    core: &Core,
-    conn: &mut ConnectionManager,
-    groups: Option<&[&str]>,
-) -> anyhow::Result<Next> {
+async fn publish_or_repair(core: &Core, conn: &mut ConnectionManager, groups: Option<&[&str]>) -> anyhow::Result<Next> {
     let stream = super::stream_key(core.redis_prefix());
     let mut tx = core.db.begin().await?;
     let locked = sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, PUBLISH_LOCK)
@@ -98,8 +94,17 @@ async fn publish_or_repair(
     }
     // Read before the stream: everything up to here was added to the stream before
     // its transaction committed, so the stream can only be behind it by losing entries.
-    let published_through = sqlx::query_scalar!("SELECT max(published_seq) FROM outbox").fetch_one(&mut *tx).await?;
-    if let Some(published_through) = published_through {
+    let published = sqlx::query!(
+        r#"SELECT (SELECT max(published_seq) FROM outbox) AS through,
+                  (SELECT finished_below FROM event_stream_progress WHERE stream = $1) AS finished_below"#,
+        stream
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    // Events every group has finished may be gone from the stream without loss (and
+    // are, after a repair): only a gap past the watermark is one.
+    let unfinished_through = published.through.filter(|through| *through >= published.finished_below.unwrap_or(0));
+    if let Some(published_through) = unfinished_through {
         match last_published_seq(conn, &stream).await? {
             StreamEnd::Through(held) if held >= published_through => {}
             StreamEnd::Unknown => {}
@@ -276,7 +281,7 @@ async fn first_unfinished(
             None
         };
         let first = match pending {
-            Some(id) => entry_from(conn, stream, &format!("{id}")).await?,
+            Some(id) => entry_from(conn, stream, &id).await?,
             None => entry_from(conn, stream, &format!("({}", found.last_delivered_id)).await?,
         };
         match first {
