@@ -42,3 +42,11 @@ pub async fn origin_main(command: &str) -> anyhow::Result<()> {
     drops_origin::telemetry::init(&settings);
     run(Cli { command: Some(command) }, settings).await
 }
+
+/// Keeps the rest of the end-to-end suite from running while a kill test does (the
+/// suite's other tests take the same gate shared): a rush on a second stack next
+/// to theirs would slow both on a small machine. Unlike `Stack::exclusive`, it does
+/// not start the suite's own stack, which a kill test does not use.
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    crate::GATE.write().await
+}

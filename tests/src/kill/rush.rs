@@ -78,7 +78,8 @@ pub struct Record {
     pub started: Instant,
     pub took: Duration,
     pub class: Class,
-    /// For a 5xx other than 503: the body, to say what failed.
+    /// For an answer of an unexpected kind (a 5xx other than ours 503, a 4xx other
+    /// than 409 or 429): the body, to say what it was.
     pub detail: Option<String>,
 }
 
@@ -105,12 +106,13 @@ impl Http {
     }
 
     /// Requests started in `[from, to)`, counted.
-    pub fn tally(&self, from: Instant, to: Instant) -> (Tally, Duration, Vec<String>) {
+    pub fn tally(&self, from: Instant, to: Instant) -> (Tally, BTreeMap<&'static str, Duration>, Vec<String>) {
         let mut tally = Tally::new();
-        let (mut slowest, mut errors) = (Duration::ZERO, Vec::new());
+        let (mut slowest, mut errors) = (BTreeMap::new(), Vec::new());
         for r in self.records().into_iter().filter(|r| r.started >= from && r.started < to) {
             *tally.entry(r.family).or_default().entry(r.class).or_default() += 1;
-            slowest = slowest.max(r.took);
+            let s = slowest.entry(r.family).or_insert(Duration::ZERO);
+            *s = (*s).max(r.took);
             if let Some(d) = r.detail {
                 errors.push(format!("{}: {d}", r.family));
             }
@@ -136,7 +138,8 @@ impl Http {
         let (class, detail) = match &result {
             Ok(a) => {
                 let class = Class::of(a.status);
-                let detail = (class == Class::ServerError || (a.status == 503 && a.json().is_null()))
+                let odd = matches!(class, Class::ServerError | Class::OtherClientError);
+                let detail = (odd || (a.status == 503 && a.json().is_null()))
                     .then(|| format!("{} {}", a.status, String::from_utf8_lossy(&a.body)));
                 (class, detail)
             }
@@ -414,6 +417,11 @@ pub fn summary(runs: &[BuyerRun]) -> Value {
         "created": count(&|r| matches!(r.told, Told::Created { .. })),
         "refused": count(&|r| matches!(r.told, Told::Refused(_))),
         "unknown": count(&|r| matches!(r.told, Told::Unknown(_))),
+        "unknown_by": Class::ALL
+            .iter()
+            .map(|c| (c.label(), count(&|r| r.told == Told::Unknown(*c))))
+            .filter(|(_, n)| *n > 0)
+            .collect::<BTreeMap<_, _>>(),
         "paid": count(&|r| matches!(r.paid, Some(Paid::Succeeded(_)))),
         "failed": count(&|r| matches!(r.paid, Some(Paid::Failed(_)))),
         "abandoned": count(&|r| matches!(r.paid, Some(Paid::Abandoned))),

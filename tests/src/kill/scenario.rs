@@ -2,6 +2,7 @@
 //! the rush (and, but for an origin instance, started again after a while), then
 //! the wait for quiet and the checks.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub enum Component {
     Redis,
     Origin,
     Workerd,
+    /// Nothing is killed: the baseline, to tell the faults' effects from the rush's.
+    Nothing,
 }
 
 impl Component {
@@ -29,6 +32,7 @@ impl Component {
             Component::Redis => "redis",
             Component::Origin => "origin",
             Component::Workerd => "workerd",
+            Component::Nothing => "none",
         }
     }
 
@@ -38,6 +42,7 @@ impl Component {
             Component::Redis => "Redis (AOF, fsync every second)",
             Component::Origin => "one of the two origin instances (not restarted)",
             Component::Workerd => "wrangler dev and its workerd (the whole process group)",
+            Component::Nothing => "nothing (the baseline)",
         }
     }
 }
@@ -48,8 +53,9 @@ impl std::str::FromStr for Component {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         Component::ALL
             .into_iter()
+            .chain([Component::Nothing])
             .find(|c| c.name() == s)
-            .ok_or_else(|| anyhow::anyhow!("unknown component `{s}` (postgres, redis, origin, workerd)"))
+            .ok_or_else(|| anyhow::anyhow!("unknown component `{s}` (postgres, redis, origin, workerd, none)"))
     }
 }
 
@@ -86,11 +92,17 @@ pub struct Outcome {
     pub spec: Spec,
     pub buyers: Value,
     pub while_down: Tally,
-    pub slowest_while_down: Duration,
+    /// The slowest answer (or wait for none) per family in that window.
+    pub slowest_while_down: std::collections::BTreeMap<&'static str, Duration>,
     pub errors_while_down: Vec<String>,
     /// Lost answers, settled with the same key: (orders replayed, new orders, refusals).
     pub settled: (usize, usize, usize),
     pub checks: Vec<Check>,
+    /// When each check first held, from the same moment as `held_after`.
+    pub first_held: HashMap<&'static str, Duration>,
+    /// When the last client was done (bought, paid or walked away, delivered its
+    /// webhooks), from the same moment.
+    pub clients_done: Duration,
     /// From the component's return (or the kill, for an origin instance) to every check holding.
     pub held_after: Option<Duration>,
     pub redis: Option<RedisLoss>,
@@ -157,6 +169,7 @@ pub async fn run(stack: &mut KillStack, component: Component, spec: &Spec) -> an
         Component::Redis => stack.redis.kill(),
         Component::Origin => stack.origins[0].kill(),
         Component::Workerd => stack.edge.kill(),
+        Component::Nothing => {}
     }
     tokio::time::sleep(spec.down).await;
     match component {
@@ -164,12 +177,15 @@ pub async fn run(stack: &mut KillStack, component: Component, spec: &Spec) -> an
         Component::Redis => stack.redis.start().await?,
         Component::Origin => {}
         Component::Workerd => stack.edge.start().await?,
+        Component::Nothing => {}
     }
     if let Some(loss) = redis.as_mut() {
         (loss.stream_after, loss.set_after) = redis_sample(stack, creator_id).await;
     }
     let back = Instant::now();
     let (mut runs, fans) = rush.await?;
+    let clients_done = Instant::now();
+    let buyers = rush::summary(&runs);
 
     let unknown: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i].told, Told::Unknown(_))).collect();
     rush::settle(&http, drop_id, &mut runs).await;
@@ -185,17 +201,24 @@ pub async fn run(stack: &mut KillStack, component: Component, spec: &Spec) -> an
     let app = drops_origin::startup::App::connect(stack.settings.clone()).await?;
     let db = stack.db().await?;
     // A kill is measured from the component's return; an origin instance does not return.
-    let since = if component == Component::Origin { killed } else { back };
+    let stays_down = matches!(component, Component::Origin | Component::Nothing);
+    let since = if stays_down { killed } else { back };
     let deadline = since + spec.quiet_within;
     let (mut checks, mut held_after) = (Vec::new(), None);
+    let mut first_held: HashMap<&'static str, Duration> = HashMap::new();
     while Instant::now() < deadline {
         match check::repeatable(stack, &app, &db, &http, &drop, &runs, &fans).await {
-            Ok(found) if found.iter().all(|c| c.ok) => {
-                held_after = Some(since.elapsed());
+            Ok(found) => {
+                for c in found.iter().filter(|c| c.ok) {
+                    first_held.entry(c.name).or_insert_with(|| since.elapsed());
+                }
+                let all = found.iter().all(|c| c.ok);
                 checks = found;
-                break;
+                if all {
+                    held_after = Some(since.elapsed());
+                    break;
+                }
             }
-            Ok(found) => checks = found,
             Err(e) => checks = vec![Check { name: "checks ran", ok: false, detail: format!("{e:#}") }],
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -208,18 +231,20 @@ pub async fn run(stack: &mut KillStack, component: Component, spec: &Spec) -> an
             .await?
             .unwrap_or_default();
     }
-    let window_end = if component == Component::Origin { killed + spec.down } else { back };
+    let window_end = if stays_down { killed + spec.down } else { back };
     let (while_down, slowest_while_down, errors_while_down) = http.tally(killed, window_end);
     Ok(Outcome {
         component,
         spec: spec.clone(),
-        buyers: rush::summary(&runs),
+        buyers,
         while_down,
         slowest_while_down,
         errors_while_down,
         settled,
         checks,
+        first_held,
         held_after,
+        clients_done: clients_done.saturating_duration_since(since),
         redis,
     })
 }
@@ -234,7 +259,7 @@ pub fn render(o: &Outcome) -> String {
         o.component.name(),
         o.component.what(),
         spec.kill_at.as_secs_f64(),
-        if o.component == Component::Origin {
+        if matches!(o.component, Component::Origin | Component::Nothing) {
             String::new()
         } else {
             format!(", back after {:.0} s", spec.down.as_secs_f64())
@@ -249,22 +274,25 @@ pub fn render(o: &Outcome) -> String {
         spec.fans
     );
     let _ = writeln!(s, "buyers: {}", o.buyers);
-    let window =
-        if o.component == Component::Origin { "in the first seconds after the kill" } else { "while it was down" };
+    let window = if matches!(o.component, Component::Origin | Component::Nothing) {
+        "in the first seconds after the kill"
+    } else {
+        "while it was down"
+    };
     let _ = writeln!(s, "answers to requests started {window}:");
     let _ = write!(s, "  {:<8}", "family");
     for c in Class::ALL {
         let _ = write!(s, "{:>11}", c.label());
     }
-    let _ = writeln!(s);
+    let _ = writeln!(s, "{:>11}", "slowest");
     for (family, counts) in &o.while_down {
         let _ = write!(s, "  {family:<8}");
         for c in Class::ALL {
             let _ = write!(s, "{:>11}", counts.get(&c).copied().unwrap_or_default());
         }
-        let _ = writeln!(s);
+        let slowest = o.slowest_while_down.get(family).copied().unwrap_or_default();
+        let _ = writeln!(s, "{:>10.2}s", slowest.as_secs_f64());
     }
-    let _ = writeln!(s, "  slowest answer in that window: {:.2} s", o.slowest_while_down.as_secs_f64());
     for e in o.errors_while_down.iter().take(5) {
         let _ = writeln!(s, "  unexpected: {e}");
     }
@@ -289,14 +317,16 @@ pub fn render(o: &Outcome) -> String {
             let _ = writeln!(s, "checks (NOT all held within {:.0} s):", spec.quiet_within.as_secs_f64());
         }
     }
+    let _ = writeln!(s, "  (the clients were done {:.1} s after it)", o.clients_done.as_secs_f64());
     for c in &o.checks {
-        let _ = writeln!(s, "  [{}] {}: {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        let at = o.first_held.get(c.name).map(|t| format!(" (from {:.1} s)", t.as_secs_f64())).unwrap_or_default();
+        let _ = writeln!(s, "  [{}] {}{at}: {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
     }
     s
 }
 
 fn since_what(c: Component) -> &'static str {
-    if c == Component::Origin {
+    if matches!(c, Component::Origin | Component::Nothing) {
         "kill"
     } else {
         "component came back"
