@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::future::join_all;
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -291,7 +292,10 @@ async fn pay(http: &Http, double: &StripeDouble, buyer: &Buyer, order_id: Uuid, 
         if Instant::now() > deadline {
             return Paid::NeverReady;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // As an app does: when the answer says (`Retry-After`), at least a second
+        // apart, spread out so that hundreds of buyers do not ask in step.
+        let jitter = Duration::from_millis(pick(buyer, 5, 500) as u64);
+        tokio::time::sleep(retry_after(&answer).max(Duration::from_secs(1)) + jitter).await;
     };
     let reference = order["payment"]["reference"].as_str().unwrap_or_default().to_owned();
     let amount = order["amount"]["amount"].as_i64().unwrap_or_default();
@@ -333,7 +337,7 @@ async fn deliver(http: &Http, body: Vec<u8>) {
 /// A fan: follows, reads the inbox, unfollows, over and over until `stop`; then
 /// follows for good (again until it is taken). Ends following.
 async fn fan(http: Http, fan: Buyer, creator_id: Uuid, stop: Arc<AtomicBool>) {
-    let pause = Duration::from_millis(400 + pick(&fan, 4, 800) as u64);
+    let pause = Duration::from_millis(1_000 + pick(&fan, 4, 2_000) as u64);
     while !stop.load(Ordering::Relaxed) {
         let _ = http.call("follow", http.follow(&fan, creator_id, true)).await;
         tokio::time::sleep(pause).await;
@@ -388,7 +392,8 @@ pub async fn run(
 /// for sure, until the edge answers for sure: the truth about their purchase.
 pub async fn settle(http: &Http, drop_id: Uuid, runs: &mut [BuyerRun]) {
     let unsettled: Vec<usize> = (0..runs.len()).filter(|i| matches!(runs[*i].told, Told::Unknown(_))).collect();
-    let answers = join_all(unsettled.iter().map(|i| {
+    // A few dozen at a time, as many apps coming back would, not one burst.
+    let answers: Vec<Told> = futures::stream::iter(unsettled.iter().map(|i| {
         let run = &runs[*i];
         async move {
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -404,6 +409,8 @@ pub async fn settle(http: &Http, drop_id: Uuid, runs: &mut [BuyerRun]) {
             }
         }
     }))
+    .buffered(32)
+    .collect()
     .await;
     for (i, t) in unsettled.into_iter().zip(answers) {
         runs[i].told = t;

@@ -203,10 +203,12 @@ pub async fn run(stack: &mut KillStack, component: Component, spec: &Spec) -> an
     // A kill is measured from the component's return; an origin instance does not return.
     let stays_down = matches!(component, Component::Origin | Component::Nothing);
     let since = if stays_down { killed } else { back };
-    let deadline = since + spec.quiet_within;
+    // The clients' own retries may run long past the component's return: the wait
+    // for quiet starts when they are done, and the checks run at least once.
+    let deadline = Instant::now().max(since) + spec.quiet_within;
     let (mut checks, mut held_after) = (Vec::new(), None);
     let mut first_held: HashMap<&'static str, Duration> = HashMap::new();
-    while Instant::now() < deadline {
+    while checks.is_empty() || Instant::now() < deadline {
         match check::repeatable(stack, &app, &db, &http, &drop, &runs, &fans).await {
             Ok(found) => {
                 for c in found.iter().filter(|c| c.ok) {
