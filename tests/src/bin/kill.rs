@@ -2,7 +2,7 @@
 //! SIGKILLed, then the checks of DESIGN.md's "Faults", printed as a table per scenario.
 //!
 //! `cargo run -p drops-tests --bin kill -- --scenario postgres|redis|origin|workerd|all
-//!  [--buyers 2000] [--units 500] [--down-secs 10] [--fans 200] [--kill-at-secs 1]`
+//!  [--buyers 2000] [--units 500] [--down-secs 10] [--fans 200] [--kill-at-secs 1] [--arrival-secs 16]`
 //!
 //! `kill origin <serve|migrate|reconcile|followers-rebuild>` is the origin's own
 //! command line: the harness starts its origin instances that way.
@@ -31,8 +31,8 @@ async fn main() -> anyhow::Result<()> {
     let spec = Spec {
         buyers: arg(&args, "--buyers", 2_000)?,
         units: arg(&args, "--units", 500)?,
-        // Buyers keep coming through the outage and a few seconds past it.
-        arrival: kill_at + down + Duration::from_secs(5),
+        // By default buyers keep coming through the outage and a few seconds past it.
+        arrival: Duration::from_secs_f64(arg(&args, "--arrival-secs", (kill_at + down).as_secs_f64() + 5.0)?),
         fans: arg(&args, "--fans", 200)?,
         kill_at,
         down,
