@@ -83,6 +83,17 @@ impl StripeDouble {
         self.0.lock().expect("double").intents.len()
     }
 
+    /// How many PaymentIntents name each order (in their metadata): one at most, if
+    /// the platform never asked twice under different keys.
+    pub fn intents_per_order(&self) -> HashMap<String, usize> {
+        let mut per_order = HashMap::new();
+        for intent in self.0.lock().expect("double").intents.values() {
+            let order = intent["metadata"]["order_id"].as_str().unwrap_or_default().to_owned();
+            *per_order.entry(order).or_default() += 1;
+        }
+        per_order
+    }
+
     fn record(&self, headers: &HeaderMap) -> (Mode, String) {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let mut inner = self.0.lock().expect("double");
