@@ -19,6 +19,7 @@ mod limits;
 mod lists_hardening;
 mod live_socket;
 mod media;
+mod media_memory;
 mod origin_down;
 mod origin_hardening;
 mod overload;
