@@ -52,7 +52,7 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         (Method::Get | Method::Head, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
         (Method::Get | Method::Head, ["v1", "drops"]) => pages::list(&req, env, ctx).await,
         (Method::Get | Method::Head, ["v1", "drops", drop_id]) => pages::card(&req, env, ctx, parse_id(drop_id)?).await,
-        (Method::Post, ["v1", "media"]) => media::upload(req, env).await,
+        (Method::Post, ["v1", "media"]) => media::upload(req, env, ctx).await,
         (Method::Get | Method::Head, ["v1", "media", key]) => media::public(&req, env, ctx, key).await,
         (Method::Get | Method::Head, ["v1", "private", key]) => media::private(&req, env, key).await,
         (Method::Post, ["v1", "private", key, "links"]) => media::mint_link(req, env, key).await,

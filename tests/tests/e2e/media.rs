@@ -50,7 +50,7 @@ fn png_chunk(file: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 }
 
 /// A PNG of exactly `size` bytes (at least 57): signature, IHDR, one IDAT of noise, IEND.
-fn png_of_size(size: usize) -> Vec<u8> {
+pub(crate) fn png_of_size(size: usize) -> Vec<u8> {
     let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
     png_chunk(&mut file, b"IHDR", &[0, 0, 1, 0, 0, 0, 1, 0, 8, 6, 0, 0, 0]);
     png_chunk(&mut file, b"IDAT", &noise(size - 57));
@@ -196,9 +196,9 @@ fn assert_about(value: &serde_json::Value, expected: chrono::DateTime<Utc>) -> c
 // ---- Raw HTTP, to control a request's framing and pace.
 
 /// An answer read off the socket.
-struct RawAnswer {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct RawAnswer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl RawAnswer {
@@ -210,7 +210,7 @@ impl RawAnswer {
     }
 }
 
-enum Framing {
+pub(crate) enum Framing {
     /// `Content-Length: n` (which may differ from what is sent).
     Declared(usize),
     /// `Transfer-Encoding: chunked`.
@@ -220,7 +220,13 @@ enum Framing {
 /// Uploads `body` as `who` over a connection of its own, framed as `framing`, in
 /// 64 KiB pieces, reading the answer meanwhile (an edge may answer before the body
 /// is through). Returns the answer read within `within`, or `None`.
-async fn raw_upload(edge: &str, who: &str, framing: Framing, body: Vec<u8>, within: Duration) -> Option<RawAnswer> {
+pub(crate) async fn raw_upload(
+    edge: &str,
+    who: &str,
+    framing: Framing,
+    body: Vec<u8>,
+    within: Duration,
+) -> Option<RawAnswer> {
     let host = edge.strip_prefix("http://").expect("an http edge");
     let socket = tokio::net::TcpStream::connect(host).await.expect("connect to the edge");
     let (mut reader, mut writer) = socket.into_split();

@@ -8,28 +8,25 @@
 
 use drops_shared::auth::Role;
 use drops_shared::media::{MediaKey, MAX_MEDIA_BYTES};
+use std::time::Duration;
+
 use drops_tests::client::{client_address, token};
 use drops_tests::Stack;
 use futures::future::join_all;
-use rand::RngCore;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// A quarter of the isolate's 128 MB: what ten 10 MiB uploads may grow the
-/// Worker's memory to. Buffered whole, they took it to about 92 MiB.
+use crate::media::{png_of_size, raw_upload, Framing};
+
+/// A quarter of the isolate's 128 MB: what ten 10 MiB uploads of declared length
+/// may grow the Worker's memory to. Buffered whole, they took it to 91.9 MiB.
 const CEILING_BYTES: usize = 32 * 1024 * 1024;
+/// Half of it: what ten chunked ones may (each holds one 5 MiB part of its
+/// multipart upload at a time).
+const CHUNKED_CEILING_BYTES: usize = 64 * 1024 * 1024;
 
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// A PNG-headed file of `size` bytes (the edge reads the leading bytes; the rest is noise).
-fn png_of_size(size: usize) -> Vec<u8> {
-    let mut file = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0\0\0\x01\0\x08\x06\0\0\0\0\0\0\0".to_vec();
-    let mut rest = vec![0u8; size - file.len()];
-    rand::rng().fill_bytes(&mut rest);
-    file.extend(rest);
-    file
-}
 
 async fn wasm_memory(client: &drops_tests::Client) -> usize {
     let health = client.get("/healthz", None).await;
@@ -77,5 +74,31 @@ async fn ten_concurrent_10_mib_uploads_leave_the_worker_far_under_its_memory_lim
         "ten 10 MiB uploads grew the Worker's wasm memory to {:.1} MiB (at most {:.0} MiB)",
         after as f64 / MIB,
         CEILING_BYTES as f64 / MIB
+    );
+
+    // Then chunked (no declared length): multipart uploads, one part held at a time.
+    let files: Vec<Vec<u8>> = (0..10).map(|_| png_of_size(MAX_MEDIA_BYTES)).collect();
+    let answers = join_all(files.iter().map(|file| {
+        let who = token(Uuid::now_v7(), Role::Creator);
+        let edge = client.edge.clone();
+        async move { raw_upload(&edge, &who, Framing::Chunked, file.clone(), Duration::from_secs(120)).await }
+    }))
+    .await;
+    let chunked = wasm_memory(&client).await;
+    println!("and {:.1} MiB after ten concurrent chunked 10 MiB uploads", chunked as f64 / MIB);
+    for (file, answer) in files.iter().zip(answers) {
+        let answer = answer.expect("an answer to a chunked upload");
+        assert_eq!(answer.status, 201, "{}", String::from_utf8_lossy(&answer.body));
+        let served = client.get(&MediaKey::of(file).expect("a PNG").public_path(), None).await;
+        assert!(
+            Sha256::digest(&served.body)[..] == Sha256::digest(file)[..],
+            "the chunked bytes served are those uploaded"
+        );
+    }
+    assert!(
+        chunked < CHUNKED_CEILING_BYTES,
+        "ten chunked 10 MiB uploads grew the Worker's wasm memory to {:.1} MiB (at most {:.0} MiB)",
+        chunked as f64 / MIB,
+        CHUNKED_CEILING_BYTES as f64 / MIB
     );
 }
