@@ -15,6 +15,7 @@ mod faults;
 mod followers;
 mod fuzz;
 mod hardening;
+mod inventory_migration;
 mod limits;
 mod lists_hardening;
 mod live_socket;
