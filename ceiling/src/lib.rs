@@ -4,13 +4,40 @@
 //!   write ceiling of one inventory object).
 //!
 //! Not deployed: `ceiling/wrangler.toml` exists for the bench only.
+//!
+//! `GET /memory` says how large the instance's wasm memory has grown
+//! (`x-dev-wasm-memory-bytes`) and when the instance started
+//! (`x-dev-instance-started-ms`), as the edge's `/healthz` does in development, so
+//! the burst bench can hold both Workers to the same measure.
 
 use worker::{durable_object, event, Context, Env, Method, Request, Response, Result, SqlStorageValue, State};
 
+thread_local! {
+    static STARTED_MS: std::cell::OnceCell<f64> = const { std::cell::OnceCell::new() };
+}
+
+fn wasm_memory_bytes() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let started = STARTED_MS.with(|s| *s.get_or_init(|| worker::Date::now().as_millis() as f64));
     match (req.method(), req.path().as_str()) {
         (Method::Get, "/fixed") => Response::from_json(&serde_json::json!({"status": "live", "remaining": 0})),
+        (Method::Get, "/memory") => {
+            let mut resp = Response::empty()?;
+            resp.headers_mut().set("x-dev-wasm-memory-bytes", &wasm_memory_bytes().to_string())?;
+            resp.headers_mut().set("x-dev-instance-started-ms", &started.to_string())?;
+            Ok(resp)
+        }
         (Method::Post, "/write") => {
             let stub = env.durable_object("WRITER")?.id_from_name("one")?.get_stub()?;
             stub.fetch_with_request(req).await

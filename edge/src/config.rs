@@ -62,6 +62,9 @@ impl std::fmt::Display for ConfigError {
 }
 
 pub struct EdgeConfig {
+    /// `ENVIRONMENT` is `development`: development-only diagnostics and routes
+    /// (`/healthz`'s memory header, `/internal/dev/`) are served.
+    pub development: bool,
     /// `ORIGIN_URL`, without a trailing slash.
     pub origin_url: String,
     /// `JWT_SECRET`: verifies bearer tokens (HS256).
@@ -157,6 +160,7 @@ impl EdgeConfig {
         };
         let number = |name: &str, default: i64| lookup(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default);
         Ok(Self {
+            development: environment == Environment::Development,
             origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
             jwt_secret: secret("JWT_SECRET")?,
             edge_to_origin_secret: secret("EDGE_TO_ORIGIN_SECRET")?,
@@ -250,6 +254,9 @@ mod tests {
         let dev = with(&SECRETS, &DEV_SECRETS);
         let cfg = EdgeConfig::parse(lookup(&dev)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.media_link_secret, "dev-media-link-secret");
+        assert!(cfg.development);
+        let cfg = EdgeConfig::parse(lookup(&PRODUCTION)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!cfg.development, "production serves no development diagnostics");
     }
 
     #[test]

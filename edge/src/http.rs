@@ -123,6 +123,33 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> EdgeResult<Vec<u8>> {
     Ok(body)
 }
 
+/// The development-only header of `/healthz` naming [`wasm_memory_bytes`].
+pub const WASM_MEMORY_HEADER: &str = "x-dev-wasm-memory-bytes";
+/// The development-only header of `/healthz` naming [`instance_started_ms`].
+pub const INSTANCE_STARTED_HEADER: &str = "x-dev-instance-started-ms";
+
+thread_local! {
+    static STARTED_MS: std::cell::OnceCell<i64> = const { std::cell::OnceCell::new() };
+}
+
+/// When this wasm instance first asked (unix ms): a restarted isolate answers
+/// another moment, so a client can tell a restart from a slow answer.
+pub fn instance_started_ms() -> i64 {
+    STARTED_MS.with(|s| *s.get_or_init(now_ms))
+}
+
+/// The size of this instance's wasm linear memory, in bytes (0 off wasm).
+pub fn wasm_memory_bytes() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 pub fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
 }

@@ -38,6 +38,8 @@ use worker::{event, Context, Env, Request, Response, Result};
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    // Fixed at the instance's first request: `/healthz` tells a restart by it.
+    http::instance_started_ms();
     let request_id = http::request_id(&req);
     let path = req.path();
     let response = match router::handle(req, &env, &ctx, &request_id).await {

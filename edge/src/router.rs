@@ -52,14 +52,28 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         (Method::Get | Method::Head, ["v1", "drops", drop_id, "stock"]) => orders::stock(env, parse_id(drop_id)?).await,
         (Method::Get | Method::Head, ["v1", "drops"]) => pages::list(&req, env, ctx).await,
         (Method::Get | Method::Head, ["v1", "drops", drop_id]) => pages::card(&req, env, ctx, parse_id(drop_id)?).await,
-        (Method::Post, ["v1", "media"]) => media::upload(req, env).await,
+        (Method::Post, ["v1", "media"]) => media::upload(req, env, ctx).await,
         (Method::Get | Method::Head, ["v1", "media", key]) => media::public(&req, env, ctx, key).await,
         (Method::Get | Method::Head, ["v1", "private", key]) => media::private(&req, env, key).await,
         (Method::Post, ["v1", "private", key, "links"]) => media::mint_link(req, env, key).await,
         (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
-        (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
+        (Method::Get, ["healthz"]) => healthz(env),
         _ => Err(ErrorCode::NotFound.into()),
     }
+}
+
+/// `GET /healthz`. In development it also says how large this isolate's wasm
+/// memory has grown (`x-dev-wasm-memory-bytes`): linear memory never shrinks, so
+/// this is the high-water mark of everything the Worker and its objects held at
+/// once, which tests hold against the isolate's 128 MB; and when the instance
+/// started (`x-dev-instance-started-ms`), which changes if it is restarted.
+fn healthz(env: &Env) -> EdgeResult {
+    let mut resp = http::json(200, &serde_json::json!({"status": "ok"}))?;
+    if EdgeConfig::get(env)?.development {
+        resp.headers_mut().set(http::WASM_MEMORY_HEADER, &http::wasm_memory_bytes().to_string())?;
+        resp.headers_mut().set(http::INSTANCE_STARTED_HEADER, &http::instance_started_ms().to_string())?;
+    }
+    Ok(resp)
 }
 
 /// Every public route counts against the client's address; writes other than

@@ -70,6 +70,10 @@ const MP4_BRANDS: &[&[u8; 4]] = &[
     b"dash", b"mmp4", b"MSNV",
 ];
 
+/// How many leading bytes [`sniff`] reads: it judges any longer file by these
+/// alone, so an upload can be typed as it streams past.
+pub const SNIFF_BYTES: usize = 128;
+
 /// What `bytes` are, from their leading bytes; `None` for anything not taken.
 pub fn sniff(bytes: &[u8]) -> Option<MediaType> {
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 8 {
@@ -93,7 +97,7 @@ pub fn sniff(bytes: &[u8]) -> Option<MediaType> {
 /// Matroska and WebM share the EBML magic; the header's DocType (element 0x4282)
 /// tells them apart.
 fn ebml_doc_type_is_webm(bytes: &[u8]) -> bool {
-    let header = &bytes[..bytes.len().min(128)];
+    let header = &bytes[..bytes.len().min(SNIFF_BYTES)];
     header.windows(7).any(|w| w[0] == 0x42 && w[1] == 0x82 && w[2] == 0x84 && &w[3..7] == b"webm")
 }
 
@@ -315,6 +319,23 @@ mod tests {
         assert_eq!(sniff(b"<svg xmlns='http://www.w3.org/2000/svg'/>"), None);
         assert_eq!(sniff(b"\x89PNG\r\n\x1a\n"), None, "a signature and nothing else");
         assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn the_leading_bytes_alone_decide() {
+        let mut files = vec![PNG.to_vec(), b"\xff\xd8\xff\xe0\0\x10JFIF".to_vec(), WEBM.to_vec(), b"GIF89a".to_vec()];
+        // A WebM whose DocType sits at the very end of what is read.
+        let mut late = b"\x1a\x45\xdf\xa3".to_vec();
+        late.resize(SNIFF_BYTES - 7, 0xEC);
+        late.extend(b"\x42\x82\x84webm");
+        files.push(late);
+        for file in files {
+            let judged = sniff(&file);
+            let mut longer = file.clone();
+            longer.extend(std::iter::repeat_n(0x42, 4 * SNIFF_BYTES));
+            assert_eq!(sniff(&longer), judged, "{file:?}");
+            assert_eq!(sniff(&longer[..SNIFF_BYTES]), judged, "{file:?}: its first {SNIFF_BYTES} bytes");
+        }
     }
 
     #[test]

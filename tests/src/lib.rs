@@ -369,6 +369,9 @@ impl Stack {
     /// for a test that needs an edge of its own, set otherwise.
     pub fn edge_vars(&self, more: &[&str]) -> Vec<String> {
         let mut vars = vec![
+            // Said outright rather than left to a `.dev.vars` a checkout may lack:
+            // the development-only diagnostics and routes the tests use need it.
+            "ENVIRONMENT:development".to_owned(),
             format!("ORIGIN_URL:{}", self.origin_url),
             format!("JWT_SECRET:{JWT_SECRET}"),
             format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),

@@ -21,6 +21,9 @@ pub enum Command {
     SoldOutMemo,
     /// Sell, release or reinstate a hold, on the origin's word.
     MoveHold { reservation_id: Uuid, action: HoldAction },
+    /// Development only: rebuild the database as schema version 1 kept it, then
+    /// open it as a fresh instance would (see `fixture`).
+    RebuildAsV1 { fixture: super::fixture::V1Fixture },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

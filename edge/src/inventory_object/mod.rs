@@ -13,9 +13,11 @@
 //! - [`alarm`]: expiring holds, delivering what the origin has not acknowledged
 //!   (see [`crate::outbound`]), sweeping old idempotency records.
 //! - [`storage`]: the SQLite schema and every read and write of it.
+//! - [`fixture`]: development only, a version 1 database to run the migration on.
 
 mod alarm;
 pub mod command;
+mod fixture;
 mod routes;
 mod storage;
 
@@ -114,6 +116,21 @@ impl DropInventory {
         Ok(())
     }
 
+    /// Opens the object's database as the instance starts: brings it to the
+    /// current schema and loads it into memory. An object the origin never gave
+    /// terms (a drop that does not exist, asked for by id) writes nothing: its
+    /// schema comes with its first terms.
+    fn open(&self) -> worker::Result<()> {
+        self.alarm_at.set(None);
+        self.decisions.set(0);
+        let sql = self.sql();
+        if storage::exists(&sql)? {
+            storage::migrate(&sql)?;
+            self.load()?;
+        }
+        Ok(())
+    }
+
     /// After a failed write, memory may be ahead of storage: reload from storage.
     fn resync(&self) {
         if let Err(e) = self.load() {
@@ -153,14 +170,7 @@ impl worker::DurableObject for DropInventory {
             alarm_at: Cell::new(None),
             decisions: Cell::new(0),
         };
-        // An object the origin never gave terms (a drop that does not exist, asked
-        // for by id) writes nothing: its schema comes with its first terms.
-        let ready = match storage::exists(&object.sql()) {
-            Ok(true) => storage::migrate(&object.sql()).and_then(|_| object.load()),
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = ready {
+        if let Err(e) = object.open() {
             worker::console_error!("inventory object could not load: {e}");
         }
         object

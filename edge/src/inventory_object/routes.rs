@@ -47,12 +47,12 @@ fn internal(msg: impl ToString) -> EdgeError {
 }
 
 /// What identifies a buy request behind its key: the same key with another body is refused.
-fn fingerprint(cmd: &ReserveCommand) -> String {
+pub(super) fn fingerprint(cmd: &ReserveCommand) -> String {
     serde_json::to_string(&CreateOrderRequest { quantity: cmd.quantity }).unwrap_or_default()
 }
 
 /// The buyer's answer and the origin's handoff for a hold just granted.
-fn receipt(
+pub(super) fn receipt(
     drop_id: Uuid,
     reservation_id: Uuid,
     cmd: &ReserveCommand,
@@ -94,6 +94,7 @@ impl DropInventory {
             Command::Snapshot => self.snapshot(),
             Command::SoldOutMemo => self.sold_out_memo(),
             Command::MoveHold { reservation_id, action } => self.move_hold(reservation_id, action),
+            Command::RebuildAsV1 { fixture } => self.rebuild_as_v1(drop_id, fixture).await,
         }
     }
 
@@ -221,7 +222,11 @@ impl DropInventory {
         json(200, &SoldOutMemo { remaining, replayers: UserFilter::of(&replayers) })
     }
 
-    fn snapshot(&self) -> EdgeResult {
+    pub(super) fn snapshot(&self) -> EdgeResult {
+        json(200, &self.inventory_snapshot()?)
+    }
+
+    pub(super) fn inventory_snapshot(&self) -> EdgeResult<InventorySnapshot> {
         let inv = self.inventory.borrow();
         let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
         let sql = self.sql();
@@ -247,7 +252,7 @@ impl DropInventory {
             unreported_expiries: outbound::pending_expiries(&sql)?,
             decisions: self.decisions.get(),
         };
-        json(200, &snapshot)
+        Ok(snapshot)
     }
 
     /// Moves a hold on the origin's word. Repeated calls change nothing; a sell of a

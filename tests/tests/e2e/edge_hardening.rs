@@ -485,6 +485,35 @@ async fn internal_routes_are_rate_limited_per_address() {
     assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// The development-only surface is not there in production: a call to
+/// `/internal/dev/` signed with the right secret is a 404, and `/healthz` says
+/// nothing of the Worker's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_serves_no_development_route() {
+    use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+    let stack = Stack::shared().await;
+    let edge = own_edge(&stack).await;
+    let http = reqwest::Client::new();
+    let path = format!("/internal/dev/drops/{}/inventory/v1-fixture", Uuid::now_v7());
+    let body = br#"{"holds":[]}"#;
+    let now = Utc::now().timestamp();
+    let signature = sign_internal(drops_tests::ORIGIN_TO_EDGE_SECRET.as_bytes(), "POST", &path, now, body);
+    let answer = http
+        .post(format!("{}{path}", edge.url))
+        .header("cf-connecting-ip", drops_tests::client::client_address(Uuid::new_v4()))
+        .header(TIMESTAMP_HEADER, now.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    assert_eq!(problem_code(&answer.text().await.expect("a body")), "not_found");
+    let health = http.get(format!("{}/healthz", edge.url)).send().await.expect("an answer");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health.headers().get("x-dev-wasm-memory-bytes").is_none(), "production tells nothing of its memory");
+}
+
 // ---- Ranges.
 
 /// `size` bytes the edge takes for a PNG (it reads the signature) and no other

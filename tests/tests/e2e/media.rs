@@ -50,7 +50,7 @@ fn png_chunk(file: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 }
 
 /// A PNG of exactly `size` bytes (at least 57): signature, IHDR, one IDAT of noise, IEND.
-fn png_of_size(size: usize) -> Vec<u8> {
+pub(crate) fn png_of_size(size: usize) -> Vec<u8> {
     let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
     png_chunk(&mut file, b"IHDR", &[0, 0, 1, 0, 0, 0, 1, 0, 8, 6, 0, 0, 0]);
     png_chunk(&mut file, b"IDAT", &noise(size - 57));
@@ -196,9 +196,9 @@ fn assert_about(value: &serde_json::Value, expected: chrono::DateTime<Utc>) -> c
 // ---- Raw HTTP, to control a request's framing and pace.
 
 /// An answer read off the socket.
-struct RawAnswer {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct RawAnswer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl RawAnswer {
@@ -210,7 +210,7 @@ impl RawAnswer {
     }
 }
 
-enum Framing {
+pub(crate) enum Framing {
     /// `Content-Length: n` (which may differ from what is sent).
     Declared(usize),
     /// `Transfer-Encoding: chunked`.
@@ -220,7 +220,13 @@ enum Framing {
 /// Uploads `body` as `who` over a connection of its own, framed as `framing`, in
 /// 64 KiB pieces, reading the answer meanwhile (an edge may answer before the body
 /// is through). Returns the answer read within `within`, or `None`.
-async fn raw_upload(edge: &str, who: &str, framing: Framing, body: Vec<u8>, within: Duration) -> Option<RawAnswer> {
+pub(crate) async fn raw_upload(
+    edge: &str,
+    who: &str,
+    framing: Framing,
+    body: Vec<u8>,
+    within: Duration,
+) -> Option<RawAnswer> {
     let host = edge.strip_prefix("http://").expect("an http edge");
     let socket = tokio::net::TcpStream::connect(host).await.expect("connect to the edge");
     let (mut reader, mut writer) = socket.into_split();
@@ -904,14 +910,48 @@ async fn with_the_origin_down_files_are_still_served_and_uploads_wait_for_it() {
     let refused = upload(&client, &who, &later).await;
     assert_problem(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     assert!(refused.header("retry-after").is_some(), "says when to retry");
-    let meanwhile = client.get(&key_of(&later).public_path(), None).await.status;
-    println!("an upload refused while the origin was down answers {meanwhile} at its address meanwhile");
+    // Nothing the origin has not recorded is public.
+    let meanwhile = client.get(&key_of(&later).public_path(), None).await;
+    assert_problem(&meanwhile, StatusCode::NOT_FOUND, "not_found");
 
     stack.start_origin().await;
     let retried = upload(&client, &who, &later).await;
     assert_eq!(retried.status, StatusCode::CREATED, "{:?}", retried.json());
     assert_eq!(retried.json()["key"], key_of(&later).to_string());
     assert_bytes(&client.get(&key_of(&later).public_path(), None).await, &later, "uploaded after the origin came back");
+}
+
+/// The origin up but refusing (its database pool taken, so it answers 503): the
+/// upload is refused, and its bytes are not served at the address it would have
+/// had, publicly or privately, until an upload the origin records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_origin_refuses_is_never_served() {
+    let stack = Stack::exclusive().await;
+    let client = stack.client();
+    let who = creator();
+    let (public, private) = (png(), webp());
+    let mut held = stack.hold_pool(stack.settings.database.max_connections as usize).await;
+    let refused = upload(&client, &who, &public).await;
+    let refused_private = upload_private(&client, &who, &private).await;
+    assert!(held.holding(), "the pool was held throughout");
+    held.release().await;
+    assert_problem(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_problem(&refused_private, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_problem(&client.get(&key_of(&public).public_path(), None).await, StatusCode::NOT_FOUND, "not_found");
+    // A link the edge signs for the private file's key opens nothing.
+    let key = key_of(&private);
+    let exp = Utc::now().timestamp() + 600;
+    let link = private_link(MEDIA_LINK_SECRET.as_bytes(), &key, exp);
+    assert_problem(&client.get(&link, None).await, StatusCode::NOT_FOUND, "not_found");
+    // Nor may its uploader mint one: the file is not there.
+    let minted = mint(&client, Some(&who), &key.to_string(), json!({"ttl_seconds": 60})).await;
+    assert_problem(&minted, StatusCode::NOT_FOUND, "not_found");
+
+    let taken = uploaded(&client, &who, &public).await;
+    assert_eq!(taken["key"], key_of(&public).to_string());
+    assert_bytes(&client.get(&key_of(&public).public_path(), None).await, &public, "recorded on the retry");
+    let (bytes, link) = private_bytes_uploaded(&client, &who).await;
+    assert_bytes(&client.get(&link, None).await, &bytes, "a private file recorded on the retry");
 }
 
 /// A private file uploaded by `who`: its bytes and its link.

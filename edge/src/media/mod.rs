@@ -1,9 +1,10 @@
 //! Media: uploads into R2 and the files served from it (`drops_shared::media` names
 //! and judges them).
 //!
-//! - `POST /v1/media`: a creator or an admin sends the raw bytes; their type is
-//!   sniffed, their SHA-256 names them, they go into R2 once, and the origin records
-//!   who uploaded what before the answer. The same bytes twice are one object.
+//! - `POST /v1/media` ([`upload`]): a creator or an admin sends the raw bytes; they
+//!   stream into R2 as they arrive (never held whole), typed by their leading bytes
+//!   and named by their SHA-256; the file is published under its name only once
+//!   the origin has recorded who uploaded what. The same bytes twice are one object.
 //! - `GET /v1/media/{key}`: public files through the Cache API, immutable, with
 //!   `ETag`/304 and single `Range`s (206) so video can seek. A range is read from
 //!   R2 as a range (never the whole file, which may be 10 MiB, to cut it).
@@ -13,20 +14,22 @@
 //!
 //! R2 layout: `public/<key>` and `private/<key>` hold the bytes (custom metadata:
 //! the first uploader and when); `private-uploaders/<key>/<user id>` is an empty
-//! marker per uploader of a private file, so any of them may mint links.
+//! marker per uploader of a private file, so any of them may mint links;
+//! `uploads/<id>` holds an upload while it arrives and until it is published or
+//! refused (never served).
 
-use drops_shared::api::{CreateLink, PrivateLink, UploadedMedia};
-use drops_shared::auth::{verify_bearer, Identity, Role};
-use drops_shared::internal::{Body, MediaUpload, RecordMedia};
-use drops_shared::media::{self, LinkRefusal, MediaKey, RangeRequest, Visibility, MAX_MEDIA_BYTES};
+mod upload;
+
+pub use upload::upload;
+
+use drops_shared::api::{CreateLink, PrivateLink};
+use drops_shared::auth::{verify_bearer, Role};
+use drops_shared::media::{self, LinkRefusal, MediaKey, RangeRequest, Visibility};
 use drops_shared::problem::{ErrorCode, Problem};
-use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
-use worker::{Bucket, Cache, Context, Env, Headers, HttpMetadata, Range, Request, Response, ResponseBody};
+use worker::{Bucket, Cache, Context, Env, Headers, Range, Request, Response, ResponseBody};
 
 use crate::config::EdgeConfig;
 use crate::http::{self, header, now_ms, now_utc, EdgeResult};
-use crate::origin;
 
 /// The R2 bucket binding. The bucket itself is never public: only this Worker reads it.
 pub const MEDIA_BINDING: &str = "MEDIA";
@@ -43,153 +46,6 @@ fn uploader_marker(key: &MediaKey, user: uuid::Uuid) -> String {
 
 fn bucket(env: &Env) -> worker::Result<Bucket> {
     env.bucket(MEDIA_BINDING)
-}
-
-/// `POST /v1/media[?visibility=public|private]`
-pub async fn upload(mut req: Request, env: &Env) -> EdgeResult {
-    let cfg = EdgeConfig::get(env)?;
-    let uploader = verify_bearer(header(&req, "authorization").as_deref(), cfg.jwt_secret.as_bytes(), now_utc())?;
-    uploader.require(&[Role::Creator, Role::Admin])?;
-    let visibility = visibility(&req.url()?)?;
-    let (bytes, digest) = read_media(&mut req).await?;
-    let kind = media::sniff(&bytes).ok_or_else(|| {
-        Problem::new(
-            ErrorCode::UnsupportedMediaType,
-            Some("the bytes are not a PNG, JPEG, WebP, MP4 or WebM file".to_owned()),
-        )
-    })?;
-    let key = MediaKey::from_digest(digest, kind);
-    let size = bytes.len() as u64;
-    let uploaded_at = now_utc();
-    store(&bucket(env)?, visibility, &key, bytes, digest, &uploader, uploaded_at).await?;
-    record(
-        &cfg,
-        MediaUpload {
-            key,
-            visibility,
-            content_type: kind.content_type().to_owned(),
-            size,
-            uploaded_by: uploader.user_id,
-            uploaded_by_role: uploader.role,
-            uploaded_at,
-        },
-    )
-    .await?;
-
-    let (url, expires_at) = match visibility {
-        Visibility::Public => (key.public_path(), None),
-        Visibility::Private => {
-            let expires_at = media::link_expiry(uploaded_at, media::UPLOAD_LINK_TTL_SECONDS);
-            (media::private_link(cfg.media_link_secret.as_bytes(), &key, expires_at.timestamp()), Some(expires_at))
-        }
-    };
-    let answer = UploadedMedia {
-        key: key.to_string(),
-        url: url.clone(),
-        visibility,
-        content_type: kind.content_type().to_owned(),
-        size,
-        expires_at,
-    };
-    let mut resp = http::json(201, &answer)?;
-    if visibility == Visibility::Public {
-        resp.headers_mut().set("location", &url)?;
-    }
-    Ok(resp)
-}
-
-fn visibility(url: &worker::Url) -> EdgeResult<Visibility> {
-    let mut found = None;
-    for (name, value) in url.query_pairs() {
-        match (name.as_ref(), found) {
-            ("visibility", None) => {
-                found = Some(value.parse::<Visibility>().map_err(|_| {
-                    Problem::new(ErrorCode::InvalidRequest, Some("`visibility` is `public` or `private`".to_owned()))
-                })?)
-            }
-            _ => {
-                return Err(Problem::new(
-                    ErrorCode::InvalidRequest,
-                    Some(format!("unexpected query parameter `{name}` (only `visibility`, once)")),
-                )
-                .into())
-            }
-        }
-    }
-    Ok(found.unwrap_or_default())
-}
-
-/// Reads an upload, hashing as it arrives. A declared length over the limit is
-/// refused before any of the body is read; an undeclared one as soon as it passes it.
-async fn read_media(req: &mut Request) -> EdgeResult<(Vec<u8>, [u8; 32])> {
-    let too_large = || {
-        Problem::new(ErrorCode::PayloadTooLarge, Some(format!("media files are limited to {MAX_MEDIA_BYTES} bytes")))
-    };
-    let declared = header(req, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_MEDIA_BYTES) {
-        return Err(too_large().into());
-    }
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
-    let mut hasher = Sha256::new();
-    // A request without a body has no stream: it is an empty file.
-    if let Ok(mut stream) = req.stream() {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if bytes.len() + chunk.len() > MAX_MEDIA_BYTES {
-                return Err(too_large().into());
-            }
-            hasher.update(&chunk);
-            bytes.extend_from_slice(&chunk);
-        }
-    }
-    Ok((bytes, hasher.finalize().into()))
-}
-
-/// Puts the bytes in R2 unless they are there already (the key is their hash, so
-/// what is there is the same), and marks a private file's uploader.
-async fn store(
-    bucket: &Bucket,
-    visibility: Visibility,
-    key: &MediaKey,
-    bytes: Vec<u8>,
-    digest: [u8; 32],
-    uploader: &Identity,
-    uploaded_at: chrono::DateTime<chrono::Utc>,
-) -> worker::Result<()> {
-    let name = object_name(visibility, key);
-    if bucket.head(&name).await?.is_none() {
-        let metadata = HttpMetadata { content_type: Some(key.kind().content_type().to_owned()), ..Default::default() };
-        let custom = [
-            ("uploaded_by".to_owned(), uploader.user_id.to_string()),
-            ("uploaded_at".to_owned(), uploaded_at.to_rfc3339()),
-        ];
-        // R2 checks the bytes against the digest: a body damaged in transit is refused.
-        bucket
-            .put(&name, bytes)
-            .http_metadata(metadata)
-            .custom_metadata(std::collections::HashMap::from(custom))
-            .sha256(digest.to_vec())
-            .execute()
-            .await?;
-    }
-    if visibility == Visibility::Private {
-        bucket.put(uploader_marker(key, uploader.user_id), Vec::<u8>::new()).execute().await?;
-    }
-    Ok(())
-}
-
-/// The origin's record of the upload, before the client hears it worked: an
-/// upload it cannot record is answered 503 (the stored bytes wait for the retry).
-async fn record(cfg: &EdgeConfig, upload: MediaUpload) -> EdgeResult<()> {
-    let unrecorded = |why: String| {
-        worker::console_warn!("media {} not recorded: {why}", upload.key);
-        Problem::new(ErrorCode::Overloaded, Some("the upload could not be recorded; retry shortly".to_owned()))
-    };
-    match origin::signed(cfg, &RecordMedia {}, &upload.to_bytes()).await {
-        Ok(resp) if (200..300).contains(&resp.status_code()) => Ok(()),
-        Ok(resp) => Err(unrecorded(format!("origin answered {}", resp.status_code())).into()),
-        Err(e) => Err(unrecorded(e.to_string()).into()),
-    }
 }
 
 /// `GET /v1/media/{key}`: from the Cache API, filled from R2 on a miss. A range is
