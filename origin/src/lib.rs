@@ -24,6 +24,7 @@
 //! Plumbing every area stands on: [`state`] (the [`state::Core`] every area state
 //! holds), [`config`], [`error`] (the one error type, rendered as problem+json),
 //! [`extract`] (auth, strict JSON and query, signed internal calls), [`paging`],
+//! [`client_address`] (who the client is, behind trusted proxies),
 //! [`events`] (outbox, relay, consumer groups), [`edge`] (signed calls to the
 //! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
 //! [`overload`] (per-client limits, slow bodies, load shedding), [`keepalive`]
@@ -37,6 +38,7 @@ pub mod analytics;
 pub mod audit;
 pub mod catalogue;
 pub mod cli;
+pub mod client_address;
 pub mod config;
 pub mod dashboard;
 pub mod edge;

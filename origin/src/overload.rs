@@ -5,7 +5,8 @@
 //! 1. **Per-client limits** (GCRA, `governor`, one bucket per address). The routes
 //!    fall in four classes ([`class`]):
 //!    - public routes (everything apps can reach): limited per client address. The
-//!      address is the TCP peer's, except when the request carries the edge's word
+//!      address is the TCP peer's (or, from a trusted proxy, the client its
+//!      `X-Forwarded-For` names: `client_address`), except when the request carries the edge's word
 //!      for the client: `x-drops-client: <ip>` with a valid
 //!      `x-drops-client-sig` (`drops_shared::client_address`: an HMAC under a key
 //!      derived from the edge → origin secret, fresh within a minute). Those are
@@ -15,7 +16,7 @@
 //!      so the request counts against its peer: naming someone else buys nothing.
 //!    - the payment webhook: not held to the per-client limits (the payment
 //!      provider's few addresses carry everyone's payments), but bounded: a
-//!      generous budget per peer address of its own (`settings.limits.signed`).
+//!      generous budget per peer address (as `client_address` found it) of its own (`settings.limits.signed`).
 //!    - the signed internal routes (`/internal/…`): one budget for the whole
 //!      instance (`settings.limits.internal`), spent only by calls whose signature
 //!      checks out (checked here, once the body is in). Nothing anyone else sends
@@ -48,14 +49,14 @@
 //! Buckets of addresses not seen for a while are dropped by [`Guard::sweep`], which
 //! `startup` runs every minute.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
@@ -71,6 +72,7 @@ use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::client_address::ClientAddress;
 use crate::config::{Rate, Settings};
 use crate::error::{problem_response, Refusal};
 
@@ -115,7 +117,7 @@ pub enum Client {
 
 /// The client of a public request from `peer` with `headers`, at `now` (unix s):
 /// the edge's signed client address if it checks against `secret`, else the peer.
-pub fn client(peer: Option<SocketAddr>, headers: &HeaderMap, secret: &[u8], now: i64) -> Client {
+pub fn client(peer: Option<IpAddr>, headers: &HeaderMap, secret: &[u8], now: i64) -> Client {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match client_address::verify(secret, value(CLIENT_HEADER), value(CLIENT_SIGNATURE_HEADER), now) {
         Ok(address) => Client::Forwarded(bucket(address)),
@@ -123,7 +125,7 @@ pub fn client(peer: Option<SocketAddr>, headers: &HeaderMap, secret: &[u8], now:
             if headers.contains_key(CLIENT_HEADER) {
                 tracing::debug!(error = %why, "client header ignored; counting the request against its peer");
             }
-            Client::Direct(bucket(peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip())))
+            Client::Direct(bucket(peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))))
         }
     }
 }
@@ -301,12 +303,13 @@ async fn read_body(req: Request, within: Duration) -> Result<(Request, BodyRead)
 /// The middleware: the limit of the request's class, the body, then a slot.
 pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    // The TCP peer, or the client a trusted proxy names (`client_address`).
+    let peer = req.extensions().get::<ClientAddress>().map(|c| c.0);
     let class = class(route);
     let limited = match class {
         Class::Exempt => return next.run(req).await,
         Class::Signed => {
-            let peer = bucket(peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()));
+            let peer = bucket(peer.unwrap_or(IpAddr::from([0, 0, 0, 0])));
             Guard::check(&guard.signed, peer)
         }
         // Once the body is in and the signature checked, below.
@@ -351,8 +354,8 @@ mod tests {
     const SECRET: &[u8] = b"edge-secret";
     const NOW: i64 = 1_800_000_000;
 
-    fn peer(ip: &str) -> Option<SocketAddr> {
-        Some(SocketAddr::new(ip.parse().unwrap(), 50_000))
+    fn peer(ip: &str) -> Option<IpAddr> {
+        Some(ip.parse().unwrap())
     }
 
     fn with_client(client: &str, sig: &str) -> HeaderMap {

@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::catalogue::purge::Purger;
 use crate::catalogue::CatalogueState;
+use crate::client_address::{self, TrustedProxies};
 use crate::config::Settings;
 use crate::error::problem_response;
 use crate::events::bus::{Consumer, Handler, Interest};
@@ -51,6 +52,8 @@ pub struct App {
     pub guard: Arc<Guard>,
     /// What the last readiness check found (`/readyz`).
     pub readiness: Arc<Readiness>,
+    /// The background work's pool: [`App::background`] runs on it.
+    background_db: sqlx::PgPool,
 }
 
 impl App {
@@ -58,7 +61,9 @@ impl App {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         metrics::handle();
         let core = Core::connect(settings).await?;
+        let background_db = crate::state::connect_background_db(&core.settings).await?;
         Ok(App {
+            background_db,
             payments: Payments::new(&core.settings, Arc::new(orders::lifecycle::Settlement))?,
             notifications: NotificationsState::new(core.clone())?,
             purger: catalogue::purge::purger(&core)?,
@@ -66,6 +71,18 @@ impl App {
             readiness: Arc::default(),
             core,
         })
+    }
+
+    /// The same state on the background work's pool: what the workers run on, so a
+    /// flood of requests holding every request connection stalls no event, payment or
+    /// push. Everything else (sockets, payment wake-ups, limits) is shared.
+    pub fn background(&self) -> App {
+        let core = self.core.on_pool(self.background_db.clone());
+        App {
+            notifications: NotificationsState { core: core.clone(), ..self.notifications.clone() },
+            core,
+            ..self.clone()
+        }
     }
 
     pub fn orders(&self) -> OrdersState {
@@ -124,6 +141,10 @@ pub fn router(app: &App) -> Router {
         })
         // Inside the request counter, so refusals are counted (by route and reason) too.
         .layer(axum::middleware::from_fn_with_state(app.guard.clone(), overload::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            TrustedProxies::from(app.core.settings.server.trusted_proxies.clone()),
+            client_address::resolve,
+        ))
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(axum::middleware::from_fn(keepalive::close_if_unread))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -280,6 +301,22 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
             async move { payments::preparer::round(&p).await }
         },
     );
+    let (db, rounds) = (app.core.db.clone(), app.core.audit_sequencer.clone());
+    workers.every_or_woken(
+        "audit sequencer",
+        audit::sequencer::INTERVAL,
+        {
+            let rounds = rounds.clone();
+            move || {
+                let rounds = rounds.clone();
+                async move { rounds.woken().await }
+            }
+        },
+        move || {
+            let (db, rounds) = (db.clone(), rounds.clone());
+            async move { audit::sequencer::round(&db, &rounds).await }
+        },
+    );
     let core = app.core.clone();
     workers.every("audit sealer", audit::seal::INTERVAL, move || {
         let core = core.clone();
@@ -352,7 +389,7 @@ impl Application {
     /// the background workers.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let workers = Workers::new();
-        spawn_workers(&self.app, &workers);
+        spawn_workers(&self.app.background(), &workers);
         let header_timeout = Duration::from_millis(self.app.core.settings.server.header_read_timeout_ms);
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::edge::EdgeClient;
+use crate::tasks::Rounds;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -24,6 +25,9 @@ pub struct Core {
     pub shared_redis: SharedRedis,
     pub settings: Arc<Settings>,
     pub edge: EdgeClient,
+    /// The rounds of this instance's audit sequencer (`audit::sequencer`): a request
+    /// that staged audit entries wakes it and waits for them to be chained.
+    pub audit_sequencer: Rounds,
 }
 
 impl Core {
@@ -38,6 +42,7 @@ impl Core {
             shared_redis: SharedRedis::new(redis.clone()),
             redis,
             edge: EdgeClient::new(&settings)?,
+            audit_sequencer: Rounds::default(),
             settings: Arc::new(settings),
         })
     }
@@ -49,6 +54,11 @@ impl Core {
         self.shared_redis.get().await
     }
 
+    /// The same, on the pool `db` (the background work's: see `startup`).
+    pub fn on_pool(&self, db: PgPool) -> Core {
+        Core { db, ..self.clone() }
+    }
+
     /// The prefix of every Redis key this deployment writes.
     pub fn redis_prefix(&self) -> &str {
         &self.settings.redis.prefix
@@ -58,13 +68,24 @@ impl Core {
 /// How long start-up waits for Postgres to hand out a first connection.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
-/// The pool. A request waits for a connection at most
+/// The requests' pool. A request waits for a connection at most
 /// `database.acquire_timeout_ms` (then `sqlx::Error::PoolTimedOut`, which the error
 /// type answers 503 `overloaded`); start-up alone waits longer for the first one.
 pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
+    let db = &settings.database;
+    connect_pool(settings, db.max_connections, db.acquire_timeout_ms).await
+}
+
+/// The background work's pool (see `DatabaseSettings::background_max_connections`).
+pub async fn connect_background_db(settings: &Settings) -> anyhow::Result<PgPool> {
+    let db = &settings.database;
+    connect_pool(settings, db.background_max_connections, db.background_acquire_timeout_ms).await
+}
+
+async fn connect_pool(settings: &Settings, max_connections: u32, acquire_timeout_ms: u64) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_millis(acquire_timeout_ms))
         .connect_lazy(settings.database.url.expose_secret())?;
     let first = tokio::time::timeout(CONNECT_WITHIN, async {
         loop {

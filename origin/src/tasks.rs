@@ -1,9 +1,12 @@
 //! Background work: [`Workers`] tracks every task the origin runs beside its
 //! routes (a `TaskTracker` with one stop signal), [`Workers::every`] is the one
 //! shape of "do this every N until stopped", and [`retry`] is the one retry loop,
-//! on the shared [`Backoff`] policy.
+//! on the shared [`Backoff`] policy. [`Rounds`] lets others hand a task work and
+//! wait until it is done.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drops_shared::backoff::Backoff;
@@ -88,6 +91,69 @@ impl Workers {
     }
 }
 
+/// The rounds of a background task that others hand work to (through the database):
+/// they wake it, and may wait for a round that began after their work was committed,
+/// which is then done. The task calls [`Rounds::begin`] as a round starts and
+/// [`Rounds::done`] once it has done everything there was.
+#[derive(Clone)]
+pub struct Rounds(Arc<RoundsInner>);
+
+struct RoundsInner {
+    wake: tokio::sync::Notify,
+    begun: AtomicU64,
+    done: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self(Arc::new(RoundsInner {
+            wake: tokio::sync::Notify::new(),
+            begun: AtomicU64::new(0),
+            done: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+}
+
+impl Rounds {
+    /// Asks for a round now (or right after the one running).
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    /// Resolves when [`Self::wake`] was called (or at once if it was since the last time).
+    pub async fn woken(&self) {
+        self.0.wake.notified().await
+    }
+
+    /// A round begins: its number.
+    pub fn begin(&self) -> u64 {
+        self.0.begun.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Round `round` has done everything that was there when it began.
+    pub fn done(&self, round: u64) {
+        self.0.done.send_if_modified(|last| {
+            let later = round > *last;
+            if later {
+                *last = round;
+            }
+            later
+        });
+    }
+
+    /// Wakes the task and waits, at most `within`, until a round that begins after
+    /// this call is done. Whether one was.
+    pub async fn wait_for_next(&self, within: Duration) -> bool {
+        let mut done = self.0.done.subscribe();
+        // A round numbered above this one begins after now: it sees what the caller
+        // committed before calling.
+        let begun = self.0.begun.load(Ordering::SeqCst);
+        self.wake();
+        let finished = tokio::time::timeout(within, done.wait_for(|n| *n > begun)).await;
+        matches!(finished, Ok(Ok(_)))
+    }
+}
+
 /// Runs `attempt` until it succeeds or `times` attempts failed, pausing between
 /// them as `backoff` says; returns the last error.
 pub async fn retry<T, E, F, Fut>(backoff: Backoff, times: u32, mut attempt: F) -> Result<T, E>
@@ -131,6 +197,25 @@ mod tests {
         })
         .await;
         assert_eq!(ok, Ok(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_answered_by_a_round_that_began_after_it_not_by_one_already_running() {
+        let rounds = Rounds::default();
+        let running = rounds.begin();
+        let waiter = tokio::spawn({
+            let rounds = rounds.clone();
+            async move { rounds.wait_for_next(Duration::from_secs(1)).await }
+        });
+        tokio::task::yield_now().await;
+        rounds.done(running);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the round running when it came may have missed its work");
+        let next = rounds.begin();
+        rounds.done(next);
+        assert!(waiter.await.unwrap());
+        // Nobody runs a round: the wait gives up.
+        assert!(!rounds.wait_for_next(Duration::from_secs(1)).await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,8 +13,8 @@ use serde_json::json;
 use sqlx::Connection;
 use uuid::Uuid;
 
-/// An origin's state on a database of its own (nothing here needs the edge or Redis).
-async fn fresh() -> App {
+/// Settings for an origin on a database of its own (nothing here needs the edge).
+async fn fresh_settings() -> Settings {
     let admin_url =
         std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("drops_audit_{}", Uuid::new_v4().simple());
@@ -25,6 +25,15 @@ async fn fresh() -> App {
     settings.database.url = format!("{base}/{name}").into();
     settings.redis.prefix = format!("drops-audit-{}", Uuid::new_v4().simple());
     settings.edge.url = "http://127.0.0.1:9".into();
+    settings
+}
+
+/// An origin's state on a database of its own (no background workers run). Its pool
+/// waits long for a connection: these tests check the chain under concurrency, not
+/// load shedding (a busy machine took longer than the default quarter second).
+async fn fresh() -> App {
+    let mut settings = fresh_settings().await;
+    settings.database.acquire_timeout_ms = 10_000;
     App::connect(settings).await.expect("the origin connects and migrates")
 }
 
@@ -36,7 +45,7 @@ fn action(i: usize) -> NewEntry {
 
 async fn append_one(app: &App, entry: NewEntry) -> usize {
     let mut tx = app.core.db.begin().await.unwrap();
-    let n = audit::append(&mut tx, vec![entry]).await.unwrap();
+    let n = audit::append_chained(&mut tx, vec![entry]).await.unwrap();
     tx.commit().await.unwrap();
     n
 }
@@ -54,7 +63,9 @@ async fn concurrent_appends_form_one_contiguous_valid_chain() {
                 if i % 4 == 0 {
                     // A batch of three in one append.
                     let mut tx = app.core.db.begin().await.unwrap();
-                    let n = audit::append(&mut tx, vec![action(i), action(i + 100), action(i + 200)]).await.unwrap();
+                    let n = audit::append_chained(&mut tx, vec![action(i), action(i + 100), action(i + 200)])
+                        .await
+                        .unwrap();
                     tx.commit().await.unwrap();
                     n
                 } else {
@@ -79,7 +90,7 @@ async fn concurrent_appends_form_one_contiguous_valid_chain() {
 
     // A rolled-back append leaves nothing behind, not even a gap.
     let mut tx = app.core.db.begin().await.unwrap();
-    audit::append(&mut tx, vec![action(999)]).await.unwrap();
+    audit::append_chained(&mut tx, vec![action(999)]).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(append_one(&app, action(1000)).await, 1);
     assert_eq!(chain::verify(&app.core.db).await.unwrap().entries, 61);
@@ -98,13 +109,13 @@ async fn an_event_is_recorded_once_however_often_it_arrives() {
     assert_eq!(append_one(&app, observed(2)).await, 0, "a replay adds nothing");
     // Twice in one batch, next to something new: only the new one is appended.
     let mut tx = app.core.db.begin().await.unwrap();
-    assert_eq!(audit::append(&mut tx, vec![observed(3), action(1), observed(4)]).await.unwrap(), 1);
+    assert_eq!(audit::append_chained(&mut tx, vec![observed(3), action(1), observed(4)]).await.unwrap(), 1);
     tx.commit().await.unwrap();
     let other = Uuid::now_v7();
     let mut tx = app.core.db.begin().await.unwrap();
     let twice =
         |n| NewEntry { event_id: Some(other), ..NewEntry::system("drop.created", "drop", other, json!({"n": n})) };
-    assert_eq!(audit::append(&mut tx, vec![twice(1), twice(2)]).await.unwrap(), 1);
+    assert_eq!(audit::append_chained(&mut tx, vec![twice(1), twice(2)]).await.unwrap(), 1);
     tx.commit().await.unwrap();
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE event_id = $1")
         .bind(event_id)
@@ -117,7 +128,7 @@ async fn an_event_is_recorded_once_however_often_it_arrives() {
     // Data the chain could not read back as hashed is refused.
     let mut tx = app.core.db.begin().await.unwrap();
     let float = NewEntry::system("x.y", "x", "1", json!({"ratio": 0.5}));
-    assert!(audit::append(&mut tx, vec![float]).await.is_err());
+    assert!(audit::append_chained(&mut tx, vec![float]).await.is_err());
 }
 
 #[tokio::test]
@@ -288,4 +299,133 @@ async fn seals_verify_across_a_key_rotation() {
     assert_eq!((v.valid, v.sealed_through_seq), (true, Some(2)));
     // A key that never sealed anything vouches for nothing.
     assert_eq!(audit::seal::round(db, &retired).await.unwrap(), drops_origin::tasks::Next::Later);
+}
+
+#[tokio::test]
+async fn staged_entries_join_the_chain_in_order_only_once_committed() {
+    let app = fresh().await;
+    let (db, rounds) = (&app.core.db, &app.core.audit_sequencer);
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(audit::append(&mut tx, vec![action(1), action(2), action(3)]).await.unwrap(), 3);
+    // Not committed yet: a round chains nothing.
+    audit::sequencer::round(db, rounds).await.unwrap();
+    assert_eq!(chain::verify(db).await.unwrap().entries, 0);
+    tx.commit().await.unwrap();
+    let mut rolled_back = db.begin().await.unwrap();
+    audit::append(&mut rolled_back, vec![action(99)]).await.unwrap();
+    rolled_back.rollback().await.unwrap();
+    // Entries chained directly meanwhile take their place in the same line.
+    append_one(&app, action(4)).await;
+    audit::sequencer::round(db, rounds).await.unwrap();
+    let ns: Vec<i64> =
+        sqlx::query_scalar("SELECT (data->>'n')::int8 FROM audit_log ORDER BY seq").fetch_all(db).await.unwrap();
+    assert_eq!(ns, [4, 1, 2, 3], "staged entries in the order given, after what was chained before them");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_pending").fetch_one(db).await.unwrap();
+    assert_eq!(pending, 0);
+    let v = chain::verify(db).await.unwrap();
+    assert_eq!((v.entries, v.valid), (4, true));
+    // A float could not be read back as hashed: refused when staged, as when chained.
+    let mut tx = db.begin().await.unwrap();
+    assert!(audit::append(&mut tx, vec![NewEntry::system("x.y", "x", "1", json!({"r": 0.5}))]).await.is_err());
+}
+
+/// Admin writes at once on a pool of a few connections (issue 22), while the chain's
+/// lock is held a while (as a long append holds it): when each write waited for the
+/// lock holding its connection, five held the pool and the rest were answered 503
+/// once their wait for a connection was out. Staged, every one is served at once,
+/// its entry chained when the lock is free; and without the lock held, each is
+/// chained by the time it is answered. The chain holds throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admin_writes_on_a_small_pool_are_all_served_and_chained() {
+    use drops_origin::Application;
+
+    let mut settings = fresh_settings().await;
+    settings.database.max_connections = 5;
+    // Well past what 40 short writes on 5 connections take on a busy machine, and
+    // shorter than the lock is held below.
+    settings.database.acquire_timeout_ms = 2_000;
+    settings.server.port = 0;
+    settings.server.metrics_port = 0;
+    settings.orders.reconcile_interval_secs = 0;
+    let (database_url, secret) = (settings.database.url.clone(), settings.auth.jwt_secret.clone());
+    let application = Application::build(settings).await.expect("the origin starts");
+    let (url, db) = (format!("http://127.0.0.1:{}", application.port()), application.app().core.db.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let writes = AdminWrites::new(url, &secret);
+
+    // The lock held on a connection of the test's own, longer than a request waits for
+    // a pooled connection.
+    use secrecy::ExposeSecret;
+    let mut holder = sqlx::PgConnection::connect(database_url.expose_secret()).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    chain::lock(&mut held).await.unwrap();
+    let crowd = tokio::spawn(async move { writes.send("held", 40).await });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    held.commit().await.unwrap();
+    let (writes, statuses) = crowd.await.unwrap();
+    let served = statuses.iter().filter(|s| **s == 201).count();
+    println!("lock held: {served} of 40 admin writes served on a pool of 5; statuses {statuses:?}");
+    assert_eq!(served, 40, "{statuses:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while chained(&db, "held").await < 40 {
+        assert!(std::time::Instant::now() < deadline, "the staged entries were never chained");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Nothing holds the lock: each is answered once its entry is in the chain.
+    let (_, statuses) = writes.send("free", 40).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    assert_eq!(chained(&db, "free").await, 40, "every entry in the chain when its write was answered");
+
+    let v = chain::verify(&db).await.unwrap();
+    assert!(v.valid, "{v:?}");
+    let (count, max): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), max(seq) FROM audit_log").fetch_one(&db).await.unwrap();
+    assert_eq!(Some(count), max, "seqs contiguous from 1");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Admins creating creators, all at once.
+struct AdminWrites {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl AdminWrites {
+    fn new(url: String, secret: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret;
+        let admin = Identity { user_id: Uuid::now_v7(), role: Role::Admin };
+        let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+        let token = drops_shared::auth::mint(admin, secret.expose_secret().as_bytes(), expires);
+        Self { http: reqwest::Client::new(), url, token }
+    }
+
+    /// Sends `n` at once, with request ids `<tag>-<i>`; their statuses (0: no answer).
+    async fn send(self, tag: &str, n: usize) -> (Self, Vec<u16>) {
+        let writes = (0..n).map(|i| {
+            let req = self
+                .http
+                .post(format!("{}/v1/creators", self.url))
+                .bearer_auth(&self.token)
+                .header("x-request-id", format!("{tag}-{i}"))
+                .json(&json!({"name": format!("Creator {i}"), "user_id": Uuid::now_v7()}));
+            async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        });
+        let statuses = futures::future::join_all(writes).await;
+        (self, statuses)
+    }
+}
+
+/// Entries in the chain written by requests `<tag>-…`.
+async fn chained(db: &sqlx::PgPool, tag: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE request_id LIKE $1 || '-%'")
+        .bind(tag)
+        .fetch_one(db)
+        .await
+        .unwrap()
 }

@@ -36,7 +36,7 @@ pub struct NewEntry {
     pub action: String,
     /// Who did it; `None` for what the platform did or observed itself.
     pub actor: Option<Identity>,
-    pub subject_kind: &'static str,
+    pub subject_kind: String,
     pub subject_id: String,
     /// The `x-request-id` of the request that did it, as the client sent it, if a request did.
     pub request_id: Option<String>,
@@ -60,7 +60,7 @@ impl NewEntry {
         Self {
             action: action.into(),
             actor: None,
-            subject_kind,
+            subject_kind: subject_kind.to_owned(),
             subject_id: subject_id.to_string(),
             request_id: None,
             server_request_id: None,
@@ -152,8 +152,23 @@ fn has_float(value: &Value) -> bool {
     }
 }
 
+/// Takes the append lock for the rest of the caller's transaction.
+pub async fn lock(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Refuses `entries` if one holds a float in its data (see [`NewEntry::data`]).
+pub(crate) fn refuse_floats(entries: &[NewEntry]) -> sqlx::Result<()> {
+    match entries.iter().find(|e| has_float(&e.data)) {
+        Some(e) => Err(sqlx::Error::Encode(format!("audit entry {} holds a float in its data", e.action).into())),
+        None => Ok(()),
+    }
+}
+
 /// Appends `entries`, in this order, in the caller's transaction (commit soon after:
-/// the append lock is held until then). Entries recording an event already in the
+/// the append lock is held until then, and every other append waits for it, a
+/// connection each: requests stage their entries instead, see `super::sequencer`). Entries recording an event already in the
 /// log are skipped, so a redelivered or replayed event adds nothing. Returns how
 /// many were appended. An entry whose data holds a float is refused (an encoding
 /// error), as the events' outbox refuses what it cannot encode.
@@ -161,10 +176,8 @@ pub async fn append(conn: &mut PgConnection, entries: Vec<NewEntry>) -> sqlx::Re
     if entries.is_empty() {
         return Ok(0);
     }
-    if let Some(e) = entries.iter().find(|e| has_float(&e.data)) {
-        return Err(sqlx::Error::Encode(format!("audit entry {} holds a float in its data", e.action).into()));
-    }
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK).execute(&mut *conn).await?;
+    refuse_floats(&entries)?;
+    lock(&mut *conn).await?;
     let event_ids: Vec<Uuid> = entries.iter().filter_map(|e| e.event_id).collect();
     let mut recorded: std::collections::HashSet<Uuid> = if event_ids.is_empty() {
         Default::default()
@@ -192,7 +205,7 @@ pub async fn append(conn: &mut PgConnection, entries: Vec<NewEntry>) -> sqlx::Re
             at,
             action: entry.action,
             actor: entry.actor.map(|a| AuditActor { user_id: a.user_id, role: a.role.as_str().to_owned() }),
-            subject: AuditSubject { kind: entry.subject_kind.to_owned(), id: entry.subject_id },
+            subject: AuditSubject { kind: entry.subject_kind, id: entry.subject_id },
             request_id: entry.request_id,
             server_request_id: entry.server_request_id,
             data: entry.data,

@@ -108,7 +108,7 @@ mod tests {
         };
         let entry = entry_of(&envelope).unwrap();
         assert_eq!(entry.action, "follow.changed");
-        assert_eq!((entry.subject_kind, entry.subject_id), ("creator", creator_id.to_string()));
+        assert_eq!((entry.subject_kind.as_str(), entry.subject_id), ("creator", creator_id.to_string()));
         assert_eq!(entry.event_id, Some(envelope.id));
         assert!(entry.actor.is_none() && entry.request_id.is_none());
         assert_eq!(
@@ -127,7 +127,7 @@ mod tests {
             ..envelope.clone()
         };
         let entry = entry_of(&refunded).unwrap();
-        assert_eq!((entry.action.as_str(), entry.subject_kind), ("payment.refunded", "order"));
+        assert_eq!((entry.action.as_str(), entry.subject_kind.as_str()), ("payment.refunded", "order"));
         assert_eq!((entry.subject_id, &entry.data["amount"]), (order_id.to_string(), &serde_json::json!(2500)));
         let started = EventEnvelope { event: DomainEvent::DropStarted { drop_id: order_id, creator_id }, ..envelope };
         assert_eq!(entry_of(&started).unwrap().subject_kind, "drop");

@@ -9,9 +9,12 @@
 //!   the action, with its actor and the request's `x-request-id` when a person's
 //!   request did it.
 //!
-//! The log is one line: [`append`] takes an advisory lock for the rest of the
-//! caller's transaction, so seqs are contiguous and each entry's `prev_hash` is the
-//! hash of the entry before ([`chain`] says exactly what is hashed). The database
+//! The log is one line: every entry joins it under one advisory lock, so seqs are
+//! contiguous and each entry's `prev_hash` is the hash of the entry before ([`chain`]
+//! says exactly what is hashed). [`append`] stages a request's entries without the
+//! lock and the [`sequencer`] chains them (a request then waits for that,
+//! [`settled`]); background work that must see its entry chained when it commits
+//! (reconciliation, refunds) appends under the lock itself ([`append_chained`]). The database
 //! refuses UPDATE, DELETE and TRUNCATE on it (migration `0009_audit.sql`); whoever
 //! gets past that (a superuser) breaks the chain, and `GET /v1/admin/audit/verify`
 //! names the first entry that no longer holds. (Removing the newest entries leaves
@@ -23,11 +26,13 @@
 //! Admins read it at `GET /v1/admin/audit` (oldest first, optionally about one
 //! subject).
 //!
-//! Owns the table `audit_log`. Stands on no other area; every area may write to it.
+//! Owns the tables `audit_log`, `audit_pending` and `audit_seals`. Stands on no other
+//! area; every area may write to it.
 
 pub mod chain;
 pub mod consumer;
 pub mod seal;
+pub mod sequencer;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -37,7 +42,8 @@ use drops_shared::cursor::{BadCursor, Position};
 use drops_shared::problem::ErrorCode;
 use serde::Deserialize;
 
-pub use chain::{append, NewEntry};
+pub use chain::{append as append_chained, NewEntry};
+pub use sequencer::{settled, stage as append};
 
 use crate::config::AuditSettings;
 use crate::error::{ApiError, ApiResult};
@@ -98,6 +104,8 @@ async fn list(
             ));
         }
     }
+    // So the page holds every entry committed before this read.
+    settled(&core).await;
     // Two queries rather than one with an optional filter: each keeps its own index.
     let rows = match &q.subject_id {
         Some(subject) => {
@@ -132,6 +140,7 @@ async fn list(
 
 /// `GET /v1/admin/audit/verify`: the whole chain, checked again.
 async fn verify_route(State(core): State<Core>, _admin: Authorized<Admins>) -> ApiResult<Json<AuditVerification>> {
+    settled(&core).await;
     Ok(Json(verify(&core.db, &core.settings.audit).await?))
 }
 

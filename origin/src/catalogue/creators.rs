@@ -62,6 +62,7 @@ async fn create(
     let entry = NewEntry::system("creator.created", "creator", row.id, data).by(admin.0, &request_id);
     audit::append(&mut tx, vec![entry]).await?;
     tx.commit().await?;
+    audit::settled(&state.core).await;
     let user_id = Some(row.user_id);
     Ok((StatusCode::CREATED, Json(Creator { user_id, ..row.into_creator(0) })))
 }

@@ -231,9 +231,9 @@ async fn save(
         Change::Updated => DomainEvent::DropUpdated { drop_id, creator_id, starts_at, ends_at, stock },
     };
     events::record(&mut tx, event).await?;
-    // Last before the commit: the audit's append lock is held until then.
     audit::append(&mut tx, vec![audited]).await?;
     tx.commit().await?;
+    audit::settled(&state.core).await;
     let drop = load_drop(&state.core, drop_id).await?;
     terms::push(&state.core, &drop).await;
     Ok(drop)

@@ -14,10 +14,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 mod audit_keys;
+mod database;
 mod limits;
+mod proxies;
 
 pub use audit_keys::{AuditKey, AuditSettings, DEV_AUDIT_KEYS};
+pub use database::DatabaseSettings;
 pub use limits::{LimitSettings, Rate};
+pub use proxies::parse_proxies;
 
 pub const DEV_JWT_SECRET: &str = "dev-jwt-secret-change-me";
 pub const DEV_EDGE_TO_ORIGIN_SECRET: &str = "dev-edge-to-origin-secret";
@@ -81,16 +85,9 @@ pub struct ServerSettings {
     /// How often one background task reads the gauges `/metrics` shows (orders by
     /// state, outbox and consumer lag) and checks readiness; a scrape reads neither.
     pub metrics_refresh_ms: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct DatabaseSettings {
-    pub url: SecretString,
-    pub max_connections: u32,
-    /// How long a request may wait for a pooled connection before it is answered 503
-    /// `overloaded` (a full pool means the database is the bottleneck: waiting longer
-    /// only deepens the queue).
-    pub acquire_timeout_ms: u64,
+    /// The load balancers and proxies in front of the origin, whose
+    /// `X-Forwarded-For` names the client (`client_address`); nobody else's does.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +192,8 @@ pub struct EnvSettings {
     pub database_url: SecretString,
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
+    pub background_database_max_connections: u32,
+    pub background_database_acquire_timeout_ms: u64,
     pub redis_url: SecretString,
     pub redis_prefix: String,
     pub jwt_secret: SecretString,
@@ -247,6 +246,8 @@ pub struct EnvSettings {
     pub metrics_host: String,
     pub metrics_port: u16,
     pub metrics_refresh_ms: u64,
+    /// Comma-separated CIDRs.
+    pub trusted_proxies: String,
 }
 
 impl Default for EnvSettings {
@@ -260,6 +261,8 @@ impl Default for EnvSettings {
             database_url: "postgres://postgres@127.0.0.1:5432/drops_dev".into(),
             database_max_connections: 20,
             database_acquire_timeout_ms: 250,
+            background_database_max_connections: 10,
+            background_database_acquire_timeout_ms: 10_000,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "drops".into(),
             jwt_secret: DEV_JWT_SECRET.into(),
@@ -303,6 +306,7 @@ impl Default for EnvSettings {
             metrics_host: "127.0.0.1".into(),
             metrics_port: 9464,
             metrics_refresh_ms: 5_000,
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -323,6 +327,8 @@ impl EnvSettings {
     /// The typed settings, or why these values cannot run.
     pub fn into_settings(self) -> anyhow::Result<Settings> {
         let limits = self.limits()?;
+        let database = self.database()?;
+        let trusted_proxies = parse_proxies(&self.trusted_proxies)?;
         let payment_provider = match self.payment_provider.as_str() {
             "sandbox" => PaymentProvider::Sandbox,
             "stripe" => PaymentProvider::Stripe {
@@ -372,7 +378,6 @@ impl EnvSettings {
         anyhow::ensure!(!webhook_secrets.is_empty(), "DROPS_WEBHOOK_SECRETS: at least one secret is needed");
         let audit = AuditSettings::parse(&self.audit_keys)?;
         anyhow::ensure!(self.max_sockets_per_user >= 1, "DROPS_MAX_SOCKETS_PER_USER: at least 1");
-        anyhow::ensure!(self.database_acquire_timeout_ms >= 1, "DROPS_DATABASE_ACQUIRE_TIMEOUT_MS: at least 1");
         anyhow::ensure!(self.header_read_timeout_ms >= 1, "DROPS_HEADER_READ_TIMEOUT_MS: at least 1");
         anyhow::ensure!(self.body_read_timeout_ms >= 1, "DROPS_BODY_READ_TIMEOUT_MS: at least 1");
         anyhow::ensure!(self.metrics_refresh_ms >= 100, "DROPS_METRICS_REFRESH_MS: at least 100");
@@ -387,12 +392,9 @@ impl EnvSettings {
                 metrics_host: self.metrics_host,
                 metrics_port: self.metrics_port,
                 metrics_refresh_ms: self.metrics_refresh_ms,
+                trusted_proxies,
             },
-            database: DatabaseSettings {
-                url: self.database_url,
-                max_connections: self.database_max_connections,
-                acquire_timeout_ms: self.database_acquire_timeout_ms,
-            },
+            database,
             redis: RedisSettings { url: self.redis_url, prefix: self.redis_prefix },
             edge: EdgeSettings {
                 url: self.edge_url.trim_end_matches('/').to_owned(),

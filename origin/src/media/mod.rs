@@ -45,6 +45,8 @@ async fn record_upload(
     check(&upload)?;
     let mut conn = core.db.acquire().await?;
     let first_upload = record(&mut conn, &upload, Some(&request_id)).await?;
+    drop(conn);
+    audit::settled(&core).await;
     Ok(Json(MediaRecorded { first_upload }))
 }
 

@@ -268,7 +268,7 @@ async fn record(state: &OrdersState, r: &Repair) -> anyhow::Result<()> {
     )
     .execute(&mut *tx)
     .await?;
-    audit::append(&mut tx, vec![audit_entry(r)]).await?;
+    audit::append_chained(&mut tx, vec![audit_entry(r)]).await?;
     tx.commit().await?;
     Ok(())
 }

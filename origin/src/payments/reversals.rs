@@ -179,8 +179,11 @@ async fn finish(
                                               "amount": c.amount, "currency": c.currency.trim(),
                                               "reason": c.reason});
                 // The platform gives money back on its own (an order it cannot honour): no actor.
-                audit::append(&mut tx, vec![NewEntry::system("payment.refund_issued", "order", c.order_id, data)])
-                    .await?;
+                audit::append_chained(
+                    &mut tx,
+                    vec![NewEntry::system("payment.refund_issued", "order", c.order_id, data)],
+                )
+                .await?;
             } else {
                 done = Done::AlreadyRefunded;
             }

@@ -115,7 +115,8 @@ pub async fn request_refund(conn: &mut PgConnection, order_id: Uuid, reason: &st
         == 1;
     if filed {
         let data = serde_json::json!({"reason": reason});
-        audit::append(conn, vec![NewEntry::system("payment.refund_requested", "order", order_id, data)]).await?;
+        audit::append_chained(conn, vec![NewEntry::system("payment.refund_requested", "order", order_id, data)])
+            .await?;
     }
     Ok(filed)
 }

@@ -27,5 +27,6 @@ mod origin_hardening;
 mod overload;
 mod pages;
 mod payments;
+mod pools;
 mod push_safety;
 mod refunds;
