@@ -187,7 +187,11 @@ async fn events_a_lost_stream_held_for_consumers_are_delivered_again_from_the_ou
     follow(3).await;
     let started = Instant::now();
     while behind(&db, creator_id).await != (0, 3, 3) {
-        assert!(started.elapsed() < Duration::from_secs(20), "published, not handled: {:?}", behind(&db, creator_id).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "published, not handled: {:?}",
+            behind(&db, creator_id).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Redis is up, the events wait: the flow is stalled, and readiness says so.

@@ -26,3 +26,4 @@ mod pages;
 mod payments;
 mod push_safety;
 mod refunds;
+mod soak;
