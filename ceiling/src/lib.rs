@@ -3,6 +3,9 @@
 //! - `POST /write`: one Durable Object doing one SQLite write per request (the
 //!   write ceiling of one inventory object).
 //!
+//! `/fixed` carries `x-dev-wasm-memory-bytes` (the isolate's wasm memory), as the
+//! edge's `/healthz` does in development: the soak's baseline for it.
+//!
 //! Not deployed: `ceiling/wrangler.toml` exists for the bench only.
 
 use worker::{durable_object, event, Context, Env, Method, Request, Response, Result, SqlStorageValue, State};
@@ -10,13 +13,28 @@ use worker::{durable_object, event, Context, Env, Method, Request, Response, Res
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     match (req.method(), req.path().as_str()) {
-        (Method::Get, "/fixed") => Response::from_json(&serde_json::json!({"status": "live", "remaining": 0})),
+        (Method::Get, "/fixed") => {
+            let mut resp = Response::from_json(&serde_json::json!({"status": "live", "remaining": 0}))?;
+            // The soak compares the edge's wasm memory with this baseline's.
+            resp.headers_mut().set("x-dev-wasm-memory-bytes", &wasm_memory_bytes().to_string())?;
+            Ok(resp)
+        }
         (Method::Post, "/write") => {
             let stub = env.durable_object("WRITER")?.id_from_name("one")?.get_stub()?;
             stub.fetch_with_request(req).await
         }
         _ => Response::error("not found", 404),
     }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wasm_memory_bytes() -> usize {
+    core::arch::wasm32::memory_size(0) * 65536
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn wasm_memory_bytes() -> usize {
+    0
 }
 
 #[durable_object]

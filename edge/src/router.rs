@@ -57,9 +57,33 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
         (Method::Get | Method::Head, ["v1", "private", key]) => media::private(&req, env, key).await,
         (Method::Post, ["v1", "private", key, "links"]) => media::mint_link(req, env, key).await,
         (_, ["v1", ..]) => origin::proxy(req, env, request_id).await,
-        (Method::Get, ["healthz"]) => http::json(200, &serde_json::json!({"status": "ok"})),
+        (Method::Get, ["healthz"]) => healthz(env),
         _ => Err(ErrorCode::NotFound.into()),
     }
+}
+
+/// In development only, `x-dev-wasm-memory-bytes`: the answering isolate's wasm
+/// memory. A wasm heap never shrinks, so a soak reads it to tell growth of the
+/// Worker's own from growth of the runtime around it; production says nothing of it.
+fn healthz(env: &Env) -> EdgeResult {
+    let mut resp = http::json(200, &serde_json::json!({"status": "ok"}))?;
+    let environment =
+        env.secret("ENVIRONMENT").map(|s| s.to_string()).or_else(|_| env.var("ENVIRONMENT").map(|v| v.to_string()));
+    if environment.is_ok_and(|e| e.trim() == "development") {
+        resp.headers_mut().set("x-dev-wasm-memory-bytes", &wasm_memory_bytes().to_string())?;
+    }
+    Ok(resp)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wasm_memory_bytes() -> usize {
+    core::arch::wasm32::memory_size(0) * 65536
+}
+
+/// Native builds (the unit tests) have no wasm memory.
+#[cfg(not(target_arch = "wasm32"))]
+fn wasm_memory_bytes() -> usize {
+    0
 }
 
 /// Every public route counts against the client's address; writes other than
