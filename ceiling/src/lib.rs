@@ -3,6 +3,9 @@
 //! - `POST /write`: one Durable Object doing one SQLite write per request (the
 //!   write ceiling of one inventory object).
 //!
+//! `/fixed` carries `x-dev-wasm-memory-bytes` (the isolate's wasm memory), as the
+//! edge's `/healthz` does in development: the soak's baseline for it.
+//!
 //! Not deployed: `ceiling/wrangler.toml` exists for the bench only.
 //!
 //! `GET /memory` says how large the instance's wasm memory has grown
@@ -31,11 +34,16 @@ fn wasm_memory_bytes() -> usize {
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let started = STARTED_MS.with(|s| *s.get_or_init(|| worker::Date::now().as_millis() as f64));
     match (req.method(), req.path().as_str()) {
-        (Method::Get, "/fixed") => Response::from_json(&serde_json::json!({"status": "live", "remaining": 0})),
         (Method::Get, "/memory") => {
             let mut resp = Response::empty()?;
             resp.headers_mut().set("x-dev-wasm-memory-bytes", &wasm_memory_bytes().to_string())?;
             resp.headers_mut().set("x-dev-instance-started-ms", &started.to_string())?;
+            Ok(resp)
+        }
+        (Method::Get, "/fixed") => {
+            let mut resp = Response::from_json(&serde_json::json!({"status": "live", "remaining": 0}))?;
+            // The soak compares the edge's wasm memory with this baseline's.
+            resp.headers_mut().set("x-dev-wasm-memory-bytes", &wasm_memory_bytes().to_string())?;
             Ok(resp)
         }
         (Method::Post, "/write") => {

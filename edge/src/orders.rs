@@ -78,14 +78,37 @@ mod sold_out {
         replayers: UserFilter,
     }
 
+    /// The memos of one isolate. An isolate lives for as long as it keeps serving,
+    /// and sees drop after drop sell out: a memo (with its filter, up to ~120 KB for
+    /// 100,000 buyers) must not outlive its usefulness, or the wasm heap, which never
+    /// shrinks, grows with every drop ever sold out.
+    #[derive(Default)]
+    struct Memos(HashMap<Uuid, Memo>);
+
+    impl Memos {
+        fn known(&mut self, drop_id: Uuid, user_id: Uuid, now_ms: i64) -> bool {
+            match self.0.get(&drop_id) {
+                Some(memo) if now_ms < memo.until_ms => !memo.replayers.may_hold(&user_id),
+                Some(_) => {
+                    self.0.remove(&drop_id);
+                    false
+                }
+                None => false,
+            }
+        }
+
+        fn learn(&mut self, drop_id: Uuid, memo: Memo, now_ms: i64) {
+            self.0.retain(|_, m| now_ms < m.until_ms);
+            self.0.insert(drop_id, memo);
+        }
+    }
+
     thread_local! {
-        static MEMOS: RefCell<HashMap<Uuid, Memo>> = RefCell::new(HashMap::new());
+        static MEMOS: RefCell<Memos> = RefCell::new(Memos::default());
     }
 
     pub fn known(drop_id: Uuid, user_id: Uuid) -> bool {
-        MEMOS.with(|m| {
-            m.borrow().get(&drop_id).is_some_and(|memo| now_ms() < memo.until_ms && !memo.replayers.may_hold(&user_id))
-        })
+        MEMOS.with(|m| m.borrow_mut().known(drop_id, user_id, now_ms()))
     }
 
     pub async fn learn(env: &Env, drop_id: Uuid) {
@@ -97,11 +120,48 @@ mod sold_out {
         match memo.await {
             Ok(Answer { remaining: 0, replayers }) => {
                 let Some(replayers) = replayers.ready() else { return };
-                let until_ms = now_ms() + cfg.sold_out_memo_ms;
-                MEMOS.with(|m| m.borrow_mut().insert(drop_id, Memo { until_ms, replayers }));
+                let now = now_ms();
+                let memo = Memo { until_ms: now + cfg.sold_out_memo_ms, replayers };
+                MEMOS.with(|m| m.borrow_mut().learn(drop_id, memo, now));
             }
             Ok(_) => {} // units came back meanwhile
             Err(e) => worker::console_warn!("no sold-out memo for {drop_id}: {e}"),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn memo(until_ms: i64, replayers: &[Uuid]) -> Memo {
+            Memo { until_ms, replayers: UserFilter::of(replayers) }
+        }
+
+        #[test]
+        fn a_memo_answers_until_it_expires_except_to_replayers() {
+            let (drop_id, buyer, replayer) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            let mut memos = Memos::default();
+            memos.learn(drop_id, memo(1_000, &[replayer]), 0);
+            assert!(memos.known(drop_id, buyer, 999));
+            assert!(!memos.known(drop_id, replayer, 999));
+            assert!(!memos.known(drop_id, buyer, 1_000));
+        }
+
+        #[test]
+        fn expired_memos_are_dropped_not_kept() {
+            let mut memos = Memos::default();
+            for i in 0..100 {
+                memos.learn(Uuid::now_v7(), memo(i * 10 + 1_000, &[Uuid::now_v7()]), i * 10);
+            }
+            // Learned at 990, the last one alone may still answer at 1,985.
+            memos.learn(Uuid::now_v7(), memo(3_000, &[]), 1_985);
+            assert_eq!(memos.0.len(), 2, "memos past their time are gone once another is learned");
+
+            let drop_id = Uuid::now_v7();
+            let mut memos = Memos::default();
+            memos.learn(drop_id, memo(1_000, &[]), 0);
+            assert!(!memos.known(drop_id, Uuid::now_v7(), 1_000));
+            assert!(memos.0.is_empty(), "an expired memo that was asked about is gone");
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod kill;
+pub mod soak;
 pub mod stripe_double;
 
 use std::net::TcpListener;
