@@ -112,7 +112,12 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<Run> {
     }
     let redis = redis::Client::open(target.redis_url.as_str())?.get_multiplexed_async_connection().await?;
     let mut sampler = Sampler {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        // Node's HTTP server (wrangler dev) closes a connection idle for 5 s, the
+        // smoke's sampling period: a pooled one could be reused as it closes.
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()?,
         edge_url: target.client.edge.clone(),
         ceiling_url: target.ceiling_url.clone(),
         metrics_url: target.metrics_url.clone(),
