@@ -373,14 +373,8 @@ impl Stack {
             // Said outright rather than left to a `.dev.vars` a checkout may lack:
             // the development-only diagnostics and routes the tests use need it.
             "ENVIRONMENT:development".to_owned(),
-            format!("ORIGIN_URL:{}", self.origin_url),
-            format!("JWT_SECRET:{JWT_SECRET}"),
-            format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
-            format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
-            format!("MEDIA_LINK_SECRET:{MEDIA_LINK_SECRET}"),
-            "FORWARD_RETRY_MAX_MS:2000".to_owned(),
-            "REFUSAL_REPORT_MS:500".to_owned(),
         ];
+        vars.extend(edge_vars_for(&self.origin_url));
         vars.extend(more.iter().map(|v| (*v).to_owned()));
         vars
     }
@@ -634,4 +628,18 @@ impl ExtraOrigin {
         let _ = self.stop.send(());
         let _ = self.stopped.await;
     }
+}
+
+/// The edge's variables every test stack gives it: the origin at `origin_url`, the
+/// tests' secrets, and short retry and report periods.
+pub fn edge_vars_for(origin_url: &str) -> Vec<String> {
+    vec![
+        format!("ORIGIN_URL:{origin_url}"),
+        format!("JWT_SECRET:{JWT_SECRET}"),
+        format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
+        format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
+        format!("MEDIA_LINK_SECRET:{MEDIA_LINK_SECRET}"),
+        "FORWARD_RETRY_MAX_MS:2000".to_owned(),
+        "REFUSAL_REPORT_MS:500".to_owned(),
+    ]
 }

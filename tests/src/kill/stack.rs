@@ -14,9 +14,7 @@ use secrecy::SecretString;
 use super::balancer::Balancer;
 use super::procs::{Edge, Origin, Postgres, Redis};
 use crate::stripe_double::StripeDouble;
-use crate::{
-    free_port, EDGE_TO_ORIGIN_SECRET, JWT_SECRET, MEDIA_LINK_SECRET, ORIGIN_TO_EDGE_SECRET, PUSH_SECRET, WEBHOOK_SECRET,
-};
+use crate::{free_port, EDGE_TO_ORIGIN_SECRET, JWT_SECRET, ORIGIN_TO_EDGE_SECRET, PUSH_SECRET, WEBHOOK_SECRET};
 
 pub const REDIS_PREFIX: &str = "drops-kill";
 const DATABASE: &str = "drops";
@@ -94,15 +92,7 @@ impl KillStack {
         let migrated = tokio::process::Command::new(&exe).args(["origin", "migrate"]).envs(&env).output().await?;
         anyhow::ensure!(migrated.status.success(), "migrate: {}", String::from_utf8_lossy(&migrated.stderr));
 
-        let vars = vec![
-            format!("ORIGIN_URL:{}", balancer.url()),
-            format!("JWT_SECRET:{JWT_SECRET}"),
-            format!("EDGE_TO_ORIGIN_SECRET:{EDGE_TO_ORIGIN_SECRET}"),
-            format!("ORIGIN_TO_EDGE_SECRET:{ORIGIN_TO_EDGE_SECRET}"),
-            format!("MEDIA_LINK_SECRET:{MEDIA_LINK_SECRET}"),
-            "FORWARD_RETRY_MAX_MS:2000".to_owned(),
-            "REFUSAL_REPORT_MS:500".to_owned(),
-        ];
+        let vars = crate::edge_vars_for(&balancer.url());
         let edge = Edge::new(&root, edge_port, vars);
         let mut origins = Vec::new();
         for (n, port) in origin_ports.iter().enumerate() {
