@@ -3,26 +3,19 @@
 //! give the figures a rebuild from the outbox gives, and those are the orders'
 //! latest states. (Through the edge, after a real rush: `tests/tests/e2e/analytics.rs`.)
 
+mod support;
+
 use chrono::{DateTime, Duration, Utc};
 use drops_origin::analytics::{self, ledger};
 use drops_origin::catalogue::facts::DropFacts;
 use drops_origin::events;
-use drops_origin::state::MIGRATOR;
 use drops_shared::api::{DropAnalytics, Money};
 use drops_shared::events::{DomainEvent, EventEnvelope};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 async fn fresh_db() -> PgPool {
-    let admin_url =
-        std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("drops_analytics_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-    let db = PgPool::connect(&format!("{base}/{name}")).await.expect("the new database");
-    MIGRATOR.run(&db).await.expect("migrations");
-    db
+    support::fresh_pool("analytics").await
 }
 
 /// The outbox's events, in order, with their seqs.

@@ -4,8 +4,9 @@
 //! verification finds the first entry edited behind the triggers' back. (Through
 //! the edge, with real requests and events: `tests/tests/e2e/audit.rs`.)
 
+mod support;
+
 use drops_origin::audit::{self, chain, NewEntry};
-use drops_origin::config::Settings;
 use drops_origin::extract::RequestId;
 use drops_origin::App;
 use drops_shared::auth::{Identity, Role};
@@ -13,26 +14,11 @@ use serde_json::json;
 use sqlx::Connection;
 use uuid::Uuid;
 
-/// Settings for an origin on a database of its own (nothing here needs the edge).
-async fn fresh_settings() -> Settings {
-    let admin_url =
-        std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("drops_audit_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-    let mut settings = Settings::development();
-    settings.database.url = format!("{base}/{name}").into();
-    settings.redis.prefix = format!("drops-audit-{}", Uuid::new_v4().simple());
-    settings.edge.url = "http://127.0.0.1:9".into();
-    settings
-}
-
 /// An origin's state on a database of its own (no background workers run). Its pool
 /// waits long for a connection: these tests check the chain under concurrency, not
 /// load shedding (a busy machine took longer than the default quarter second).
 async fn fresh() -> App {
-    let mut settings = fresh_settings().await;
+    let mut settings = support::fresh_settings("audit").await;
     settings.database.acquire_timeout_ms = 10_000;
     App::connect(settings).await.expect("the origin connects and migrates")
 }
@@ -339,7 +325,7 @@ async fn staged_entries_join_the_chain_in_order_only_once_committed() {
 async fn concurrent_admin_writes_on_a_small_pool_are_all_served_and_chained() {
     use drops_origin::Application;
 
-    let mut settings = fresh_settings().await;
+    let mut settings = support::fresh_settings("audit").await;
     settings.database.max_connections = 5;
     // Well past what 40 short writes on 5 connections take on a busy machine, and
     // shorter than the lock is held below.

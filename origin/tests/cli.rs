@@ -1,6 +1,8 @@
 //! Every command README.md documents, run as the built `drops-origin` binary against
 //! a fresh Postgres database and its own Redis prefix, as an operator would.
 
+mod support;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,13 +21,10 @@ struct Env {
 
 impl Env {
     async fn fresh() -> Env {
-        let admin_url = std::env::var("DROPS_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("drops_cli_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-        Env { database_url: format!("{base}/{name}"), prefix: format!("drops-cli-{}", Uuid::new_v4().simple()) }
+        Env {
+            database_url: support::fresh_database("cli").await,
+            prefix: format!("drops-cli-{}", Uuid::new_v4().simple()),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {

@@ -3,24 +3,16 @@
 //! header, but only from the proxies the operator trusts (`DROPS_TRUSTED_PROXIES`);
 //! from anyone else the header would let one client pass for many.
 
-use drops_origin::config::{parse_proxies, Rate, Settings};
+mod support;
+
+use drops_origin::config::{parse_proxies, Rate};
 use drops_origin::Application;
-use sqlx::Connection;
 use uuid::Uuid;
 
 /// A running origin on a database of its own, with per-client limits of 3 requests
 /// at once and `trusted` proxies; its URL and what stops it.
 async fn origin(trusted: &str) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let admin_url =
-        std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("drops_proxies_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-    let mut settings = Settings::development();
-    settings.database.url = format!("{base}/{name}").into();
-    settings.redis.prefix = format!("drops-proxies-{}", Uuid::new_v4().simple());
-    settings.edge.url = "http://127.0.0.1:9".into();
+    let mut settings = support::fresh_settings("proxies").await;
     settings.orders.reconcile_interval_secs = 0;
     settings.server.port = 0;
     settings.server.metrics_port = 0;

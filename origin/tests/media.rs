@@ -4,6 +4,8 @@
 //! `image_url` names a recorded public file. (The edge's side, storing and serving
 //! the bytes, is in the end-to-end suite, `tests/tests/e2e/media.rs`.)
 
+mod support;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
@@ -16,7 +18,6 @@ use drops_shared::internal::{Body as _, Endpoint, MediaUpload, RecordMedia};
 use drops_shared::media::{MediaKey, MediaType, Visibility};
 use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use secrecy::ExposeSecret;
-use sqlx::Connection;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -29,17 +30,7 @@ struct Origin {
 impl Origin {
     /// An origin on a database of its own, seeded with the demo data.
     async fn fresh() -> Origin {
-        let admin_url = std::env::var("DROPS_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("drops_media_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-        let mut settings = Settings::development();
-        settings.database.url = format!("{base}/{name}").into();
-        settings.redis.prefix = format!("drops-media-{}", Uuid::new_v4().simple());
-        // Nothing listens there: nothing here may need the edge.
-        settings.edge.url = "http://127.0.0.1:9".into();
+        let settings = support::fresh_settings("media").await;
         let app = App::connect(settings.clone()).await.expect("the origin connects and migrates");
         let mut tx = app.core.db.begin().await.unwrap();
         demo::seed(&mut tx, 600).await.expect("seeded");

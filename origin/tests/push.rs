@@ -4,6 +4,8 @@
 //! sends at most one chunk twice. Real Postgres, a real HTTP receiver, and a crash:
 //! the sender's runtime dropped with its batch half sent.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,6 @@ use drops_origin::config::Settings;
 use drops_origin::notifications::push::{self, Priority, SEND_CHUNK};
 use drops_origin::tasks::{Next, Workers};
 use drops_origin::App;
-use sqlx::Connection;
 use uuid::Uuid;
 
 const USERS: usize = 500;
@@ -43,17 +44,7 @@ async fn receive(State(r): State<Arc<Receiver>>, Path(user): Path<Uuid>) -> Stat
 }
 
 async fn settings() -> Settings {
-    let admin_url =
-        std::env::var("DROPS_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("drops_push_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
-    let mut settings = Settings::development();
-    settings.database.url = format!("{base}/{name}").into();
-    settings.redis.prefix = format!("drops-push-{}", Uuid::new_v4().simple());
-    settings.edge.url = "http://127.0.0.1:9".into();
-    settings
+    support::fresh_settings("push").await
 }
 
 /// Runs the push sender until nothing is queued.

@@ -13,6 +13,7 @@
 //! [`Stack::exclusive`] instead and runs alone.
 
 pub mod client;
+pub mod files;
 pub mod kill;
 pub mod soak;
 pub mod stripe_double;

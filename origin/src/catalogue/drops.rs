@@ -6,23 +6,21 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use drops_shared::api::{
-    CreateDrop, CreatorRef, DropCard, DropListing, DropStatus, Money, Page, ProductRef, StockLevel, UpdateDrop,
-};
+use chrono::Utc;
+use drops_shared::api::{CreateDrop, DropCard, DropListing, Money, Page, UpdateDrop};
 use drops_shared::auth::Role;
 use drops_shared::events::DomainEvent;
-use drops_shared::internal::InventoryTerms;
 use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
 
+use super::drop_row::{load, DropRow};
 use super::{creators, products, terms, CatalogueState};
 use crate::audit::{self, NewEntry};
 use crate::error::{ApiError, ApiResult};
+use crate::events;
 use crate::extract::{path_id, Authorized, RequestId, Sellers, StrictJson, StrictQuery};
 use crate::paging::{self, PageQuery};
 use crate::state::Core;
-use crate::{events, orders};
 
 pub fn router() -> Router<CatalogueState> {
     Router::new()
@@ -30,111 +28,8 @@ pub fn router() -> Router<CatalogueState> {
         .route("/v1/drops/{drop_id}", get(show_drop).patch(update_drop))
 }
 
-/// A drop with its product and creator, as cards and terms are made from.
-pub struct DropRow {
-    id: Uuid,
-    creator_id: Uuid,
-    creator_name: String,
-    product_id: Uuid,
-    title: String,
-    description: String,
-    image_url: Option<String>,
-    price_amount: i64,
-    currency: String,
-    stock: i32,
-    max_per_user: i32,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-    hold_seconds: i32,
-    terms_version: i64,
-    /// Units committed to orders (from the orders area).
-    committed: i64,
-}
-
-/// The drops `ids` names, in that order (those that exist), with the units each
-/// has committed. Every read of drops goes through here: the queries that choose
-/// which drops differ, the drop they load does not.
-async fn load(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<DropRow>> {
-    let committed = orders::committed_units(db, ids).await?;
-    let mut rows = sqlx::query_as!(
-        DropRow,
-        r#"SELECT d.id, d.creator_id, c.name AS creator_name, d.product_id, p.title, p.description, p.image_url,
-                  d.price_amount, d.currency, d.stock, d.max_per_user, d.starts_at, d.ends_at, d.hold_seconds,
-                  d.terms_version, 0::bigint AS "committed!" -- from the orders area, just below
-           FROM drops d JOIN creators c ON c.id = d.creator_id JOIN products p ON p.id = d.product_id
-           WHERE d.id = ANY($1)"#,
-        ids
-    )
-    .fetch_all(db)
-    .await?;
-    for row in &mut rows {
-        row.committed = committed.get(&row.id).copied().unwrap_or(0);
-    }
-    rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
-    Ok(rows)
-}
-
-/// The sale terms of the drops `ids` names, as the edge should have them.
-pub async fn terms_of(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, InventoryTerms)>> {
-    Ok(load(db, ids).await?.iter().map(|d| (d.id, d.terms())).collect())
-}
-
-impl DropRow {
-    fn price(&self) -> Money {
-        Money { amount: self.price_amount, currency: self.currency.trim().to_owned() }
-    }
-
-    pub fn id(&self) -> Uuid {
-        self.id
-    }
-
-    fn card(&self, now: DateTime<Utc>) -> DropCard {
-        let total = self.stock as u32;
-        let remaining = total.saturating_sub(self.committed.clamp(0, i64::from(u32::MAX)) as u32);
-        DropCard {
-            id: self.id,
-            status: DropStatus::at(now, self.starts_at, self.ends_at, remaining),
-            creator: CreatorRef { id: self.creator_id, name: self.creator_name.clone() },
-            product: ProductRef {
-                id: self.product_id,
-                title: self.title.clone(),
-                description: self.description.clone(),
-                image_url: self.image_url.clone(),
-            },
-            price: self.price(),
-            stock: StockLevel { total, remaining },
-            max_per_user: self.max_per_user as u32,
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-        }
-    }
-
-    pub fn terms(&self) -> InventoryTerms {
-        InventoryTerms {
-            total: self.stock as u32,
-            max_per_user: self.max_per_user as u32,
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-            price: self.price(),
-            hold_seconds: self.hold_seconds as u32,
-            version: self.terms_version.max(0) as u64,
-        }
-    }
-}
-
 async fn load_drop(core: &Core, drop_id: Uuid) -> ApiResult<DropRow> {
     load(&core.db, &[drop_id]).await?.pop().ok_or_else(ApiError::not_found)
-}
-
-/// Drops whose terms the edge has not acknowledged yet, oldest first.
-pub async fn unsynced(db: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<DropRow>> {
-    let ids = sqlx::query_scalar!(
-        "SELECT id FROM drops WHERE inventory_synced_at IS NULL ORDER BY created_at LIMIT $1",
-        limit
-    )
-    .fetch_all(db)
-    .await?;
-    load(db, &ids).await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
@@ -352,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_terms_change_records_only_the_fields_that_changed() {
-        let starts_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let starts_at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let before = CreateDrop {
             product_id: Uuid::from_u128(1),
             price: Money { amount: 1500, currency: "EUR".into() },

@@ -10,6 +10,7 @@
 
 pub mod creators;
 pub mod demo;
+pub mod drop_row;
 pub mod drops;
 pub mod facts;
 pub mod products;
@@ -59,10 +60,10 @@ pub async fn reconcilable_drops(db: &sqlx::PgPool) -> sqlx::Result<Vec<(Uuid, In
     )
     .fetch_all(db)
     .await?;
-    drops::terms_of(db, &ids).await
+    drop_row::terms_of(db, &ids).await
 }
 
 /// The terms of the drops `ids` names (those that exist).
 pub async fn terms_of(db: &sqlx::PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, InventoryTerms)>> {
-    drops::terms_of(db, ids).await
+    drop_row::terms_of(db, ids).await
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use drops_shared::backoff::Backoff;
 
-use super::drops::{self, DropRow};
+use super::drop_row::{self, DropRow};
 use crate::state::Core;
 use crate::tasks::{self, Next};
 
@@ -53,7 +53,7 @@ async fn sync(core: &Core, drop: &DropRow) -> anyhow::Result<()> {
 
 /// Pushes the terms of the drops the edge has not acknowledged.
 pub async fn sync_round(core: &Core) -> anyhow::Result<Next> {
-    for drop in drops::unsynced(&core.db, SYNC_BATCH).await? {
+    for drop in drop_row::unsynced(&core.db, SYNC_BATCH).await? {
         // The edge is likely down: the next round tries again.
         sync(core, &drop).await?;
     }

@@ -13,7 +13,7 @@
 //!    passed) are the job's shards opened (shards by follower id), so the push work
 //!    does not compete with the online delivery. A runner walks a shard in keyset chunks; each chunk, in one
 //!    transaction that also moves the shard's cursor, queues the chunk's offline
-//!    followers as a few push batches (see [`push::enqueue_followers`]), so each is queued once
+//!    followers as a few push batches (see [`push::enqueue`]), so each is queued once
 //!    per event through any restart. Runners take the shard that waited longest, so a
 //!    creator with a million followers takes turns with every other fan-out.
 
@@ -306,6 +306,39 @@ struct Job {
     queued_push: i64,
 }
 
+/// A chunk of a shard: how many followers it holds, the last of them, and those the
+/// online step did not tell on their socket (`fanout_online`), in id order.
+struct Chunk {
+    followers: i64,
+    last: Option<Uuid>,
+    offline: Vec<Uuid>,
+}
+
+/// The next [`CHUNK`] followers of the job's shard (`[lo, hi)`, after its cursor).
+async fn walk(conn: &mut sqlx::PgConnection, job: &Job) -> sqlx::Result<Chunk> {
+    let chunk = sqlx::query!(
+        r#"WITH chunk AS (
+               SELECT f.user_id FROM follows f
+               WHERE f.creator_id = $1 AND f.user_id >= $2 AND ($3::uuid IS NULL OR f.user_id < $3)
+                 AND ($4::uuid IS NULL OR f.user_id > $4)
+               ORDER BY f.user_id LIMIT $5)
+           SELECT (SELECT count(*) FROM chunk) AS "followers!",
+                  (SELECT user_id FROM chunk ORDER BY user_id DESC LIMIT 1) AS last,
+                  (SELECT coalesce(array_agg(c.user_id ORDER BY c.user_id), '{}') FROM chunk c
+                   WHERE NOT EXISTS (SELECT 1 FROM fanout_online o WHERE o.event_id = $6 AND o.user_id = c.user_id))
+                    AS "offline!""#,
+        job.creator_id,
+        job.lo,
+        job.hi,
+        job.after_user,
+        CHUNK,
+        job.event_id
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Chunk { followers: chunk.followers, last: chunk.last, offline: chunk.offline })
+}
+
 /// Queues the pushes of one chunk of one open shard; false when there was nothing to do.
 pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     let started = Instant::now();
@@ -318,20 +351,10 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
     .fetch_optional(&mut *tx)
     .await?;
     let Some(job) = job else { return Ok(false) };
+    let chunk = walk(&mut tx, &job).await?;
     // Ranked after the shard's batches so far: overlapping fan-outs take turns.
-    let chunk = push::enqueue_followers(
-        &mut tx,
-        job.event_id,
-        push::Followers {
-            creator_id: job.creator_id,
-            from: job.lo,
-            below: job.hi,
-            after: job.after_user,
-            limit: CHUNK,
-        },
-        job.queued_push / push::QUEUED_BATCH,
-    )
-    .await?;
+    let first_rank = job.queued_push / push::QUEUED_BATCH;
+    let queued = push::enqueue(&mut tx, job.event_id, &chunk.offline, push::Priority::Fanout, first_rank).await?;
     let done = chunk.followers < CHUNK;
     sqlx::query!(
         "UPDATE fanout_jobs SET after_user = COALESCE($3, after_user), queued_push = queued_push + $4,
@@ -340,12 +363,12 @@ pub async fn run_chunk(state: &Core) -> anyhow::Result<bool> {
         job.event_id,
         job.shard,
         chunk.last,
-        chunk.queued,
+        queued as i64,
         done
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::debug!(event_id = %job.event_id, shard = job.shard, followers = chunk.followers, queued = chunk.queued, took = ?started.elapsed(), "fan-out chunk queued");
+    tracing::debug!(event_id = %job.event_id, shard = job.shard, followers = chunk.followers, queued, took = ?started.elapsed(), "fan-out chunk queued");
     Ok(true)
 }

@@ -9,7 +9,6 @@
 pub mod inbox;
 pub mod live;
 pub mod push;
-pub mod web_push;
 
 use std::sync::Arc;
 

@@ -498,7 +498,7 @@ async fn bench(followers: i64, online_n: usize) -> anyhow::Result<()> {
     };
     let prepare_us = {
         use drops_origin::notifications::push::PushProvider;
-        let provider = drops_origin::notifications::web_push::WebPush::new(
+        let provider = drops_origin::notifications::push::web_push::WebPush::new(
             &URL_SAFE_NO_PAD.encode(vapid.to_bytes()),
             "mailto:bench@drops.dev",
         )?;

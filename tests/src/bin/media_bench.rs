@@ -18,22 +18,12 @@ use drops_tests::client::{client_address, token, Answer, Client};
 use drops_tests::Stack;
 use futures::future::join_all;
 use hdrhistogram::Histogram;
-use rand::RngCore;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 const FILE_BYTES: usize = 256 * 1024;
 /// Uploads per creator account: the edge allows 60 writes a 10 s window per user.
 const UPLOADS_PER_CREATOR: usize = 10;
-
-/// A PNG-headed file of `FILE_BYTES` (the edge reads the leading bytes; the rest is noise).
-fn png_file() -> Vec<u8> {
-    let mut file = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0\0\0\x01\0\x08\x06\0\0\0\0\0\0\0".to_vec();
-    let mut rest = vec![0u8; FILE_BYTES - file.len()];
-    rand::rng().fill_bytes(&mut rest);
-    file.extend(rest);
-    file
-}
 
 struct Run {
     label: String,
@@ -117,9 +107,9 @@ async fn main() {
     let client = stack.client();
     let creators: Vec<String> =
         (0..uploads.div_ceil(UPLOADS_PER_CREATOR)).map(|_| token(Uuid::now_v7(), Role::Creator)).collect();
-    let files: Vec<Vec<u8>> = (0..uploads).map(|_| png_file()).collect();
+    let files: Vec<Vec<u8>> = (0..uploads).map(|_| drops_tests::files::png_headed(FILE_BYTES)).collect();
     // The runtime warms up first (the first requests compile and start things).
-    let warm = png_file();
+    let warm = drops_tests::files::png_headed(FILE_BYTES);
     let warmed = client.upload(Some(&creators[0]), "", "image/png", &warm).await;
     assert_eq!(warmed.status.as_u16(), 201, "a first upload: {:?}", warmed.json());
     load("(warm-up)", 200, read_concurrency, |i| get(&client, "/healthz", i), |_| 0).await;

@@ -354,8 +354,7 @@ impl World {
     async fn upload(&self) {
         let creator = self.creator();
         let size = rand::rng().random_range(16 * 1024..64 * 1024);
-        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
-        bytes.extend((0..size).map(|_| rand::random::<u8>()));
+        let bytes = crate::files::png_headed(size);
         let req = self
             .http
             .post(self.edge("/v1/media"))

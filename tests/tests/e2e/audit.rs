@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use drops_shared::auth::Role;
 use drops_tests::client::{token, Answer, Client, Purchase};
+use drops_tests::files::png_of_size;
 use drops_tests::{Buyer, DropSpec, Stack};
 use futures::future::join_all;
 use reqwest::StatusCode;
@@ -76,36 +77,6 @@ async fn verify(client: &Client, admin: &str) -> Value {
     v.json()
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-/// A small PNG no one uploaded before (its pixels are a fresh id).
-fn fresh_png() -> Vec<u8> {
-    let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
-    let chunks: [(&[u8; 4], Vec<u8>); 3] = [
-        (b"IHDR", vec![0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0]),
-        (b"IDAT", Uuid::new_v4().as_bytes().to_vec()),
-        (b"IEND", Vec::new()),
-    ];
-    for (kind, data) in chunks {
-        file.extend((data.len() as u32).to_be_bytes());
-        let start = file.len();
-        file.extend(kind);
-        file.extend(&data);
-        let crc = crc32(&file[start..]);
-        file.extend(crc.to_be_bytes());
-    }
-    file
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_actions_are_recorded_with_their_actor_and_request_id() {
     let stack = Stack::shared().await;
@@ -136,7 +107,7 @@ async fn privileged_actions_are_recorded_with_their_actor_and_request_id() {
 
     // The creator uploads a picture, makes a product and an upcoming drop, then changes its terms.
     let creator = token(creator_user, Role::Creator);
-    let upload = client.upload(Some(&creator), "", "image/png", &fresh_png()).await;
+    let upload = client.upload(Some(&creator), "", "image/png", &png_of_size(100)).await;
     assert_eq!(upload.status, StatusCode::CREATED, "{:?}", upload.json());
     let image_url = upload.json()["url"].as_str().unwrap().to_owned();
     let key = image_url.trim_start_matches("/v1/media/").to_owned();

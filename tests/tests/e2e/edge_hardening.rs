@@ -23,6 +23,7 @@ use drops_shared::auth::Role;
 use drops_shared::media::{private_link, MediaKey, MAX_MEDIA_BYTES};
 use drops_shared::MAX_BODY_BYTES;
 use drops_tests::client::{token, webhook_body, Client};
+use drops_tests::files::png_headed;
 use drops_tests::{free_port, repo_root, wrangler_dev, wrangler_dev_until, DropSpec, Stack, WEBHOOK_SECRET};
 use futures::future::join_all;
 use reqwest::StatusCode;
@@ -516,16 +517,6 @@ async fn production_serves_no_development_route() {
 
 // ---- Ranges.
 
-/// `size` bytes the edge takes for a PNG (it reads the signature) and no other
-/// file has: the signature, then noise.
-fn png_of_size(size: usize) -> Vec<u8> {
-    use rand::RngCore;
-    let mut file = vec![0u8; size];
-    rand::rng().fill_bytes(&mut file);
-    file[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
-    file
-}
-
 /// `n` concurrent `GET path` with `range`, each from an address of its own: each must
 /// be a 206 of `bytes[first..=last]` with its `Content-Range`.
 async fn ranges(edge: &str, path: &str, range: &str, n: usize, bytes: &[u8], (first, last): (usize, usize)) {
@@ -553,11 +544,11 @@ async fn range_requests_read_only_their_range() {
     let _measuring = MEASURED.lock().await;
     let client = Client { edge: edge.url.clone(), ..stack.client() };
     let who = token(Uuid::now_v7(), Role::Creator);
-    let public = png_of_size(MAX_MEDIA_BYTES);
+    let public = png_headed(MAX_MEDIA_BYTES);
     let up = client.upload(Some(&who), "", "image/png", &public).await;
     assert_eq!(up.status, StatusCode::CREATED, "{:?}", up.json());
     let public_path = MediaKey::of(&public).expect("a png").public_path();
-    let private = png_of_size(MAX_MEDIA_BYTES);
+    let private = png_headed(MAX_MEDIA_BYTES);
     let up = client.upload(Some(&who), "?visibility=private", "image/png", &private).await;
     assert_eq!(up.status, StatusCode::CREATED, "{:?}", up.json());
     let link = up.json()["url"].as_str().expect("a link").to_owned();
@@ -613,7 +604,7 @@ async fn outside_development_the_edge_refuses_development_and_short_secrets() {
     short.expect("the edge with a short secret runs");
 
     let http = reqwest::Client::new();
-    let key = MediaKey::of(&png_of_size(100)).expect("a png");
+    let key = MediaKey::of(&png_headed(100)).expect("a png");
     // A link to a private file, forged with the development secret.
     let forged = private_link(DEV_MEDIA_LINK_SECRET.as_bytes(), &key, Utc::now().timestamp() + 600);
     let buyer = token(Uuid::now_v7(), Role::Buyer);

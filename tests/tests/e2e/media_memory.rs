@@ -11,13 +11,14 @@ use drops_shared::media::{MediaKey, MAX_MEDIA_BYTES};
 use std::time::Duration;
 
 use drops_tests::client::{client_address, token};
+use drops_tests::files::png_of_size;
 use drops_tests::Stack;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::media::{png_of_size, raw_upload, Framing};
+use crate::media::{raw_upload, Framing};
 
 /// A quarter of the isolate's 128 MB: what ten 10 MiB uploads of declared length
 /// may grow the Worker's memory to. Buffered whole, they took it to 91.9 MiB.

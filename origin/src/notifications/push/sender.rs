@@ -7,9 +7,30 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{count, Outcome, Subscription, SubscriptionKeys, IN_FLIGHT, LEASE_SECS, MAX_ATTEMPTS, RETRY, SEND_CHUNK};
+use drops_shared::backoff::Backoff;
+
+use super::provider::{Outcome, Subscription, SubscriptionKeys};
 use crate::notifications::NotificationsState;
 use crate::tasks::{Next, Workers};
+
+const MAX_ATTEMPTS: i32 = 8;
+/// Users of a batch sent before the sender records how far it got: a sender that dies
+/// mid-batch leaves at most this many to be pushed twice.
+pub const SEND_CHUNK: usize = 50;
+/// Between attempts at one delivery.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(600));
+/// How often the sender looks for due batches when it has caught up.
+pub const IDLE: Duration = Duration::from_millis(200);
+/// A claimed delivery is its sender's for this long (seconds): far longer than its
+/// send may take (the provider's deadline) and the settling after, so no other round
+/// sends it meanwhile; a sender that died leaves it due again once the lease is over.
+const LEASE_SECS: f64 = 60.0;
+/// Batches one sender has out at once (their requests bounded per host by the provider).
+const IN_FLIGHT: usize = 8;
+
+fn count(outcome: &'static str) {
+    metrics::counter!("drops_push_deliveries_total", "outcome" => outcome).increment(1);
+}
 
 /// A batch a sender has claimed. `attempts` counts this attempt and marks the claim:
 /// recording touches the batch only while it still has the same count. `sent` users
@@ -27,7 +48,7 @@ struct Claimed {
 }
 
 /// The sender: claims due batches one at a time and sends each in a task of its own,
-/// so a batch waiting on slow endpoints (up to [`SEND_DEADLINE`]) holds up nothing due
+/// so a batch waiting on slow endpoints (up to the provider's deadline) holds up nothing due
 /// meanwhile: it keeps claiming while fewer than [`IN_FLIGHT`] batches are out
 /// (`slots`), and returns once nothing is due. The batch tasks are the `workers'`, so
 /// stopping the origin lets the batches out finish and settle: a stop does not make

@@ -27,7 +27,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use web_push_native::jwt_simple::algorithms::ES256KeyPair;
 use web_push_native::vapid::VapidSignature;
 
-use super::push::{Prepared, PushProvider, Subscription};
+use super::provider::{Prepared, PushProvider, Subscription};
 
 /// The record size written in the header; a message is one record.
 const RECORD_SIZE: u32 = 4096;
@@ -161,7 +161,7 @@ mod tests {
     use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
 
     use super::*;
-    use crate::notifications::push::SubscriptionKeys;
+    use crate::notifications::push::provider::SubscriptionKeys;
 
     fn browser() -> (web_push_native::p256::SecretKey, [u8; 16], Subscription) {
         let secret = web_push_native::p256::SecretKey::random(&mut OsRng);
