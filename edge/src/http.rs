@@ -127,6 +127,8 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> EdgeResult<Vec<u8>> {
 pub const WASM_MEMORY_HEADER: &str = "x-dev-wasm-memory-bytes";
 /// The development-only header of `/healthz` naming [`instance_started_ms`].
 pub const INSTANCE_STARTED_HEADER: &str = "x-dev-instance-started-ms";
+/// The development-only header of `/healthz` carrying [`crate::census::header_value`].
+pub const CENSUS_HEADER: &str = "x-dev-census";
 
 thread_local! {
     static STARTED_MS: std::cell::OnceCell<i64> = const { std::cell::OnceCell::new() };

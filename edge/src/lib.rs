@@ -16,8 +16,10 @@
 //! - [`internal`]: the signed routes the origin calls (`/internal/v1/...`).
 //! - [`origin`]: signed calls to the origin, and the proxy for routes the origin owns.
 //! - [`http`]: responses, problems, request ids, bounded body reads, the clock.
+//! - [`census`]: what the isolate holds (heap bytes, live objects, map entries), for `/healthz` in development.
 //! - [`config`]: every binding, setting and secret, parsed once per isolate.
 
+mod census;
 mod config;
 mod http;
 mod internal;
@@ -33,6 +35,9 @@ mod router;
 mod sqlite;
 
 pub use inventory_object::DropInventory;
+
+#[global_allocator]
+static ALLOCATOR: census::CountingAllocator = census::CountingAllocator;
 
 use worker::{event, Context, Env, Request, Response, Result};
 

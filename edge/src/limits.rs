@@ -34,6 +34,11 @@ thread_local! {
     static REFUSED: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
 }
 
+/// Refusals this isolate remembers (expired ones included until pruned).
+pub fn refusals_remembered() -> usize {
+    REFUSED.with(|r| r.borrow().len())
+}
+
 fn remembered(memo: &str, now: i64) -> bool {
     REFUSED.with(|r| r.borrow().get(memo).is_some_and(|until| *until > now))
 }

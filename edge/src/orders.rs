@@ -42,6 +42,11 @@ pub async fn create(mut req: Request, env: &Env, drop_id: Uuid) -> EdgeResult {
     Ok(problem_bytes(409, body)?)
 }
 
+/// How many drops this isolate holds a sold-out memo for, for [`crate::census`].
+pub fn sold_out_memos_held() -> usize {
+    sold_out::held()
+}
+
 fn problem_bytes(status: u16, body: Vec<u8>) -> worker::Result<worker::Response> {
     let headers = worker::Headers::new();
     headers.set("content-type", drops_shared::problem::PROBLEM_CONTENT_TYPE)?;
@@ -105,6 +110,11 @@ mod sold_out {
 
     thread_local! {
         static MEMOS: RefCell<Memos> = RefCell::new(Memos::default());
+    }
+
+    /// How many drops this isolate holds a memo for (expired ones included until pruned).
+    pub fn held() -> usize {
+        MEMOS.with(|m| m.borrow().0.len())
     }
 
     pub fn known(drop_id: Uuid, user_id: Uuid) -> bool {

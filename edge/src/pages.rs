@@ -71,6 +71,11 @@ thread_local! {
     static FLIGHTS: RefCell<HashMap<String, Flight>> = RefCell::new(HashMap::new());
 }
 
+/// Keys this isolate holds a claim or a remembered answer for.
+pub fn flights_held() -> usize {
+    FLIGHTS.with(|f| f.borrow().len())
+}
+
 /// A claim older than this is presumed abandoned.
 const CLAIM_TIMEOUT_MS: i64 = 10_000;
 /// How long concurrent misses wait for the claimant's page.

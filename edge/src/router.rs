@@ -66,12 +66,14 @@ pub async fn handle(req: Request, env: &Env, ctx: &Context, request_id: &str) ->
 /// memory has grown (`x-dev-wasm-memory-bytes`): linear memory never shrinks, so
 /// this is the high-water mark of everything the Worker and its objects held at
 /// once, which tests hold against the isolate's 128 MB; and when the instance
-/// started (`x-dev-instance-started-ms`), which changes if it is restarted.
+/// started (`x-dev-instance-started-ms`), which changes if it is restarted; and
+/// what the isolate holds (`x-dev-census`, see [`crate::census`]).
 fn healthz(env: &Env) -> EdgeResult {
     let mut resp = http::json(200, &serde_json::json!({"status": "ok"}))?;
     if EdgeConfig::get(env)?.development {
         resp.headers_mut().set(http::WASM_MEMORY_HEADER, &http::wasm_memory_bytes().to_string())?;
         resp.headers_mut().set(http::INSTANCE_STARTED_HEADER, &http::instance_started_ms().to_string())?;
+        resp.headers_mut().set(http::CENSUS_HEADER, &crate::census::header_value())?;
     }
     Ok(resp)
 }

@@ -23,7 +23,7 @@ impl DropInventory {
         self.alarm_at.set(None);
         let now = now_ms();
         storage::sweep_answers(&self.sql(), now)?;
-        self.answered.borrow_mut().retain(|_, at| *at > now - storage::IDEMPOTENCY_TTL_MS);
+        self.answered.borrow_mut().forget_until(now - storage::IDEMPOTENCY_TTL_MS);
         self.expire_holds(now)?;
         match EdgeConfig::get(&self.env) {
             Ok(cfg) => self.deliver_outbound(&cfg, now).await?,

@@ -84,6 +84,41 @@ fn answer_key(user_id: Uuid, key: &str) -> u64 {
     hasher.finish()
 }
 
+/// When each (user, key) with a kept answer was answered, counted in [`crate::census`].
+#[derive(Default)]
+pub(super) struct AnsweredKeys(HashMap<u64, i64>);
+
+impl AnsweredKeys {
+    pub(super) fn contains(&self, key: u64) -> bool {
+        self.0.contains_key(&key)
+    }
+
+    pub(super) fn insert(&mut self, key: u64, at_ms: i64) {
+        if self.0.insert(key, at_ms).is_none() {
+            crate::census::answers_held(1);
+        }
+    }
+
+    /// Forgets the answers given at or before `cutoff_ms`.
+    pub(super) fn forget_until(&mut self, cutoff_ms: i64) {
+        let before = self.0.len();
+        self.0.retain(|_, at| *at > cutoff_ms);
+        crate::census::answers_held(self.0.len() as i64 - before as i64);
+    }
+
+    fn replace(&mut self, answers: impl IntoIterator<Item = (u64, i64)>) {
+        let before = self.0.len();
+        self.0 = answers.into_iter().collect();
+        crate::census::answers_held(self.0.len() as i64 - before as i64);
+    }
+}
+
+impl Drop for AnsweredKeys {
+    fn drop(&mut self) {
+        crate::census::answers_held(-(self.0.len() as i64));
+    }
+}
+
 #[durable_object(alarm)]
 pub struct DropInventory {
     state: State,
@@ -93,7 +128,7 @@ pub struct DropInventory {
     drop_id: Cell<Option<Uuid>>,
     /// When each (user, key) with a kept answer was answered, by [`answer_key`]: a
     /// fresh purchase is known to be fresh without reading storage.
-    answered: RefCell<HashMap<u64, i64>>,
+    answered: RefCell<AnsweredKeys>,
     /// The alarm this instance has set, to avoid re-setting it on every request.
     alarm_at: Cell<Option<i64>>,
     /// Buy attempts decided since this instance loaded.
@@ -112,7 +147,7 @@ impl DropInventory {
         self.drop_id.set(loaded.as_ref().map(|(id, _)| *id));
         self.inventory.replace(loaded.map(|(_, inv)| inv));
         let answered = storage::recent_answers(&sql, crate::http::now_ms())?;
-        self.answered.replace(answered.into_iter().map(|(user, key, at)| (answer_key(user, &key), at)).collect());
+        self.answered.borrow_mut().replace(answered.into_iter().map(|(user, key, at)| (answer_key(user, &key), at)));
         Ok(())
     }
 
@@ -159,6 +194,12 @@ impl DropInventory {
     }
 }
 
+impl Drop for DropInventory {
+    fn drop(&mut self) {
+        crate::census::object_freed();
+    }
+}
+
 impl worker::DurableObject for DropInventory {
     fn new(state: State, env: Env) -> Self {
         let object = Self {
@@ -166,10 +207,11 @@ impl worker::DurableObject for DropInventory {
             env,
             inventory: RefCell::new(None),
             drop_id: Cell::new(None),
-            answered: RefCell::new(HashMap::new()),
+            answered: RefCell::new(AnsweredKeys::default()),
             alarm_at: Cell::new(None),
             decisions: Cell::new(0),
         };
+        crate::census::object_started();
         if let Err(e) = object.open() {
             worker::console_error!("inventory object could not load: {e}");
         }

@@ -122,7 +122,7 @@ impl DropInventory {
         let fingerprint = fingerprint(cmd);
         let sql = self.sql();
         let answer_key = answer_key(cmd.user_id, &cmd.idempotency_key);
-        if self.answered.borrow().contains_key(&answer_key) {
+        if self.answered.borrow().contains(answer_key) {
             let since = now - IDEMPOTENCY_TTL_MS;
             if let Some(row) = storage::earlier_answer(&sql, cmd.user_id, &cmd.idempotency_key, since)? {
                 return if row.fingerprint == fingerprint {

@@ -168,6 +168,14 @@ async fn soak(args: &[String]) -> anyhow::Result<()> {
         reconcile_out.lines().find_map(|l| l.strip_suffix(" repair(s)")).and_then(|n| n.trim().parse().ok());
     let loop_repairs: i64 =
         sqlx::query_scalar("SELECT count(*) FROM reconcile_audit").fetch_one(&db).await.unwrap_or(-1);
+    // Which repairs the loop made, and why: drift in normal traffic is either the
+    // loop racing the event flow or a fault, and the reasons tell which.
+    let repairs_by_kind: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT repair, reason, count(*) FROM reconcile_audit GROUP BY repair, reason ORDER BY count(*) DESC",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap_or_default();
     drop(origin);
 
     let tables = report::tables(&run.samples, &run.world.stats);
@@ -210,6 +218,9 @@ async fn soak(args: &[String]) -> anyhow::Result<()> {
         final_repairs.map_or("?".into(), |r| r.to_string()),
         loop_repairs
     );
+    for (repair, reason, count) in &repairs_by_kind {
+        let _ = writeln!(summary, "  {count} × {repair}: {reason}");
+    }
     let _ = writeln!(
         summary,
         "errors (ours, 5xx or no answer): {:?}",

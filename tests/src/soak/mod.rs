@@ -74,7 +74,7 @@ fn progress(s: &Sample) -> String {
     };
     format!(
         "[{:5.1} min] {} req; RSS MiB: {}; wasm MiB edge {:.1?} ceiling {:.1?}; PG conns {}; Redis {:.1} MiB; \
-         unpublished {:.0} ({:.1} s), unfinished {:.0} ({:.1} s); p99 ms card {} buy {} pay {} ceiling {}; errors {:?}",
+         unpublished {:.0} ({:.1} s), unfinished {:.0} ({:.1} s); p99 ms card {} buy {} pay {} ceiling {}; errors {:?}; edge census {}",
         s.at_secs / 60.0,
         s.requests,
         procs.join(", "),
@@ -90,7 +90,8 @@ fn progress(s: &Sample) -> String {
         p99(stats::Family::Buy),
         p99(stats::Family::Pay),
         p99(stats::Family::Ceiling),
-        s.errors
+        s.errors,
+        s.edge_census.as_deref().unwrap_or("—"),
     )
 }
 

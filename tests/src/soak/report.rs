@@ -74,6 +74,9 @@ pub fn verdicts(samples: &[Sample]) -> Vec<Verdict> {
     if let (Some(b), Some(e)) = (base.edge_wasm_mib, end.edge_wasm_mib) {
         add("edge Worker's wasm memory".into(), b, e);
     }
+    if let (Some(b), Some(e)) = (base.edge_heap_mib, end.edge_heap_mib) {
+        add("edge Worker's Rust heap in use".into(), b, e);
+    }
     if let (Some(b), Some(e)) = (base.ceiling_wasm_mib, end.ceiling_wasm_mib) {
         add("ceiling Worker's wasm memory".into(), b, e);
     }

@@ -35,6 +35,11 @@ pub struct Sample {
     pub procs: Vec<ProcSample>,
     /// `x-dev-wasm-memory-bytes` of the edge's `/healthz`, MiB.
     pub edge_wasm_mib: Option<f64>,
+    /// `x-dev-census` of the same answer: the Rust heap's bytes in use, the
+    /// inventory objects alive in the isolate, and each in-memory map's entries.
+    pub edge_census: Option<String>,
+    /// The rust heap's bytes in use, from the census, MiB.
+    pub edge_heap_mib: Option<f64>,
     /// The same of the ceiling Worker, MiB.
     pub ceiling_wasm_mib: Option<f64>,
     /// Connections to the run's database (`pg_stat_activity`).
@@ -171,9 +176,20 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn wasm_mib(http: &reqwest::Client, url: &str) -> Option<f64> {
-    let resp = http.get(url).timeout(Duration::from_secs(10)).send().await.ok()?;
-    let bytes: f64 = resp.headers().get("x-dev-wasm-memory-bytes")?.to_str().ok()?.parse().ok()?;
-    Some(bytes / 1_048_576.0)
+    edge_memory(http, url).await.0
+}
+
+/// The wasm memory (MiB) and the census a Worker's development headers report.
+async fn edge_memory(http: &reqwest::Client, url: &str) -> (Option<f64>, Option<String>) {
+    let Ok(resp) = http.get(url).timeout(Duration::from_secs(10)).send().await else { return (None, None) };
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let wasm = header("x-dev-wasm-memory-bytes").and_then(|v| v.parse::<f64>().ok()).map(|b| b / 1_048_576.0);
+    (wasm, header("x-dev-census"))
+}
+
+/// One `key=value` figure of a census.
+pub fn census_figure(census: &str, key: &str) -> Option<f64> {
+    census.split(',').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 impl Sampler {
@@ -185,7 +201,9 @@ impl Sampler {
                 Some(ProcSample { label, pid, rss_mib, anon_mib })
             })
             .collect();
-        let edge_wasm_mib = wasm_mib(&self.http, &format!("{}/healthz", self.edge_url)).await;
+        let (edge_wasm_mib, edge_census) = edge_memory(&self.http, &format!("{}/healthz", self.edge_url)).await;
+        let edge_heap_mib =
+            edge_census.as_deref().and_then(|c| census_figure(c, "heap_in_use")).map(|b| b / 1_048_576.0);
         let ceiling_wasm_mib = match &self.ceiling_url {
             Some(url) => wasm_mib(&self.http, &format!("{url}/fixed")).await,
             None => None,
@@ -216,6 +234,8 @@ impl Sampler {
             at_secs,
             procs,
             edge_wasm_mib,
+            edge_census,
+            edge_heap_mib,
             ceiling_wasm_mib,
             pg_connections: backends.len() as i64,
             pg_backends_rss_mib,
