@@ -22,15 +22,11 @@
 //! settling an order, a creator's follower count).
 //!
 //! Plumbing every area stands on: [`state`] (the [`state::Core`] every area state
-//! holds), [`config`], [`error`] (the one error type, rendered as problem+json),
-//! [`extract`] (auth, strict JSON and query, signed internal calls), [`paging`],
-//! [`client_address`] (who the client is, behind trusted proxies),
+//! holds), [`config`], [`http`] (the one error type, extractors, paging, client
+//! addresses, overload, keep-alive, serving, health, the OpenAPI document),
 //! [`events`] (outbox, relay, consumer groups), [`edge`] (signed calls to the
 //! edge), [`users`], [`tasks`] (background workers, retries), [`metrics`],
-//! [`overload`] (per-client limits, slow bodies, load shedding), [`keepalive`]
-//! (closing what must close), [`server`] (serving with slow clients bounded),
-//! [`telemetry`], [`health`],
-//! [`openapi`], [`dashboard`] (the page people watch a drop's analytics on).
+//! [`telemetry`], [`dashboard`] (the page people watch a drop's analytics on).
 //!
 //! Only [`startup`] (routers and background workers) and [`cli`] see every area.
 
@@ -38,25 +34,17 @@ pub mod analytics;
 pub mod audit;
 pub mod catalogue;
 pub mod cli;
-pub mod client_address;
 pub mod config;
 pub mod dashboard;
 pub mod edge;
-pub mod error;
 pub mod events;
-pub mod extract;
 pub mod followers;
-pub mod health;
-pub mod keepalive;
+pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod notifications;
-pub mod openapi;
 pub mod orders;
-pub mod overload;
-pub mod paging;
 pub mod payments;
-pub mod server;
 pub mod startup;
 pub mod state;
 pub mod tasks;

@@ -22,8 +22,8 @@ use drops_shared::internal::{Endpoint, RefusalsNoted, ReportRefusals};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::error::Refusal;
-use crate::extract::{method_of, Answer, Signed};
+use crate::http::error::Refusal;
+use crate::http::extract::{method_of, Answer, Signed};
 use crate::state::Core;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -24,21 +24,21 @@ use tower_http::trace::TraceLayer;
 
 use crate::catalogue::purge::Purger;
 use crate::catalogue::CatalogueState;
-use crate::client_address::{self, TrustedProxies};
 use crate::config::Settings;
-use crate::error::problem_response;
 use crate::events::bus::{Consumer, Handler, Interest};
-use crate::health::Readiness;
+use crate::http::client_address::{self, TrustedProxies};
+use crate::http::error::problem_response;
+use crate::http::health::Readiness;
+use crate::http::overload::{self, Guard};
+use crate::http::{extract, health, keepalive, openapi, server};
 use crate::metrics::GaugeSource;
 use crate::notifications::NotificationsState;
 use crate::orders::OrdersState;
-use crate::overload::{self, Guard};
 use crate::payments::{Payments, PaymentsState};
 use crate::state::Core;
 use crate::tasks::{Next, Workers};
 use crate::{
-    analytics, audit, catalogue, dashboard, events, extract, followers, health, keepalive, media, metrics,
-    notifications, openapi, orders, payments, server,
+    analytics, audit, catalogue, dashboard, events, followers, media, metrics, notifications, orders, payments,
 };
 
 /// Every area's state, built once.

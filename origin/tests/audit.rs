@@ -7,7 +7,7 @@
 mod support;
 
 use drops_origin::audit::{self, chain, NewEntry};
-use drops_origin::extract::RequestId;
+use drops_origin::http::extract::RequestId;
 use drops_origin::App;
 use drops_shared::auth::{Identity, Role};
 use serde_json::json;

@@ -30,8 +30,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::catalogue::facts::{self, DropFacts};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, AuthUser};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, AuthUser};
 use crate::state::Core;
 
 pub const CONSUMER: &str = "analytics";
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn both_routes_are_documented_with_their_answers() {
         use utoipa::OpenApi;
-        let doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(crate::http::openapi::ApiDoc::openapi()).unwrap();
         for path in ["/v1/drops/{drop_id}/analytics", "/v1/creators/{creator_id}/analytics"] {
             let responses = doc["paths"][path]["get"]["responses"].as_object().unwrap();
             for status in ["200", "401", "404", "429", "503"] {

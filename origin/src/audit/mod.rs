@@ -46,9 +46,9 @@ pub use chain::{append as append_chained, NewEntry};
 pub use sequencer::{settled, stage as append};
 
 use crate::config::AuditSettings;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admins, Authorized, StrictQuery};
-use crate::paging;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{Admins, Authorized, StrictQuery};
+use crate::http::paging;
 use crate::state::Core;
 
 /// The longest `subject_id` a filter may name (ids in the log are far shorter).

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::CatalogueState;
 use crate::audit::{self, NewEntry};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, Admins, Authorized, RequestId, StrictJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, Admins, Authorized, RequestId, StrictJson};
 use crate::users;
 
 pub fn router() -> Router<CatalogueState> {

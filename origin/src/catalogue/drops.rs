@@ -16,10 +16,10 @@ use uuid::Uuid;
 use super::drop_row::{load, DropRow};
 use super::{creators, products, terms, CatalogueState};
 use crate::audit::{self, NewEntry};
-use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::extract::{path_id, Authorized, RequestId, Sellers, StrictJson, StrictQuery};
-use crate::paging::{self, PageQuery};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, Authorized, RequestId, Sellers, StrictJson, StrictQuery};
+use crate::http::paging::{self, PageQuery};
 use crate::state::Core;
 
 pub fn router() -> Router<CatalogueState> {

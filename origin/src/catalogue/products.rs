@@ -15,8 +15,8 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::{creators, CatalogueState};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{Authorized, Sellers, StrictJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{Authorized, Sellers, StrictJson};
 use crate::media;
 
 pub fn router() -> Router<CatalogueState> {

@@ -27,10 +27,10 @@ use redis::AsyncCommands;
 use uuid::Uuid;
 
 use crate::catalogue::{self, FollowerCounts};
-use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::extract::{path_id, AuthUser, StrictQuery};
-use crate::paging::{self, PageQuery};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, AuthUser, StrictQuery};
+use crate::http::paging::{self, PageQuery};
 use crate::state::Core;
 
 pub const CONSUMER: &str = "followers";

@@ -26,8 +26,8 @@ use drops_shared::problem::ErrorCode;
 use sqlx::{Connection, PgConnection, PgExecutor};
 
 use crate::audit::{self, NewEntry};
-use crate::error::ApiError;
-use crate::extract::{method_of, Answer, RequestId, Signed};
+use crate::http::error::ApiError;
+use crate::http::extract::{method_of, Answer, RequestId, Signed};
 use crate::state::Core;
 
 pub fn router(core: Core) -> Router {

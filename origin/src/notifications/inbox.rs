@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::live::{self, LiveMessage};
 use super::{push, NotificationsState};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, AuthUser, StrictQuery};
-use crate::paging::{self, PageQuery};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, AuthUser, StrictQuery};
+use crate::http::paging::{self, PageQuery};
 use crate::payments;
 use crate::state::Core;
 

@@ -12,9 +12,9 @@ use drops_shared::problem::ErrorCode;
 use uuid::Uuid;
 
 use super::{edge_sync, lifecycle, OrdersState};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{path_id, AuthUser, StrictQuery};
-use crate::paging::{self, PageQuery};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{path_id, AuthUser, StrictQuery};
+use crate::http::paging::{self, PageQuery};
 use crate::payments;
 
 const ORDERS_LIST: &str = "orders";

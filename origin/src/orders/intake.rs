@@ -14,8 +14,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{lifecycle, OrdersState};
-use crate::error::ApiError;
-use crate::extract::{method_of, Answer, Signed};
+use crate::http::error::ApiError;
+use crate::http::extract::{method_of, Answer, Signed};
 use crate::payments::store::PaymentRequest;
 use crate::{events, payments, users};
 

@@ -24,8 +24,8 @@ use drops_shared::backoff::Backoff;
 use secrecy::ExposeSecret;
 
 use super::{Cancellation, PaymentProvider, PaymentStatus, PaymentsState};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{AuthUser, StrictJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{AuthUser, StrictJson};
 use crate::tasks;
 
 /// How the sandbox redelivers a webhook the origin did not take, as a provider does.

@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{store, PaymentStatus, PaymentsState, Settled};
-use crate::error::{ApiError, ApiResult};
 use crate::events;
+use crate::http::error::{ApiError, ApiResult};
 
 pub fn router() -> Router<PaymentsState> {
     Router::new().route("/v1/webhooks/payments", post(receive))

@@ -19,7 +19,7 @@ use super::tickets::{
     Presented, UNKNOWN_TICKET,
 };
 use super::{HEARTBEAT, PRESENCE_TTL_SECS};
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 use crate::notifications::NotificationsState;
 
 /// The close code of a socket whose credentials expired (4000–4999: the application's).

@@ -15,8 +15,8 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
-use crate::extract::AuthUser;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::AuthUser;
 use crate::notifications::NotificationsState;
 
 /// How long a stream ticket may wait to be used.

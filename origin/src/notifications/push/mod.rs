@@ -46,8 +46,8 @@ use secrecy::ExposeSecret;
 
 use super::NotificationsState;
 use crate::config::{PushProvider as ProviderSettings, Settings};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{AuthUser, StrictJson};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{AuthUser, StrictJson};
 
 pub mod endpoint;
 pub mod provider;

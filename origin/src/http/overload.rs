@@ -72,9 +72,9 @@ use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::client_address::ClientAddress;
 use crate::config::{Rate, Settings};
-use crate::error::{problem_response, Refusal};
+use crate::http::client_address::ClientAddress;
+use crate::http::error::{problem_response, Refusal};
 
 /// Routes outside `/internal/` that are signed by their caller and so not held to
 /// the per-client limits (the payment webhook).

@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 use crate::state::Core;
 use crate::users;
 

@@ -16,8 +16,8 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
-use crate::error::ApiResult;
 use crate::events;
+use crate::http::error::ApiResult;
 use crate::state::Core;
 
 /// How often readiness is checked.
