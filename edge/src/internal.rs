@@ -5,7 +5,7 @@
 //! (`INTERNAL_LIMITER`), and never past [`MAX_INTERNAL_BODY`].
 //! In development only, [`DEV_PREFIX`] serves routes for tests (see [`DevRoute`]).
 
-use drops_shared::internal::{Body, EdgeRoute, Endpoint, Purge, PurgeAck, PutTerms};
+use drops_shared::internal::{Body, EdgeRoute, Endpoint, GetInventoryHolds, HoldsAfter, Purge, PurgeAck, PutTerms};
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{verify_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use worker::{Env, Request};
@@ -90,6 +90,10 @@ pub async fn handle(mut req: Request, env: &Env) -> EdgeResult {
             object(r.drop_id, Command::PutTerms { terms }).await?
         }
         EdgeRoute::GetInventory(r) => object(r.drop_id, Command::Snapshot).await?,
+        EdgeRoute::GetInventoryHolds(r) => {
+            let HoldsAfter { after, limit } = <GetInventoryHolds as Endpoint>::Request::from_bytes(&body)?;
+            object(r.drop_id, Command::Holds { after, limit }).await?
+        }
         EdgeRoute::MoveHold(r) => {
             object(r.drop_id, Command::MoveHold { reservation_id: r.reservation_id, action: r.action }).await?
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drops_shared::internal::{
-    Body, Empty, Endpoint, GetInventory, HoldAction, HoldOutcome, InventorySnapshot, InventoryTerms, MoveHold, Purge,
-    PurgeRequest, PutTerms,
+    Body, Empty, Endpoint, GetInventory, GetInventoryHolds, HoldAction, HoldOutcome, HoldsAfter, HoldsPage,
+    InventorySnapshot, InventoryTerms, MoveHold, Purge, PurgeRequest, PutTerms, HOLDS_PAGE,
 };
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::{sign_internal, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -88,12 +88,33 @@ impl EdgeClient {
     }
 
     /// The full inventory of a drop, for reconciliation; `None` when the edge has none.
+    /// The drop's inventory with every hold, fetched a page at a time (the edge
+    /// builds at most [`HOLDS_PAGE`] holds per answer). Holds are read in
+    /// reservation id order while the drop goes on selling: a hold is seen once, in
+    /// the state it had when its page was read, and one granted meanwhile may be
+    /// missing, as it would be from a snapshot taken a moment earlier.
     pub async fn snapshot(&self, drop_id: Uuid) -> anyhow::Result<Option<InventorySnapshot>> {
-        match self.call(&GetInventory { drop_id }, &Empty).await {
-            Ok(snapshot) => Ok(Some(snapshot)),
-            Err(CallError::Refused { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+        let mut snapshot = match self.call(&GetInventory { drop_id }, &Empty).await {
+            Ok(snapshot) => snapshot,
+            Err(CallError::Refused { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(after) = snapshot.holds_after.take() {
+            let next = self.holds_after(drop_id, after, HOLDS_PAGE).await?;
+            anyhow::ensure!(
+                next.next_after.is_none_or(|n| n > after),
+                "the edge's pages of holds for drop {drop_id} do not move forward"
+            );
+            snapshot.holds.extend(next.holds);
+            snapshot.holds_after = next.next_after;
         }
+        Ok(Some(snapshot))
+    }
+
+    /// At most `limit` of a drop's holds after reservation `after` (the edge caps
+    /// `limit` at [`HOLDS_PAGE`]), and where the next page starts.
+    pub async fn holds_after(&self, drop_id: Uuid, after: Uuid, limit: u32) -> anyhow::Result<HoldsPage> {
+        Ok(self.call(&GetInventoryHolds { drop_id }, &HoldsAfter { after, limit }).await?)
     }
 
     pub async fn move_hold(&self, drop_id: Uuid, reservation_id: Uuid, action: HoldAction) -> anyhow::Result<HoldMove> {

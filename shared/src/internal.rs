@@ -11,6 +11,7 @@
 //! | [`ReportExpiry`] | origin | `POST /internal/v1/orders/{order_id}/expired` |
 //! | [`PutTerms`] | edge | `POST /internal/v1/drops/{drop_id}/inventory` |
 //! | [`GetInventory`] | edge | `GET /internal/v1/drops/{drop_id}/inventory` |
+//! | [`GetInventoryHolds`] | edge | `POST /internal/v1/drops/{drop_id}/inventory/holds` |
 //! | [`MoveHold`] | edge | `POST /internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}` |
 //! | [`Purge`] | edge | `POST /internal/v1/purge` |
 //! | [`ReportRefusals`] | origin | `POST /internal/v1/refusals` |
@@ -73,6 +74,8 @@ macro_rules! json_bodies {
 }
 
 json_bodies!(
+    HoldsAfter,
+    HoldsPage,
     ReservationBatch,
     ReservationsTaken,
     HoldExpiry,
@@ -231,8 +234,10 @@ endpoints! {
     ReportExpiry { order_id: Uuid } = Post "/internal/v1/orders/{order_id}/expired", HoldExpiry => ExpiryAck;
     /// edge: the origin creates or updates a drop's inventory; answers the snapshot.
     PutTerms { drop_id: Uuid } = Post "/internal/v1/drops/{drop_id}/inventory", InventoryTerms => InventorySnapshot;
-    /// edge: the full inventory of a drop, for reconciliation.
+    /// edge: the inventory of a drop, for reconciliation, with its first page of holds.
     GetInventory { drop_id: Uuid } = Get "/internal/v1/drops/{drop_id}/inventory", Empty => InventorySnapshot;
+    /// edge: the next page of a drop's holds, in reservation id order.
+    GetInventoryHolds { drop_id: Uuid } = Post "/internal/v1/drops/{drop_id}/inventory/holds", HoldsAfter => HoldsPage;
     /// edge: sell a hold, return its units, or take released units again (idempotent).
     MoveHold { drop_id: Uuid, reservation_id: Uuid, action: HoldAction } =
         Post "/internal/v1/drops/{drop_id}/holds/{reservation_id}/{action}", Empty => HoldOutcome;
@@ -250,6 +255,7 @@ endpoints! {
 pub enum EdgeRoute {
     PutTerms(PutTerms),
     GetInventory(GetInventory),
+    GetInventoryHolds(GetInventoryHolds),
     MoveHold(MoveHold),
     Purge(Purge),
 }
@@ -258,6 +264,7 @@ impl EdgeRoute {
     pub fn parse(method: &str, path: &str) -> Option<Self> {
         None.or_else(|| PutTerms::matches(method, path).map(Self::PutTerms))
             .or_else(|| GetInventory::matches(method, path).map(Self::GetInventory))
+            .or_else(|| GetInventoryHolds::matches(method, path).map(Self::GetInventoryHolds))
             .or_else(|| MoveHold::matches(method, path).map(Self::MoveHold))
             .or_else(|| Purge::matches(method, path).map(Self::Purge))
     }
@@ -396,6 +403,29 @@ pub struct HoldSnapshot {
     pub idempotency_key: Option<String>,
 }
 
+/// The holds a snapshot or a page carries at most. A drop's holds are as many as
+/// its purchases; built whole, a large drop's snapshot (its JSON, the rows and the
+/// keys beside it) would be the largest allocation the Worker ever makes, and wasm
+/// memory keeps its high-water mark for the isolate's life.
+pub const HOLDS_PAGE: u32 = 1_000;
+
+/// Body of [`GetInventoryHolds`]: the holds after `after` (a reservation id), at
+/// most `limit` (capped at [`HOLDS_PAGE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldsAfter {
+    pub after: Uuid,
+    pub limit: u32,
+}
+
+/// Answer of [`GetInventoryHolds`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldsPage {
+    pub holds: Vec<HoldSnapshot>,
+    /// Where the next page starts, when there is one.
+    pub next_after: Option<Uuid>,
+}
+
 /// Answer of [`GetInventory`] and [`PutTerms`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventorySnapshot {
@@ -404,7 +434,12 @@ pub struct InventorySnapshot {
     pub remaining: u32,
     pub held: u32,
     pub sold: u32,
+    /// The first [`HOLDS_PAGE`] holds, in reservation id order; the origin's client
+    /// fetches the rest ([`GetInventoryHolds`]) and hands on the whole list.
     pub holds: Vec<HoldSnapshot>,
+    /// Where the next page of holds starts, when there is one.
+    #[serde(default)]
+    pub holds_after: Option<Uuid>,
     /// Reservations not yet acknowledged by the origin.
     pub unforwarded: Vec<Uuid>,
     /// Holds that ran out whose notice the origin has not acknowledged yet.
@@ -431,6 +466,7 @@ mod tests {
         round_trip(ReportExpiry { order_id: r });
         round_trip(PutTerms { drop_id: d });
         round_trip(GetInventory { drop_id: d });
+        round_trip(GetInventoryHolds { drop_id: d });
         for action in [HoldAction::Sell, HoldAction::Release, HoldAction::Reinstate] {
             round_trip(MoveHold { drop_id: d, reservation_id: r, action });
         }
@@ -452,6 +488,10 @@ mod tests {
         assert_eq!(
             EdgeRoute::parse("POST", &format!("/internal/v1/drops/{d}/inventory")),
             Some(EdgeRoute::PutTerms(PutTerms { drop_id: d }))
+        );
+        assert_eq!(
+            EdgeRoute::parse("POST", &format!("/internal/v1/drops/{d}/inventory/holds")),
+            Some(EdgeRoute::GetInventoryHolds(GetInventoryHolds { drop_id: d }))
         );
         assert_eq!(EdgeRoute::parse("GET", "/internal/v1/reservations"), None);
         assert_eq!(EdgeRoute::parse("POST", "/internal/v1/reservations"), None, "the origin serves that one");

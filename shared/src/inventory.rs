@@ -171,6 +171,14 @@ impl Inventory {
         self.holds.iter()
     }
 
+    /// The holds after `after` (all of them without), in reservation id order: a
+    /// page at a time, so that nobody builds the whole list of a large drop at once.
+    pub fn holds_after(&self, after: Option<Uuid>) -> impl Iterator<Item = (&Uuid, &Hold)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.holds.range((from, Unbounded))
+    }
+
     /// Replaces the terms, unless they are older than the ones in force. The total
     /// may not drop below the units already committed.
     pub fn set_terms(&mut self, terms: InventoryTerms) -> Result<TermsChange, TermsConflict> {
@@ -325,6 +333,19 @@ mod tests {
         assert!(inv.reserve(id(3), id(101), 1, 5_000).is_ok());
         assert_eq!(inv.remaining(), 0);
         assert_eq!(inv.reserve(id(1), id(102), 1, 5_000), Err(Rejection::SoldOut { remaining: 0 }));
+    }
+
+    #[test]
+    fn holds_after_an_id_are_the_later_ones_in_order() {
+        let mut inv = Inventory::new(terms(10, 10));
+        for n in [5, 1, 3, 9] {
+            inv.reserve(id(n), id(100 + n), 1, 5_000).unwrap();
+        }
+        let ids = |after| inv.holds_after(after).map(|(r, _)| *r).collect::<Vec<_>>();
+        assert_eq!(ids(None), [id(1), id(3), id(5), id(9)]);
+        assert_eq!(ids(Some(id(3))), [id(5), id(9)], "after, not from");
+        assert_eq!(ids(Some(id(4))), [id(5), id(9)], "an id that is no hold is a place in the order");
+        assert!(ids(Some(id(9))).is_empty());
     }
 
     #[test]

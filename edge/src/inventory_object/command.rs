@@ -14,8 +14,10 @@ pub enum Command {
     Stock,
     /// The origin creates or changes the drop's terms; answers the snapshot.
     PutTerms { terms: InventoryTerms },
-    /// Everything, for reconciliation.
+    /// Everything, for reconciliation, with the first page of holds.
     Snapshot,
+    /// The next page of holds, after a reservation id.
+    Holds { after: Uuid, limit: u32 },
     /// What the Worker needs to answer "sold out" by itself: the units that
     /// remain and who may replay a purchase.
     SoldOutMemo,

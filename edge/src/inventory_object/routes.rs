@@ -7,7 +7,8 @@
 use drops_shared::api::{CreateOrderRequest, DropStatus, OrderCreated, OrderStatus, StockResponse};
 use drops_shared::bloom::UserFilter;
 use drops_shared::internal::{
-    HoldAction, HoldOutcome, HoldSnapshot, HoldState, InventorySnapshot, InventoryTerms, ReservationHandoff,
+    HoldAction, HoldOutcome, HoldSnapshot, HoldState, HoldsPage, InventorySnapshot, InventoryTerms, ReservationHandoff,
+    HOLDS_PAGE,
 };
 use drops_shared::inventory::{Hold, HoldError, TermsChange, Transition};
 use drops_shared::problem::{ErrorCode, Problem};
@@ -92,6 +93,7 @@ impl DropInventory {
             Command::Stock => self.stock(),
             Command::PutTerms { terms } => self.put_terms(drop_id, terms),
             Command::Snapshot => self.snapshot(),
+            Command::Holds { after, limit } => self.holds(after, limit),
             Command::SoldOutMemo => self.sold_out_memo(),
             Command::MoveHold { reservation_id, action } => self.move_hold(reservation_id, action),
             Command::RebuildAsV1 { fixture } => self.rebuild_as_v1(drop_id, fixture).await,
@@ -227,32 +229,52 @@ impl DropInventory {
     }
 
     pub(super) fn inventory_snapshot(&self) -> EdgeResult<InventorySnapshot> {
+        let (holds, holds_after) = self.holds_page(None, HOLDS_PAGE)?;
         let inv = self.inventory.borrow();
         let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
         let sql = self.sql();
-        let keys = storage::keys_by_reservation(&sql)?;
         let snapshot = InventorySnapshot {
             drop_id: self.drop_id.get().ok_or(ErrorCode::NotFound)?,
             terms: inv.terms().clone(),
             remaining: inv.remaining(),
             held: inv.held(),
             sold: inv.sold(),
-            holds: inv
-                .holds()
-                .map(|(id, h)| HoldSnapshot {
-                    reservation_id: *id,
-                    user_id: h.user_id,
-                    quantity: h.quantity,
-                    state: h.state,
-                    expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms).unwrap_or_default(),
-                    idempotency_key: keys.get(&id.to_string()).cloned(),
-                })
-                .collect(),
+            holds,
+            holds_after,
             unforwarded: outbound::pending_reservations(&sql)?,
             unreported_expiries: outbound::pending_expiries(&sql)?,
             decisions: self.decisions.get(),
         };
         Ok(snapshot)
+    }
+
+    /// At most `limit` holds after `after`, and where the next page starts.
+    fn holds_page(&self, after: Option<Uuid>, limit: u32) -> EdgeResult<(Vec<HoldSnapshot>, Option<Uuid>)> {
+        let inv = self.inventory.borrow();
+        let inv = inv.as_ref().ok_or(ErrorCode::NotFound)?;
+        let limit = limit.clamp(1, HOLDS_PAGE) as usize;
+        let page: Vec<_> = inv.holds_after(after).take(limit + 1).collect();
+        let more = page.len() > limit;
+        let page = &page[..page.len().min(limit)];
+        let (Some((first, _)), Some((last, _))) = (page.first(), page.last()) else { return Ok((Vec::new(), None)) };
+        let keys = storage::keys_by_reservation(&self.sql(), **first, **last)?;
+        let holds = page
+            .iter()
+            .map(|(id, h)| HoldSnapshot {
+                reservation_id: **id,
+                user_id: h.user_id,
+                quantity: h.quantity,
+                state: h.state,
+                expires_at: chrono::DateTime::from_timestamp_millis(h.expires_at_ms).unwrap_or_default(),
+                idempotency_key: keys.get(&id.to_string()).cloned(),
+            })
+            .collect();
+        Ok((holds, more.then_some(**last)))
+    }
+
+    fn holds(&self, after: Uuid, limit: u32) -> EdgeResult {
+        let (holds, next_after) = self.holds_page(Some(after), limit)?;
+        json(200, &HoldsPage { holds, next_after })
     }
 
     /// Moves a hold on the origin's word. Repeated calls change nothing; a sell of a

@@ -279,15 +279,21 @@ pub fn recent_buyers(sql: &SqlStorage, now_ms: i64) -> worker::Result<Vec<Uuid>>
     Ok(rows.iter().filter_map(|r| Uuid::parse_str(&r.user_id).ok()).collect())
 }
 
-/// The buyer's key of each reservation whose answer is still kept.
-pub fn keys_by_reservation(sql: &SqlStorage) -> worker::Result<HashMap<String, String>> {
+/// The buyer's key of each reservation from `first` to `last` (inclusive) whose
+/// answer is still kept. Ids are stored as lowercase hyphenated text, whose order
+/// is the ids' own.
+pub fn keys_by_reservation(sql: &SqlStorage, first: Uuid, last: Uuid) -> worker::Result<HashMap<String, String>> {
     #[derive(Deserialize)]
     struct KeyRow {
         reservation_id: String,
         idempotency_key: String,
     }
     Ok(sql
-        .exec("SELECT reservation_id, idempotency_key FROM holds WHERE answer IS NOT NULL", None)?
+        .exec(
+            "SELECT reservation_id, idempotency_key FROM holds
+             WHERE answer IS NOT NULL AND reservation_id >= ? AND reservation_id <= ?",
+            vec![text(first), text(last)],
+        )?
         .to_array::<KeyRow>()?
         .into_iter()
         .map(|r| (r.reservation_id, r.idempotency_key))

@@ -253,3 +253,49 @@ async fn unknown_methods_are_refused_not_read() {
     assert_eq!(options.status, StatusCode::NO_CONTENT);
     assert_eq!(options.header("allow"), Some("GET, POST, HEAD, OPTIONS"));
 }
+
+/// Reconciliation reads a drop's holds a page at a time (a large drop's whole list,
+/// built at once, was the Worker's largest allocation, and wasm memory keeps its
+/// high-water mark): walked in small pages, every hold comes once, in order, with
+/// its buyer's key, and the pages end.
+#[tokio::test]
+async fn a_drops_holds_read_in_pages_are_every_hold_once_in_order() {
+    let stack = Stack::shared().await;
+    let client = stack.client();
+    let drop_id = client.create_drop(DropSpec::live(20, 1)).await;
+    let mut bought = Vec::new();
+    for _ in 0..7 {
+        bought.push(client.purchase(drop_id).await.order_id);
+    }
+    let whole = stack.snapshot(drop_id).await;
+    assert_eq!(whole.holds.len(), 7, "seven holds fit the first page");
+    assert_eq!(whole.holds_after, None, "the client fetched whatever followed");
+
+    let mut paged = Vec::new();
+    let mut after = Uuid::nil();
+    let mut pages = 0;
+    loop {
+        let page = stack.with_origin(move |s| async move { s.core.edge.holds_after(drop_id, after, 2).await }).await;
+        let page = page.expect("a page of holds");
+        assert!(page.holds.len() <= 2, "a page holds at most its limit: {}", page.holds.len());
+        pages += 1;
+        paged.extend(page.holds);
+        match page.next_after {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4, "7 holds in pages of 2");
+    assert_eq!(paged, whole.holds, "the pages are the snapshot's holds, in the same order");
+    let mut ids: Vec<Uuid> = paged.iter().map(|h| h.reservation_id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in reservation id order, none twice");
+    ids.sort();
+    bought.sort();
+    assert_eq!(ids, bought, "every purchase's hold, and nothing else");
+    assert!(paged.iter().all(|h| h.idempotency_key.is_some()), "each with its buyer's key");
+
+    let last = *ids.last().expect("holds");
+    let past_the_end = stack.with_origin(move |s| async move { s.core.edge.holds_after(drop_id, last, 2).await }).await;
+    let past_the_end = past_the_end.expect("an empty page");
+    assert!(past_the_end.holds.is_empty() && past_the_end.next_after.is_none());
+}
