@@ -28,11 +28,9 @@ mod limits;
 mod media;
 mod orders;
 mod origin;
-mod outbound;
 mod pages;
 mod refusals;
 mod router;
-mod sqlite;
 
 pub use inventory_object::DropInventory;
 

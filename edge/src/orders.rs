@@ -64,22 +64,15 @@ mod sold_out {
     use std::collections::HashMap;
 
     use drops_shared::bloom::UserFilter;
-    use serde::Deserialize;
     use uuid::Uuid;
     use worker::Env;
 
     use crate::config::EdgeConfig;
     use crate::http::now_ms;
-    use crate::inventory_object::{self, Command};
+    use crate::inventory_object::{self, Command, SoldOutMemo};
 
     struct Memo {
         until_ms: i64,
-        replayers: UserFilter,
-    }
-
-    #[derive(Deserialize)]
-    struct Answer {
-        remaining: u32,
         replayers: UserFilter,
     }
 
@@ -125,10 +118,10 @@ mod sold_out {
         let Ok(cfg) = EdgeConfig::get(env) else { return };
         let memo = async {
             let mut resp = inventory_object::call(env, drop_id, &Command::SoldOutMemo).await?;
-            resp.json::<Answer>().await
+            resp.json::<SoldOutMemo>().await
         };
         match memo.await {
-            Ok(Answer { remaining: 0, replayers }) => {
+            Ok(SoldOutMemo { remaining: 0, replayers }) => {
                 let Some(replayers) = replayers.ready() else { return };
                 let now = now_ms();
                 let memo = Memo { until_ms: now + cfg.sold_out_memo_ms, replayers };

@@ -14,7 +14,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use axum::Router;
-use drops_shared::events::EventEnvelope;
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::{MAX_BODY_BYTES, REQUEST_ID_HEADER};
 use tokio::net::TcpListener;
@@ -25,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::catalogue::purge::Purger;
 use crate::catalogue::CatalogueState;
 use crate::config::Settings;
-use crate::events::bus::{Consumer, Handler, Interest};
+use crate::events::bus::{Consumer, Member};
 use crate::http::client_address::{self, TrustedProxies};
 use crate::http::error::problem_response;
 use crate::http::health::Readiness;
@@ -182,22 +181,34 @@ const CONSUMER_GROUPS: &[&str] = &[
     analytics::CONSUMER,
 ];
 
-/// Runs one member of consumer group `group` on the event stream, unless this
-/// instance is set to run only some groups (`events.groups`) and not this one.
-fn consumer<F, Fut>(app: &App, workers: &Workers, group: &'static str, interest: Interest, handle: F)
-where
-    F: Fn(EventEnvelope) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    debug_assert!(CONSUMER_GROUPS.contains(&group), "{group} is missing from CONSUMER_GROUPS");
+/// Every consumer group, each an area's reaction to the event stream.
+fn consumers(app: &App) -> Vec<Arc<dyn Consumer>> {
+    let core = &app.core;
+    vec![
+        Arc::new(audit::consumer::AuditTrail(core.clone())),
+        Arc::new(orders::edge_sync::EdgeSync(app.orders())),
+        Arc::new(catalogue::purge::CachePurge { core: core.clone(), purger: app.purger.clone() }),
+        Arc::new(followers::FollowerSets(core.clone())),
+        Arc::new(notifications::inbox::Notifier(core.clone())),
+        Arc::new(followers::fanout::Fanout(core.clone())),
+        Arc::new(analytics::Analytics(core.clone())),
+    ]
+}
+
+/// Runs one member of each consumer group on the event stream, except the groups
+/// this instance is set not to run (`events.groups`).
+fn spawn_consumers(app: &App, workers: &Workers) {
     let settings = &app.core.settings;
-    if settings.events.groups.as_ref().is_some_and(|only| !only.iter().any(|g| g == group)) {
-        return;
-    }
     let stream = events::stream_key(&settings.redis.prefix);
-    let member = Consumer::new(stream, group, settings.events.bus_claim_idle_ms, interest);
-    let handler: Handler = Arc::new(move |event| Box::pin(handle(event)));
-    member.spawn(workers, app.core.redis.clone(), app.core.db.clone(), handler);
+    for consumer in consumers(app) {
+        let group = consumer.group();
+        debug_assert!(CONSUMER_GROUPS.contains(&group), "{group} is missing from CONSUMER_GROUPS");
+        if settings.events.groups.as_ref().is_some_and(|only| !only.iter().any(|g| g == group)) {
+            continue;
+        }
+        let member = Member::new(stream.clone(), consumer, settings.events.bus_claim_idle_ms);
+        member.spawn(workers, app.core.redis.clone(), app.core.db.clone());
+    }
 }
 
 /// Every background worker of an origin instance.
@@ -242,41 +253,7 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
         async move { catalogue::schedule::announce(&c).await.map(|_| Next::Later) }
     });
 
-    let c = core.clone();
-    consumer(app, workers, audit::consumer::CONSUMER, audit::consumer::interested, move |e| {
-        let c = c.clone();
-        async move { audit::consumer::handle(&c, &e).await }
-    });
-    let orders = app.orders();
-    consumer(app, workers, orders::edge_sync::CONSUMER, orders::edge_sync::interested, move |e| {
-        let orders = orders.clone();
-        async move { orders::edge_sync::handle(&orders, &e).await }
-    });
-    let (c, purger) = (core.clone(), app.purger.clone());
-    consumer(app, workers, catalogue::purge::CONSUMER, catalogue::purge::interested, move |e| {
-        let (c, purger) = (c.clone(), purger.clone());
-        async move { catalogue::purge::handle(&c, purger.as_ref(), &e).await }
-    });
-    let c = core.clone();
-    consumer(app, workers, followers::CONSUMER, followers::interested, move |e| {
-        let c = c.clone();
-        async move { followers::handle(&c, &e).await }
-    });
-    let c = core.clone();
-    consumer(app, workers, notifications::inbox::CONSUMER, notifications::inbox::interested, move |e| {
-        let c = c.clone();
-        async move { notifications::inbox::handle(&c, &e).await }
-    });
-    let c = core.clone();
-    consumer(app, workers, followers::fanout::CONSUMER, followers::fanout::interested, move |e| {
-        let c = c.clone();
-        async move { followers::fanout::handle(&c, &e).await }
-    });
-    let c = core.clone();
-    consumer(app, workers, analytics::CONSUMER, analytics::interested, move |e| {
-        let c = c.clone();
-        async move { analytics::handle(&c, &e).await }
-    });
+    spawn_consumers(app, workers);
 
     for _ in 0..followers::fanout::RUNNERS {
         let c = core.clone();

@@ -8,10 +8,10 @@ use drops_shared::inventory::Inventory;
 use futures_util::future::join_all;
 use worker::wasm_bindgen::JsValue;
 
+use super::outbound::{self, Delivery, Kind};
 use super::{storage, DropInventory};
 use crate::config::EdgeConfig;
 use crate::http::now_ms;
-use crate::outbound::{self, Delivery, Kind};
 
 /// The earliest of the moments something is due, if any is.
 fn earliest(moments: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {

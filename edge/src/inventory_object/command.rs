@@ -1,6 +1,8 @@
 //! What the Worker asks of a drop's inventory object: one typed command per
-//! request, sent as the JSON body of a `POST` to the object.
+//! request, sent as the JSON body of a `POST` to the object, and the type each
+//! is answered with (a refusal is a `Problem`, whichever the command).
 
+use drops_shared::bloom::UserFilter;
 use drops_shared::internal::{HoldAction, InventoryTerms};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -8,20 +10,23 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
-    /// The buy path, after auth and validation: decide, and answer 201 or a problem.
+    /// The buy path, after auth and validation: decide, and answer 201
+    /// (`drops_shared::api::OrderCreated`) or a problem.
     Reserve(ReserveCommand),
-    /// Remaining stock and status, uncached.
+    /// Remaining stock and status, uncached (`drops_shared::api::StockResponse`).
     Stock,
-    /// The origin creates or changes the drop's terms; answers the snapshot.
+    /// The origin creates or changes the drop's terms; answers the snapshot
+    /// (`drops_shared::internal::InventorySnapshot`).
     PutTerms { terms: InventoryTerms },
-    /// Everything, for reconciliation, with the first page of holds.
+    /// Everything, for reconciliation, with the first page of holds
+    /// (`drops_shared::internal::InventorySnapshot`).
     Snapshot,
-    /// The next page of holds, after a reservation id.
+    /// The next page of holds, after a reservation id (`drops_shared::internal::HoldsPage`).
     Holds { after: Uuid, limit: u32 },
-    /// What the Worker needs to answer "sold out" by itself: the units that
-    /// remain and who may replay a purchase.
+    /// What the Worker needs to answer "sold out" by itself ([`SoldOutMemo`]).
     SoldOutMemo,
-    /// Sell, release or reinstate a hold, on the origin's word.
+    /// Sell, release or reinstate a hold, on the origin's word
+    /// (`drops_shared::internal::HoldOutcome`).
     MoveHold { reservation_id: Uuid, action: HoldAction },
     /// Development only: rebuild the database as schema version 1 kept it, then
     /// open it as a fresh instance would (see `fixture`).
@@ -33,6 +38,14 @@ pub struct ReserveCommand {
     pub user_id: Uuid,
     pub idempotency_key: String,
     pub quantity: u32,
+}
+
+/// The answer to [`Command::SoldOutMemo`]: how many units remain, and who may
+/// replay a purchase (and so must still be asked about).
+#[derive(Serialize, Deserialize)]
+pub struct SoldOutMemo {
+    pub remaining: u32,
+    pub replayers: UserFilter,
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ use uuid::Uuid;
 use worker::SqlStorage;
 
 use super::routes::{fingerprint, receipt};
+use super::sqlite::{int, text};
 use super::{DropInventory, ReserveCommand};
 use crate::http::{json, now_ms, EdgeResult};
-use crate::sqlite::{int, text};
 
 /// Version 1's schema, as it shipped.
 const V1_SCHEMA: &str = "

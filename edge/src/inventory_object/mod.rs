@@ -8,17 +8,23 @@
 //! runs nothing else in the object meanwhile, and commits the write before any
 //! response leaves.
 //!
-//! - [`command`]: what the Worker asks of the object, one typed command per request.
+//! - [`command`]: what the Worker asks of the object, one typed command per
+//!   request, and the type each command is answered with.
 //! - [`routes`]: the answer to each command (the buy decision among them).
 //! - [`alarm`]: expiring holds, delivering what the origin has not acknowledged
-//!   (see [`crate::outbound`]), sweeping old idempotency records.
-//! - [`storage`]: the SQLite schema and every read and write of it.
+//!   (see [`outbound`]), sweeping old idempotency records.
+//! - [`outbound`]: the reservations and expiry notices owed to the origin, kept
+//!   until it acknowledges them, and their delivery.
+//! - [`storage`]: the SQLite schema and every read and write of it; [`sqlite`]
+//!   its small value helpers.
 //! - [`fixture`]: development only, a version 1 database to run the migration on.
 
 mod alarm;
 pub mod command;
 mod fixture;
+mod outbound;
 mod routes;
+mod sqlite;
 mod storage;
 
 use std::cell::{Cell, RefCell};
@@ -31,7 +37,7 @@ use uuid::Uuid;
 use worker::wasm_bindgen::JsValue;
 use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
-pub use command::{Command, ReserveCommand};
+pub use command::{Command, ReserveCommand, SoldOutMemo};
 
 use crate::config::INVENTORY_BINDING;
 use crate::http::{problem_response, EdgeError};

@@ -12,25 +12,16 @@ use drops_shared::internal::{
 };
 use drops_shared::inventory::{Hold, HoldError, TermsChange, Transition};
 use drops_shared::problem::{ErrorCode, Problem};
-use serde::Serialize;
 use uuid::Uuid;
 
+use super::outbound;
 use super::storage::{self, Purchase, IDEMPOTENCY_TTL_MS};
-use super::{answer_key, Command, DropInventory, ReserveCommand};
+use super::{answer_key, Command, DropInventory, ReserveCommand, SoldOutMemo};
 use crate::http::{json, json_bytes, new_id, now_ms, EdgeError, EdgeResult};
-use crate::outbound;
 
 /// How long the first reservation of a batch waits for others before the alarm
 /// hands them to the origin together.
 const BATCH_WINDOW_MS: i64 = 100;
-
-/// What the Worker needs to answer "sold out" by itself: how many units remain,
-/// and who may replay a purchase (and so must still be asked about).
-#[derive(Serialize)]
-pub struct SoldOutMemo {
-    pub remaining: u32,
-    pub replayers: UserFilter,
-}
 
 enum Decision {
     /// The first answer (a 201: refusals are not kept), byte for byte.

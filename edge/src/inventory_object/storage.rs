@@ -8,7 +8,7 @@
 //!   then cleared), and the handoff the origin has not acknowledged yet (cleared
 //!   once it has). A purchase is one row written by one statement.
 //! - `outbound`: notices of holds that ran out, until the origin acknowledges them
-//!   (see `crate::outbound`).
+//!   (see `super::outbound`).
 //! - `meta`: the schema's version.
 
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 use worker::SqlStorage;
 
-use crate::sqlite::{int, text, MinRow};
+use super::sqlite::{int, text, MinRow};
 
 /// How long an answer is replayed for its idempotency key.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;

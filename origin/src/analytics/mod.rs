@@ -36,6 +36,23 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "analytics";
 
+/// The `analytics` group: each drop's figures moved once per event.
+pub struct Analytics(pub Core);
+
+impl crate::events::bus::Consumer for Analytics {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
+
 /// The drop and order events (payments matter only as the order states they lead to).
 pub fn interested(event: &DomainEvent) -> bool {
     matches!(

@@ -12,6 +12,23 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "audit";
 
+/// The `audit` group: one audit entry per event.
+pub struct AuditTrail(pub crate::state::Core);
+
+impl crate::events::bus::Consumer for AuditTrail {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
+
 /// Every event is audited.
 pub fn interested(_: &DomainEvent) -> bool {
     true

@@ -21,6 +21,26 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "cache-purge";
 
+/// The `cache-purge` group: the edge's cached pages evicted when they change.
+pub struct CachePurge {
+    pub core: Core,
+    pub purger: Arc<dyn Purger>,
+}
+
+impl crate::events::bus::Consumer for CachePurge {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.core, self.purger.as_ref(), event))
+    }
+}
+
 /// The events that can make a cached page stale (see [`stale_paths`]).
 pub fn interested(event: &DomainEvent) -> bool {
     matches!(

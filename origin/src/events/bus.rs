@@ -19,33 +19,44 @@ use sqlx::PgPool;
 use crate::state::LazyRedis;
 use crate::tasks::{Next, Workers};
 
-pub type Handler = Arc<dyn Fn(EventEnvelope) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+/// A future a [`Consumer`] answers with.
+pub type Handled<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
+/// One area's reaction to the event stream, run as a consumer group: each area
+/// that reacts to events implements it, and `startup` lists them.
+pub trait Consumer: Send + Sync + 'static {
+    /// The group's name: in Redis, in `processed_events`, in logs.
+    fn group(&self) -> &'static str;
+    /// Whether the group acts on `event`; the others are acknowledged unread, with
+    /// no database work (most of a rush's events concern one group or two).
+    fn interested(&self, event: &DomainEvent) -> bool;
+    /// Acts on one event. It may come again (a member that died before recording
+    /// it), so acting twice must change nothing more than acting once.
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> Handled<'a>;
+}
+
+/// One member of a consumer group, in this process.
 #[derive(Clone)]
-pub struct Consumer {
+pub struct Member {
     pub stream: String,
-    pub group: String,
+    pub group: &'static str,
     /// This member's name; unique per process.
     pub name: String,
     pub claim_idle_ms: u64,
     pub batch: usize,
-    /// The events this group acts on; the others are acknowledged unread, with no
-    /// database work (most of a rush's events concern one group or two).
-    pub interest: Interest,
+    consumer: Arc<dyn Consumer>,
 }
 
-/// Which events a consumer group acts on.
-pub type Interest = fn(&DomainEvent) -> bool;
-
-impl Consumer {
-    pub fn new(stream: String, group: &str, claim_idle_ms: u64, interest: Interest) -> Self {
+impl Member {
+    pub fn new(stream: String, consumer: Arc<dyn Consumer>, claim_idle_ms: u64) -> Self {
+        let group = consumer.group();
         let name = format!("{group}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        Self { stream, group: group.to_owned(), name, claim_idle_ms, batch: 64, interest }
+        Self { stream, group, name, claim_idle_ms, batch: 64, consumer }
     }
 
     /// Creates the group (reading from the start of the stream) unless it exists.
     pub async fn ensure_group(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.stream, &self.group, "0").await;
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.stream, self.group, "0").await;
         match created {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             other => other,
@@ -57,7 +68,7 @@ impl Consumer {
         let reply: StreamAutoClaimReply = conn
             .xautoclaim_options(
                 &self.stream,
-                &self.group,
+                self.group,
                 &self.name,
                 self.claim_idle_ms,
                 "0-0",
@@ -70,7 +81,7 @@ impl Consumer {
     /// New entries for this member (waits up to `block` for some).
     pub async fn read(&self, conn: &mut ConnectionManager, block: Duration) -> redis::RedisResult<Vec<StreamId>> {
         let opts = StreamReadOptions::default()
-            .group(&self.group, &self.name)
+            .group(self.group, &self.name)
             .count(self.batch)
             .block(block.as_millis() as usize);
         let reply: Option<StreamReadReply> = conn.xread_options(&[&self.stream], &[">"], &opts).await?;
@@ -84,7 +95,6 @@ impl Consumer {
         conn: &mut ConnectionManager,
         db: &PgPool,
         entries: Vec<StreamId>,
-        handler: &Handler,
     ) -> anyhow::Result<usize> {
         let mut handled = 0;
         for entry in entries {
@@ -93,8 +103,8 @@ impl Consumer {
                     .map_err(|e| tracing::error!(id = %entry.id, error = %e, "undecodable event; dropped"))
                     .ok()
             });
-            let Some(envelope) = envelope.filter(|e| (self.interest)(&e.event)) else {
-                let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
+            let Some(envelope) = envelope.filter(|e| self.consumer.interested(&e.event)) else {
+                let _: i64 = conn.xack(&self.stream, self.group, &[&entry.id]).await?;
                 continue;
             };
             let seen = sqlx::query_scalar!(
@@ -106,7 +116,7 @@ impl Consumer {
             .await?;
             if seen.is_none() {
                 let event_id = envelope.id;
-                if let Err(e) = handler(envelope).await {
+                if let Err(e) = self.consumer.handle(&envelope).await {
                     // Left pending: this member or another takes it again after the idle time.
                     tracing::warn!(group = %self.group, %event_id, error = %e, "event handler failed; will retry");
                     continue;
@@ -120,29 +130,23 @@ impl Consumer {
                 .execute(db)
                 .await?;
             }
-            let _: i64 = conn.xack(&self.stream, &self.group, &[&entry.id]).await?;
+            let _: i64 = conn.xack(&self.stream, self.group, &[&entry.id]).await?;
         }
         Ok(handled)
     }
 
     /// One round of this member: reclaim what others left, read what is new, handle
     /// both. Reading blocks up to half a second, so rounds can follow each other.
-    pub async fn round(
-        &self,
-        redis: &LazyRedis,
-        client: &redis::Client,
-        db: &PgPool,
-        handler: &Handler,
-    ) -> anyhow::Result<Next> {
+    pub async fn round(&self, redis: &LazyRedis, client: &redis::Client, db: &PgPool) -> anyhow::Result<Next> {
         let outcome = async {
             let (mut conn, fresh) = redis.get(client).await?;
             if fresh {
                 self.ensure_group(&mut conn).await?;
             }
             let stale = self.reclaim(&mut conn).await?;
-            self.process(&mut conn, db, stale, handler).await?;
+            self.process(&mut conn, db, stale).await?;
             let new = self.read(&mut conn, Duration::from_millis(500)).await?;
-            self.process(&mut conn, db, new, handler).await?;
+            self.process(&mut conn, db, new).await?;
             anyhow::Ok(())
         }
         .await;
@@ -156,12 +160,11 @@ impl Consumer {
     }
 
     /// Runs this member among `workers` until they stop.
-    pub fn spawn(self, workers: &Workers, client: redis::Client, db: PgPool, handler: Handler) {
+    pub fn spawn(self, workers: &Workers, client: redis::Client, db: PgPool) {
         let redis = LazyRedis::default();
         workers.every("event consumer", Duration::from_millis(500), move || {
-            let (member, redis, client, db, handler) =
-                (self.clone(), redis.clone(), client.clone(), db.clone(), handler.clone());
-            async move { member.round(&redis, &client, &db, &handler).await }
+            let (member, redis, client, db) = (self.clone(), redis.clone(), client.clone(), db.clone());
+            async move { member.round(&redis, &client, &db).await }
         });
     }
 }

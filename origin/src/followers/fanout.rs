@@ -35,6 +35,23 @@ pub const IDLE: Duration = Duration::from_millis(100);
 
 pub const CONSUMER: &str = "fanout";
 
+/// The `fanout` group: followers told a drop is live.
+pub struct Fanout(pub Core);
+
+impl crate::events::bus::Consumer for Fanout {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
+
 pub fn interested(event: &DomainEvent) -> bool {
     matches!(event, DomainEvent::DropStarted { .. })
 }

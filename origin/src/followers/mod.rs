@@ -35,6 +35,23 @@ use crate::state::Core;
 
 pub const CONSUMER: &str = "followers";
 
+/// The `followers` group: the Redis follower sets follow the ledger.
+pub struct FollowerSets(pub Core);
+
+impl crate::events::bus::Consumer for FollowerSets {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
+
 pub fn interested(event: &DomainEvent) -> bool {
     matches!(event, DomainEvent::FollowChanged { .. })
 }

@@ -12,44 +12,6 @@ use drops_shared::problem::Problem;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-#[derive(ToSchema)]
-struct NotificationItem {
-    id: uuid::Uuid,
-    /// `order_confirmed`, `order_failed` or `order_expired`.
-    kind: String,
-    payload: serde_json::Value,
-    created_at: chrono::DateTime<chrono::Utc>,
-    read_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-#[derive(ToSchema)]
-struct NotificationPage {
-    items: Vec<NotificationItem>,
-    next_cursor: Option<String>,
-    unread_count: i64,
-}
-
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PushSubscription {
-    /// The push service's URL for this browser (`https` on a public address).
-    #[schema(min_length = 8, max_length = 2048, pattern = "^https?://")]
-    endpoint: String,
-    keys: PushKeys,
-    /// As `PushSubscription.toJSON()` gives it; not used.
-    #[serde(rename = "expirationTime")]
-    expiration_time: Option<serde_json::Value>,
-}
-
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PushKeys {
-    #[schema(max_length = 256)]
-    p256dh: String,
-    #[schema(max_length = 64)]
-    auth: String,
-}
-
 /// A file's bytes, as uploaded and served: PNG, JPEG, WebP, MP4 or WebM, judged by
 /// the bytes themselves.
 #[derive(ToSchema)]
@@ -291,14 +253,6 @@ fn read_notification_doc() {}
 #[utoipa::path(post, path = "/v1/notifications/read-all", tag = "notifications", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem)))]
 fn read_all_notifications_doc() {}
-
-#[derive(ToSchema)]
-struct StreamTicket {
-    /// Opaque and single-use: opens one socket as `?ticket=`.
-    ticket: String,
-    /// About 30 seconds away, never past the token that obtained it.
-    expires_at: chrono::DateTime<chrono::Utc>,
-}
 
 #[utoipa::path(get, path = "/v1/notifications/stream", tag = "notifications", security(("bearer" = [])),
     params(("ticket" = Option<String>, Query, description = "for clients that cannot set headers (browsers): a ticket from `POST /v1/notifications/stream-ticket`, used once; a token in the URL (`access_token`) is refused")),

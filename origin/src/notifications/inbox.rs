@@ -8,9 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use drops_shared::api::{NotificationItem, NotificationPage};
 use drops_shared::events::{DomainEvent, EventEnvelope};
-use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -23,6 +22,23 @@ use crate::payments;
 use crate::state::Core;
 
 pub const CONSUMER: &str = "notifications";
+
+/// The `notifications` group: buyers told what became of their orders.
+pub struct Notifier(pub Core);
+
+impl crate::events::bus::Consumer for Notifier {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
 
 /// The events that make a notification (see [`notification_for`]) or tell a buyer
 /// their payment is ready.
@@ -39,22 +55,6 @@ pub fn router() -> Router<NotificationsState> {
         .route("/v1/notifications/{id}/read", post(read_one))
 }
 
-#[derive(Serialize)]
-pub struct Notification {
-    pub id: Uuid,
-    pub kind: String,
-    pub payload: Value,
-    pub created_at: DateTime<Utc>,
-    pub read_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Serialize)]
-struct NotificationPage {
-    items: Vec<Notification>,
-    next_cursor: Option<String>,
-    unread_count: i64,
-}
-
 async fn list(
     State(state): State<NotificationsState>,
     user: AuthUser,
@@ -65,7 +65,7 @@ async fn list(
     let list = paging::List::new(&state.core, format!("{LIST}-{}", user.0.user_id));
     let after = list.after(&page)?;
     let rows = sqlx::query_as!(
-        Notification,
+        NotificationItem,
         "SELECT id, kind, payload, created_at, read_at FROM notifications
          WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
         user.0.user_id,

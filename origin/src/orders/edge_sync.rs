@@ -20,6 +20,23 @@ use crate::payments;
 
 pub const CONSUMER: &str = "edge-sync";
 
+/// The `edge-sync` group: holds at the edge follow their orders.
+pub struct EdgeSync(pub OrdersState);
+
+impl crate::events::bus::Consumer for EdgeSync {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn interested(&self, event: &DomainEvent) -> bool {
+        interested(event)
+    }
+
+    fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
+        Box::pin(handle(&self.0, event))
+    }
+}
+
 /// An order left `reserved` (a reservation, or a payment that confirmed its order,
 /// needs nothing of the edge).
 pub fn interested(event: &DomainEvent) -> bool {

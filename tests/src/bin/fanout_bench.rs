@@ -502,9 +502,9 @@ async fn bench(followers: i64, online_n: usize) -> anyhow::Result<()> {
             &URL_SAFE_NO_PAD.encode(vapid.to_bytes()),
             "mailto:bench@drops.dev",
         )?;
-        let subscription = drops_origin::notifications::push::Subscription {
+        let subscription = drops_shared::api::PushSubscription {
             endpoint: format!("http://127.0.0.1:{receiver_port}/push"),
-            keys: drops_origin::notifications::push::SubscriptionKeys {
+            keys: drops_shared::api::PushKeys {
                 p256dh: ua_public.clone(),
                 auth: URL_SAFE_NO_PAD.encode(receiver.auth),
             },

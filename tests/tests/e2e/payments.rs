@@ -253,7 +253,7 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
-    use drops_origin::events::bus::{Consumer, Handler};
+    use drops_origin::events::bus::{Consumer, Handled, Member};
     use drops_origin::tasks::Workers;
     use drops_shared::events::{DomainEvent, EventEnvelope};
     use redis::aio::ConnectionManager;
@@ -262,7 +262,8 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
     let counts = stack
         .with_origin(|s| async move {
             let stream = format!("{}:reclaim-test-{}", s.core.settings.redis.prefix, Uuid::now_v7().simple());
-            let group = format!("reclaim-test-{}", Uuid::now_v7().simple());
+            // A group of its own, named once per run: a consumer's group name lives as long as the process.
+            let group: &'static str = format!("reclaim-test-{}", Uuid::now_v7().simple()).leak();
             let mut conn = ConnectionManager::new(s.core.redis.clone()).await.unwrap();
             let envelopes: Vec<EventEnvelope> = (0..20)
                 .map(|_| EventEnvelope {
@@ -279,15 +280,27 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
                 let mut conn = conn.clone();
                 async move { pipe.query_async::<()>(&mut conn).await.unwrap() }
             };
-            let member = |name: &str| Consumer {
-                stream: stream.clone(),
-                group: group.clone(),
-                name: name.to_owned(),
-                claim_idle_ms: 300,
-                batch: 64,
-                interest: |_| true,
-            };
-            let doomed = member("doomed");
+            /// Counts how often it is handed each event.
+            struct Counting {
+                group: &'static str,
+                counts: Arc<Mutex<HashMap<Uuid, usize>>>,
+            }
+            impl Consumer for Counting {
+                fn group(&self) -> &'static str {
+                    self.group
+                }
+                fn interested(&self, _: &DomainEvent) -> bool {
+                    true
+                }
+                fn handle<'a>(&'a self, event: &'a EventEnvelope) -> Handled<'a> {
+                    *self.counts.lock().unwrap().entry(event.id).or_default() += 1;
+                    Box::pin(async { Ok(()) })
+                }
+            }
+            let counts: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+            let consumer: Arc<dyn Consumer> = Arc::new(Counting { group, counts: counts.clone() });
+            let member = || Member::new(stream.clone(), consumer.clone(), 300);
+            let doomed = member();
             doomed.ensure_group(&mut conn).await.unwrap();
             publish(&mut conn).await;
             // The doomed member takes the whole batch and dies before acknowledging any.
@@ -295,15 +308,9 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
             assert_eq!(taken.len(), 20);
             drop(doomed);
 
-            let counts: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
-            let seen = counts.clone();
-            let handler: Handler = Arc::new(move |e: EventEnvelope| {
-                *seen.lock().unwrap().entry(e.id).or_default() += 1;
-                Box::pin(async { Ok(()) })
-            });
             let run_survivor = || {
                 let workers = Workers::new();
-                member("survivor").spawn(&workers, s.core.redis.clone(), s.core.db.clone(), handler.clone());
+                member().spawn(&workers, s.core.redis.clone(), s.core.db.clone());
                 workers
             };
             let survivor = run_survivor();
@@ -316,7 +323,7 @@ async fn events_left_pending_by_a_dead_consumer_are_reclaimed_and_handled_once()
             tokio::time::sleep(Duration::from_millis(500)).await;
             survivor.shutdown().await;
             let pending: redis::streams::StreamPendingReply =
-                redis::cmd("XPENDING").arg(&stream).arg(&group).query_async(&mut conn).await.unwrap();
+                redis::cmd("XPENDING").arg(&stream).arg(group).query_async(&mut conn).await.unwrap();
             assert_eq!(pending.count(), 0, "everything acknowledged");
 
             // The same events delivered again (a relay replay): handled already, so skipped.

@@ -8,6 +8,7 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use drops_shared::api::StreamTicket;
 use drops_shared::auth::verify_bearer;
 use drops_shared::problem::{ErrorCode, Problem};
 use drops_shared::signing::sign_internal;
@@ -106,12 +107,6 @@ pub(super) fn granted(grant: Option<&str>, now: DateTime<Utc>) -> Result<Credent
         return Err(unauthorized("the token that obtained this ticket has expired"));
     }
     Ok(Credentials { user: grant.user, expires_at })
-}
-
-#[derive(Serialize)]
-struct StreamTicket {
-    ticket: String,
-    expires_at: DateTime<Utc>,
 }
 
 /// `POST /v1/notifications/stream-ticket` → 201 `{"ticket", "expires_at"}`.

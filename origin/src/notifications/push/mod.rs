@@ -41,6 +41,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::put;
 use axum::Router;
+use drops_shared::api::PushSubscription;
 use drops_shared::problem::ErrorCode;
 use secrecy::ExposeSecret;
 
@@ -56,7 +57,7 @@ mod sender;
 pub mod web_push;
 
 pub use endpoint::check_endpoint;
-pub use provider::{CallbackPush, Outcome, Prepared, PushProvider, Pusher, Subscription, SubscriptionKeys};
+pub use provider::{CallbackPush, Outcome, Prepared, PushProvider, Pusher};
 pub use queue::{enqueue, store_message, Priority, QUEUED_BATCH};
 pub use sender::{round, sender_slots, IDLE, SEND_CHUNK};
 
@@ -78,7 +79,7 @@ pub fn router() -> Router<NotificationsState> {
 async fn subscribe(
     State(state): State<NotificationsState>,
     user: AuthUser,
-    StrictJson(sub): StrictJson<Subscription>,
+    StrictJson(sub): StrictJson<PushSubscription>,
 ) -> ApiResult<StatusCode> {
     if sub.keys.p256dh.len() > 256 || sub.keys.auth.len() > 64 {
         return Err(ApiError::code(ErrorCode::InvalidRequest, "field `keys`: too long"));

@@ -7,30 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use drops_shared::api::PushSubscription;
 use tokio::sync::Semaphore;
 
 use super::endpoint;
 
 /// Whatever a provider does, its send is given up after this (and retried).
 const SEND_DEADLINE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionKeys {
-    pub p256dh: String,
-    pub auth: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Subscription {
-    pub endpoint: String,
-    pub keys: SubscriptionKeys,
-    /// `PushSubscription.toJSON()` includes it (null or a time): accepted, not used.
-    #[serde(default, rename = "expirationTime", skip_serializing)]
-    pub expiration_time: Option<serde_json::Value>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -54,7 +37,7 @@ pub struct Prepared {
 
 /// A way to push: turns a message for a subscription into the request that carries it.
 pub trait PushProvider: Send + Sync {
-    fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared>;
+    fn prepare(&self, subscription: &PushSubscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared>;
 }
 
 /// The longest pause a push service's `Retry-After` is taken for.
@@ -115,7 +98,7 @@ impl CallbackPush {
 }
 
 impl PushProvider for CallbackPush {
-    fn prepare(&self, _: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
+    fn prepare(&self, _: &PushSubscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
         let signature =
             drops_shared::signing::stripe_signature(self.secret.as_bytes(), Utc::now().timestamp(), payload);
         let mut headers = http::HeaderMap::new();
@@ -188,7 +171,7 @@ impl Pusher {
     }
 
     /// The request for `payload` to `subscription`, or why there will never be one.
-    pub fn prepare(&self, subscription: &Subscription, payload: &[u8]) -> Result<Prepared, Outcome> {
+    pub fn prepare(&self, subscription: &PushSubscription, payload: &[u8]) -> Result<Prepared, Outcome> {
         let url = self.http.target(&subscription.endpoint).map_err(Outcome::refused)?;
         self.provider.prepare(subscription, url, payload).map_err(Outcome::unusable)
     }
@@ -235,7 +218,7 @@ impl Pusher {
 
     /// Prepares and sends one push.
     #[cfg(test)]
-    pub async fn push(&self, subscription: &Subscription, payload: &[u8]) -> Outcome {
+    pub async fn push(&self, subscription: &PushSubscription, payload: &[u8]) -> Outcome {
         match self.prepare(subscription, payload) {
             Ok(prepared) => self.send(prepared).await,
             Err(outcome) => outcome,
@@ -319,12 +302,9 @@ mod tests {
         (port, hits)
     }
 
-    fn subscription(endpoint: String) -> Subscription {
-        Subscription {
-            endpoint,
-            keys: SubscriptionKeys { p256dh: "k".into(), auth: "a".into() },
-            expiration_time: None,
-        }
+    fn subscription(endpoint: String) -> PushSubscription {
+        use drops_shared::api::PushKeys;
+        PushSubscription { endpoint, keys: PushKeys { p256dh: "k".into(), auth: "a".into() }, expiration_time: None }
     }
 
     #[tokio::test]

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use drops_shared::api::{PushKeys, PushSubscription};
 use drops_shared::backoff::Backoff;
 
-use super::provider::{Outcome, Subscription, SubscriptionKeys};
+use super::provider::Outcome;
 use crate::notifications::NotificationsState;
 use crate::tasks::{Next, Workers};
 
@@ -156,9 +157,9 @@ async fn send_chunk(
         subscriptions
             .into_iter()
             .map(|s| {
-                let subscription = Subscription {
+                let subscription = PushSubscription {
                     endpoint: s.endpoint,
-                    keys: SubscriptionKeys { p256dh: s.p256dh, auth: s.auth },
+                    keys: PushKeys { p256dh: s.p256dh, auth: s.auth },
                     expiration_time: None,
                 };
                 let prepared = pusher.prepare(&subscription, payload.as_bytes());

@@ -27,7 +27,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use web_push_native::jwt_simple::algorithms::ES256KeyPair;
 use web_push_native::vapid::VapidSignature;
 
-use super::provider::{Prepared, PushProvider, Subscription};
+use drops_shared::api::PushSubscription;
+
+use super::provider::{Prepared, PushProvider};
 
 /// The record size written in the header; a message is one record.
 const RECORD_SIZE: u32 = 4096;
@@ -137,7 +139,7 @@ impl WebPush {
 }
 
 impl PushProvider for WebPush {
-    fn prepare(&self, subscription: &Subscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
+    fn prepare(&self, subscription: &PushSubscription, url: reqwest::Url, payload: &[u8]) -> anyhow::Result<Prepared> {
         let ua_public = Base64UrlUnpadded::decode_vec(&subscription.keys.p256dh)
             .map_err(|_| anyhow::anyhow!("p256dh is not base64url"))?;
         let auth: [u8; 16] = Base64UrlUnpadded::decode_vec(&subscription.keys.auth)
@@ -161,14 +163,14 @@ mod tests {
     use web_push_native::p256::elliptic_curve::sec1::ToEncodedPoint;
 
     use super::*;
-    use crate::notifications::push::provider::SubscriptionKeys;
+    use drops_shared::api::PushKeys;
 
-    fn browser() -> (web_push_native::p256::SecretKey, [u8; 16], Subscription) {
+    fn browser() -> (web_push_native::p256::SecretKey, [u8; 16], PushSubscription) {
         let secret = web_push_native::p256::SecretKey::random(&mut OsRng);
         let auth = [7u8; 16];
-        let subscription = Subscription {
+        let subscription = PushSubscription {
             endpoint: "https://push.example.net/send/abc".into(),
-            keys: SubscriptionKeys {
+            keys: PushKeys {
                 p256dh: Base64UrlUnpadded::encode_string(secret.public_key().to_encoded_point(false).as_bytes()),
                 auth: Base64UrlUnpadded::encode_string(&auth),
             },

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use worker::SqlStorage;
 
+use super::sqlite::{int, text, MinRow};
 use crate::config::EdgeConfig;
 use crate::origin;
-use crate::sqlite::{int, text, MinRow};
 
 /// Messages one alarm run looks at.
 const DUE_AT_ONCE: i64 = 1_000;

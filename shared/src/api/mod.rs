@@ -1,5 +1,15 @@
 //! Public request and response bodies, exactly as API.md names their fields.
 //! Request types reject unknown fields so a client cannot set what it may not.
+//! Orders, the catalogue and media are here; the audit log, analytics and
+//! notifications have a file each, re-exported, so every body is `api::Name`.
+
+mod analytics;
+mod audit;
+mod notifications;
+
+pub use analytics::*;
+pub use audit::*;
+pub use notifications::*;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -510,134 +520,4 @@ impl CreateLink {
 pub struct PrivateLink {
     pub url: String,
     pub expires_at: DateTime<Utc>,
-}
-
-// ---------------------------------------------------------------- audit
-
-/// Who did an audited thing: a signed-in user, or nobody (`null`: the platform
-/// itself, or an event no single user caused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AuditActor {
-    pub user_id: Uuid,
-    /// `buyer`, `creator` or `admin`.
-    pub role: String,
-}
-
-/// What an audited thing was done to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AuditSubject {
-    /// `order`, `drop`, `creator`, `product`, `media`, …
-    pub kind: String,
-    pub id: String,
-}
-
-/// An item of `GET /v1/admin/audit`. `hash` is SHA-256 (hex) over `prev_hash` and
-/// the entry's canonical JSON (every field but the two hashes, keys sorted, no
-/// whitespace), so any edit breaks the chain from there on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AuditEntry {
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    /// `<subject kind>.<what happened>`: `order.confirmed`, `creator.created`, …
-    pub action: String,
-    pub actor: Option<AuditActor>,
-    pub subject: AuditSubject,
-    /// The client's `x-request-id`, as it was sent.
-    pub request_id: Option<String>,
-    /// The origin's own id of the request (its logs carry it too); hashed when present.
-    #[serde(default)]
-    pub server_request_id: Option<String>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub data: serde_json::Value,
-    pub hash: String,
-    pub prev_hash: String,
-}
-
-/// Answer of `GET /v1/admin/audit/verify`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AuditVerification {
-    pub entries: u64,
-    pub valid: bool,
-    /// The first entry whose hash or link does not match, or that no valid seal
-    /// vouches for any more; `null` when all hold.
-    pub first_invalid_seq: Option<i64>,
-    /// The newest entry a seal (an HMAC with a key outside the database over the
-    /// chain's head) vouches for, and so every entry before it; `null` before the first seal.
-    #[serde(default)]
-    pub sealed_through_seq: Option<i64>,
-}
-
-// ---------------------------------------------------------------- analytics
-
-/// A drop's units: all it sells, and those neither held nor sold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct StockFigures {
-    pub total: u64,
-    pub remaining: u64,
-}
-
-/// Orders by the state they are in now (each order counted once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct OrderCounts {
-    pub reserved: u64,
-    pub confirmed: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-    pub expired: u64,
-}
-
-/// Money taken (confirmed orders), in minor units; 0 when none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Revenue {
-    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
-    pub amount: i64,
-    pub currency: String,
-}
-
-/// Units reserved, confirmed and released (failed, cancelled, expired) in one
-/// bucket starting `at`: a second during the first minutes of a drop, coarser after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct TimelineBucket {
-    pub at: DateTime<Utc>,
-    pub reserved: u64,
-    pub confirmed: u64,
-    pub released: u64,
-}
-
-/// Answer of `GET /v1/drops/{drop_id}/analytics`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct DropAnalytics {
-    pub drop_id: Uuid,
-    pub stock: StockFigures,
-    pub orders: OrderCounts,
-    pub revenue: Revenue,
-    /// Confirmed orders ÷ all orders (0 when there are none).
-    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
-    pub conversion: f64,
-    /// Seconds from the drop's start until no unit remained; `null` while some do.
-    pub sold_out_after_seconds: Option<i64>,
-    pub timeline: Vec<TimelineBucket>,
-}
-
-/// Answer of `GET /v1/creators/{creator_id}/analytics`: the same figures for each of
-/// the creator's drops, and their sums (revenue per currency).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CreatorAnalytics {
-    pub creator_id: Uuid,
-    pub stock: StockFigures,
-    pub orders: OrderCounts,
-    pub revenue: Vec<Revenue>,
-    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
-    pub conversion: f64,
-    pub drops: Vec<DropAnalytics>,
 }
