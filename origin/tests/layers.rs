@@ -58,17 +58,19 @@ fn first_segment(path: &str) -> String {
     path.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
 }
 
+/// Appends every `.rs` file at or below `path` to `out`.
+fn sources(path: &Path, out: &mut String) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            sources(&entry.unwrap().path(), out);
+        }
+    } else if path.extension().is_some_and(|e| e == "rs") {
+        out.push_str(&std::fs::read_to_string(path).unwrap());
+    }
+}
+
 /// Each top-level module of `src/` and the top-level modules it uses.
 fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
-    fn sources(path: &Path, out: &mut String) {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(path).unwrap() {
-                sources(&entry.unwrap().path(), out);
-            }
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push_str(&std::fs::read_to_string(path).unwrap());
-        }
-    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut deps = BTreeMap::new();
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -211,15 +213,6 @@ fn migrated_tables() -> BTreeSet<String> {
 
 /// The SQL of each area's own source files.
 fn area_sources() -> BTreeMap<&'static str, String> {
-    fn sources(path: &Path, out: &mut String) {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(path).unwrap() {
-                sources(&entry.unwrap().path(), out);
-            }
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push_str(&std::fs::read_to_string(path).unwrap());
-        }
-    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     AREAS
         .iter()

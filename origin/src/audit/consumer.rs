@@ -20,18 +20,14 @@ impl crate::events::bus::Consumer for AuditTrail {
         CONSUMER
     }
 
-    fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+    /// Every event is audited.
+    fn interested(&self, _: &DomainEvent) -> bool {
+        true
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
         Box::pin(handle(&self.0, event))
     }
-}
-
-/// Every event is audited.
-pub fn interested(_: &DomainEvent) -> bool {
-    true
 }
 
 /// One transaction per event: the append lock is held for one short insert.

@@ -32,26 +32,22 @@ impl crate::events::bus::Consumer for CachePurge {
         CONSUMER
     }
 
+    /// The events that can make a cached page stale (see [`stale_paths`]).
     fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+        matches!(
+            event,
+            DomainEvent::DropCreated { .. }
+                | DomainEvent::DropUpdated { .. }
+                | DomainEvent::DropStarted { .. }
+                | DomainEvent::DropEnded { .. }
+                | DomainEvent::OrderConfirmed { .. }
+                | DomainEvent::OrderReserved { .. }
+        )
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
         Box::pin(handle(&self.core, self.purger.as_ref(), event))
     }
-}
-
-/// The events that can make a cached page stale (see [`stale_paths`]).
-pub fn interested(event: &DomainEvent) -> bool {
-    matches!(
-        event,
-        DomainEvent::DropCreated { .. }
-            | DomainEvent::DropUpdated { .. }
-            | DomainEvent::DropStarted { .. }
-            | DomainEvent::DropEnded { .. }
-            | DomainEvent::OrderConfirmed { .. }
-            | DomainEvent::OrderReserved { .. }
-    )
 }
 
 #[async_trait]

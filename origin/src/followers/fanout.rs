@@ -44,16 +44,12 @@ impl crate::events::bus::Consumer for Fanout {
     }
 
     fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+        matches!(event, DomainEvent::DropStarted { .. })
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
         Box::pin(handle(&self.0, event))
     }
-}
-
-pub fn interested(event: &DomainEvent) -> bool {
-    matches!(event, DomainEvent::DropStarted { .. })
 }
 
 /// Followers per chunk of a shard: one transaction each.

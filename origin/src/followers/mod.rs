@@ -44,16 +44,12 @@ impl crate::events::bus::Consumer for FollowerSets {
     }
 
     fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+        matches!(event, DomainEvent::FollowChanged { .. })
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
         Box::pin(handle(&self.0, event))
     }
-}
-
-pub fn interested(event: &DomainEvent) -> bool {
-    matches!(event, DomainEvent::FollowChanged { .. })
 }
 
 pub fn router(core: Core) -> Router {

@@ -31,8 +31,10 @@ impl crate::events::bus::Consumer for Notifier {
         CONSUMER
     }
 
+    /// The events that make a notification (see [`notification_for`]) or tell a buyer
+    /// their payment is ready.
     fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+        matches!(event, DomainEvent::PaymentReady { .. }) || notification_for(event).is_some()
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
@@ -40,11 +42,6 @@ impl crate::events::bus::Consumer for Notifier {
     }
 }
 
-/// The events that make a notification (see [`notification_for`]) or tell a buyer
-/// their payment is ready.
-pub fn interested(event: &DomainEvent) -> bool {
-    matches!(event, DomainEvent::PaymentReady { .. }) || notification_for(event).is_some()
-}
 const LIST: &str = "notifications";
 
 pub fn router() -> Router<NotificationsState> {

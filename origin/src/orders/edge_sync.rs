@@ -28,25 +28,21 @@ impl crate::events::bus::Consumer for EdgeSync {
         CONSUMER
     }
 
+    /// An order left `reserved` (a reservation, or a payment that confirmed its order,
+    /// needs nothing of the edge).
     fn interested(&self, event: &DomainEvent) -> bool {
-        interested(event)
+        matches!(
+            event,
+            DomainEvent::OrderConfirmed { .. }
+                | DomainEvent::OrderFailed { .. }
+                | DomainEvent::OrderCancelled { .. }
+                | DomainEvent::OrderExpired { .. }
+        )
     }
 
     fn handle<'a>(&'a self, event: &'a EventEnvelope) -> crate::events::bus::Handled<'a> {
         Box::pin(handle(&self.0, event))
     }
-}
-
-/// An order left `reserved` (a reservation, or a payment that confirmed its order,
-/// needs nothing of the edge).
-pub fn interested(event: &DomainEvent) -> bool {
-    matches!(
-        event,
-        DomainEvent::OrderConfirmed { .. }
-            | DomainEvent::OrderFailed { .. }
-            | DomainEvent::OrderCancelled { .. }
-            | DomainEvent::OrderExpired { .. }
-    )
 }
 
 /// The bus handler: every order event settles its order.
