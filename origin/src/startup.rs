@@ -169,19 +169,9 @@ pub fn operators_router(app: &App) -> Router {
         .layer(CatchPanicLayer::custom(|_| problem_response(&ErrorCode::Internal.into()).into_response()))
 }
 
-/// Every consumer group of the platform, whichever instances run them: the relay
+/// Every consumer group of the platform, each an area's reaction to the event
+/// stream. All of them, whichever this instance runs, are the relay's to watch: it
 /// publishes again what any of them had not finished when the stream lost entries.
-const CONSUMER_GROUPS: &[&str] = &[
-    audit::consumer::CONSUMER,
-    orders::edge_sync::CONSUMER,
-    catalogue::purge::CONSUMER,
-    followers::CONSUMER,
-    notifications::inbox::CONSUMER,
-    followers::fanout::CONSUMER,
-    analytics::CONSUMER,
-];
-
-/// Every consumer group, each an area's reaction to the event stream.
 fn consumers(app: &App) -> Vec<Arc<dyn Consumer>> {
     let core = &app.core;
     vec![
@@ -202,7 +192,6 @@ fn spawn_consumers(app: &App, workers: &Workers) {
     let stream = events::stream_key(&settings.redis.prefix);
     for consumer in consumers(app) {
         let group = consumer.group();
-        debug_assert!(CONSUMER_GROUPS.contains(&group), "{group} is missing from CONSUMER_GROUPS");
         if settings.events.groups.as_ref().is_some_and(|only| !only.iter().any(|g| g == group)) {
             continue;
         }
@@ -242,7 +231,7 @@ pub fn spawn_workers(app: &App, workers: &Workers) {
         let c = c.clone();
         async move { catalogue::terms::sync_round(&c).await }
     });
-    let (c, relay) = (core.clone(), events::relay::Relay::new(CONSUMER_GROUPS));
+    let (c, relay) = (core.clone(), events::relay::Relay::new(consumers(app).iter().map(|c| c.group()).collect()));
     workers.every("outbox relay", Duration::from_millis(settings.events.relay_interval_ms.max(10)), move || {
         let (c, relay) = (c.clone(), relay.clone());
         async move { relay.round(&c).await }

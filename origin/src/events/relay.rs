@@ -40,13 +40,13 @@ const PSEQ_FIELD: &str = "pseq";
 #[derive(Clone)]
 pub struct Relay {
     redis: LazyRedis,
-    groups: &'static [&'static str],
+    groups: std::sync::Arc<[&'static str]>,
     progress_read_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Relay {
-    pub fn new(groups: &'static [&'static str]) -> Self {
-        Self { redis: LazyRedis::default(), groups, progress_read_at: Default::default() }
+    pub fn new(groups: Vec<&'static str>) -> Self {
+        Self { redis: LazyRedis::default(), groups: groups.into(), progress_read_at: Default::default() }
     }
 
     /// One relay round: repairs a loss or publishes a batch; [`Next::Now`] while
@@ -54,7 +54,7 @@ impl Relay {
     pub async fn round(&self, core: &Core) -> anyhow::Result<Next> {
         let outcome = async {
             let (mut conn, _) = self.redis.get(&core.redis).await?;
-            let groups = self.progress_due().then_some(self.groups);
+            let groups = self.progress_due().then_some(&*self.groups);
             publish_or_repair(core, &mut conn, groups).await
         }
         .await;
